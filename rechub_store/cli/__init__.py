@@ -1,0 +1,13 @@
+"""`rechub-store` command line. Importing the command modules registers their commands."""
+
+from __future__ import annotations
+
+from rechub_store.cli import build, ingest, nightly, publish, score, train  # noqa: F401  (registers commands)
+from rechub_store.cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,78 @@
+"""The Typer app, its global options and the one place user errors become one line.
+
+Command modules (`cli/ingest.py`, `cli/build.py`, ...) import `app` and register their
+commands; each command only parses options, calls one core function and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from rechub_store.errors import UserError
+from rechub_store.paths import default_warehouse
+from rechub_store.warehouse import Warehouse
+
+
+class _Group(TyperGroup):
+    """Render `UserError` as `error: <message>` on stderr with its exit code, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="Feature-store backed batch scoring for two-tower recommenders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    warehouse: Path = typer.Option(
+        None, "--warehouse", "-w", help="DuckDB warehouse file [env RECHUB_WAREHOUSE; default warehouse/rechub.duckdb]"
+    ),
+    threads: int = typer.Option(None, "--threads", help="DuckDB/torch threads [env RECHUB_THREADS; default all cores]"),
+    memory_limit: str = typer.Option(None, "--memory-limit", help="DuckDB memory limit, e.g. 8GB"),
+) -> None:
+    ctx.obj = Warehouse(warehouse or default_warehouse(), threads=threads, memory_limit=memory_limit)
+
+
+def warehouse_of(ctx: typer.Context) -> Warehouse:
+    return ctx.find_root().obj
+
+
+def print_json(payload: Any) -> None:
+    """Machine-readable output for `--json`: one JSON document on stdout."""
+    sys.stdout.write(json.dumps(payload, default=str, indent=2) + "\n")
+
+
+JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+
+
+def parse_int_list(text: str, name: str) -> list[int]:
+    """Parse `10,20,50` into [10, 20, 50], naming the option on error."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{name}: expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise UserError(f"{name}: expected positive integers, got {text!r}")
+    return values

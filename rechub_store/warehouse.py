@@ -1,0 +1,161 @@
+"""The warehouse: one DuckDB file plus the folders beside it (models, indexes, logs, spill).
+
+Every command opens the warehouse through `Warehouse.connect`, so thread count, memory
+limit and the spill directory are set in one place, and the `raw`, `features` and `meta`
+schemas (with the `meta.*` bookkeeping tables) always exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from rechub_store.errors import UserError
+from rechub_store.paths import default_warehouse, thread_count
+
+SCHEMAS = ("raw", "staging", "features", "meta")
+
+# Bookkeeping tables. Columns here are part of the interface (scripts read them).
+META_DDL = """
+CREATE TABLE IF NOT EXISTS meta.builds (
+    build_id      VARCHAR PRIMARY KEY,
+    started_at    TIMESTAMP,
+    finished_at   TIMESTAMP,
+    status        VARCHAR,          -- running | success | failed
+    params        JSON,             -- build parameters (max_seq_len, min_seq_len, neg_mode, ...)
+    models        JSON,             -- per model: rows, seconds
+    report        JSON,             -- users dropped, sample counts, ...
+    error         VARCHAR
+);
+CREATE TABLE IF NOT EXISTS meta.model_runs (
+    model_run_id  VARCHAR PRIMARY KEY,
+    model         VARCHAR,
+    status        VARCHAR,          -- running | success | failed
+    params        JSON,
+    build_id      VARCHAR,
+    vocab_sizes   JSON,
+    history       JSON,             -- per epoch: train loss, validation metrics
+    best_epoch    INTEGER,
+    best_metric   DOUBLE,           -- validation NDCG@10 of the best epoch
+    artifact_path VARCHAR,
+    wall_seconds  DOUBLE,
+    created_at    TIMESTAMP,
+    finished_at   TIMESTAMP,
+    error         VARCHAR
+);
+CREATE TABLE IF NOT EXISTS meta.job_runs (
+    run_id        VARCHAR,
+    job           VARCHAR,
+    step          VARCHAR,          -- whole | ingest | build | train | score | evaluate | publish
+    status        VARCHAR,          -- running | success | failed | skipped
+    started_at    TIMESTAMP,
+    finished_at   TIMESTAMP,
+    seconds       DOUBLE,
+    rows          BIGINT,
+    details       JSON,
+    error         VARCHAR
+);
+"""
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def quote_ident(name: str) -> str:
+    """Validate an identifier coming from configuration and quote it; never paste raw names into SQL."""
+    if not _IDENTIFIER.match(name):
+        raise UserError(f"invalid identifier {name!r}: use letters, digits and _ (not starting with a digit)")
+    return f'"{name}"'
+
+
+@dataclass(frozen=True)
+class Warehouse:
+    """A warehouse location. Cheap to create; `connect()` opens the DuckDB file."""
+
+    path: Path
+    threads: int | None = None
+    memory_limit: str | None = None  # e.g. "8GB"; DuckDB's default (80% of RAM) when None
+
+    @classmethod
+    def at(cls, path: Path | str | None = None, **kwargs: object) -> Warehouse:
+        return cls(Path(path) if path is not None else default_warehouse(), **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def analytics_path(self) -> Path:
+        """The published, read-only analyst database (replaced atomically by each publish)."""
+        return self.root / "analytics.duckdb"
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        """Open the DuckDB file with our settings; create schemas and meta tables when writable."""
+        if read_only and not self.path.exists():
+            raise UserError(f"no warehouse at {self.path}: run `rechub-store ingest` or `rechub-store demo` first")
+        try:
+            if not read_only:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            con = duckdb.connect(str(self.path), read_only=read_only)
+        except PermissionError as exc:
+            raise UserError(f"cannot write the warehouse folder {self.root}: {exc.strerror}") from exc
+        except OSError as exc:
+            raise UserError(f"cannot open warehouse {self.path}: {exc}") from exc
+        except duckdb.IOException as exc:
+            msg = str(exc).splitlines()[0]
+            if "lock" in msg.lower():
+                raise UserError(f"warehouse {self.path} is in use by another process: {msg}") from exc
+            raise UserError(f"cannot open warehouse {self.path}: {msg}") from exc
+        con.execute(f"SET threads = {int(self.threads or thread_count())}")
+        con.execute("SET preserve_insertion_order = false")
+        if self.memory_limit:
+            con.execute("SET memory_limit = ?", [self.memory_limit])
+        if not read_only:
+            con.execute("SET temp_directory = ?", [str(self.tmp_dir)])
+            for schema in SCHEMAS:
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            con.execute(META_DDL)
+        return con
+
+    @contextlib.contextmanager
+    def session(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self.connect(read_only=read_only)
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+def table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
+    schema, _, table = qualified.rpartition(".")
+    row = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        [schema or "main", table],
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def require_table(con: duckdb.DuckDBPyConnection, qualified: str, hint: str) -> None:
+    """Fail with a one-line hint (e.g. 'run `rechub-store build-features` first') if a table is missing."""
+    if not table_exists(con, qualified):
+        raise UserError(f"table {qualified} does not exist: {hint}")
