@@ -111,7 +111,9 @@ class Warehouse:
     def connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
         """Open the DuckDB file with our settings; create schemas and meta tables when writable."""
         if read_only and not self.path.exists():
-            raise UserError(f"no warehouse at {self.path}: run `rechub-store ingest` or `rechub-store demo` first")
+            raise UserError(
+                f"no warehouse at {self.path}: run `rechub-store ingest` or `rechub-store demo` first"
+            )
         try:
             if not read_only:
                 self.root.mkdir(parents=True, exist_ok=True)

@@ -47,9 +47,14 @@ app = typer.Typer(
 def _global(
     ctx: typer.Context,
     warehouse: Path = typer.Option(
-        None, "--warehouse", "-w", help="DuckDB warehouse file [env RECHUB_WAREHOUSE; default warehouse/rechub.duckdb]"
+        None,
+        "--warehouse",
+        "-w",
+        help="DuckDB warehouse file [env RECHUB_WAREHOUSE; default warehouse/rechub.duckdb]",
     ),
-    threads: int = typer.Option(None, "--threads", help="DuckDB/torch threads [env RECHUB_THREADS; default all cores]"),
+    threads: int = typer.Option(
+        None, "--threads", help="DuckDB/torch threads [env RECHUB_THREADS; default all cores]"
+    ),
     memory_limit: str = typer.Option(None, "--memory-limit", help="DuckDB memory limit, e.g. 8GB"),
 ) -> None:
     ctx.obj = Warehouse(warehouse or default_warehouse(), threads=threads, memory_limit=memory_limit)
