@@ -1,6 +1,242 @@
-"""CLI commands: ingest."""
+"""CLI commands: `ingest movielens|interactions|users|items` and `generate`."""
 
 from __future__ import annotations
 
-from rechub_store.cli.app import app  # noqa: F401
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
+from rechub_store.data.generate import generate, generate_into
+from rechub_store.data.ingest import (
+    IngestResult,
+    RejectRatioExceeded,
+    ingest_interactions,
+    ingest_items,
+    ingest_users,
+)
+from rechub_store.data.movielens import ingest_movielens
+
+ingest_app = typer.Typer(help="Load raw logs (CSV, Parquet, MovieLens) into the warehouse's raw tables.")
+app.add_typer(ingest_app, name="ingest", no_args_is_help=True)
+
+RATIO_OPTION = typer.Option(
+    0.05,
+    "--max-reject-ratio",
+    min=0.0,
+    max=1.0,
+    help="Exit non-zero when more than this share of rows is rejected.",
+)
+DELIM_OPTION = typer.Option(
+    None, "--delimiter", help="CSV field separator (default: sniffed from the header)."
+)
+ENCODING_OPTION = typer.Option("utf-8", "--encoding", help="CSV text encoding: utf-8, latin-1, utf-16.")
+
+
+def _print_results(results: Sequence[IngestResult], as_json: bool) -> None:
+    if as_json:
+        print_json([r.as_dict() for r in results])
+        return
+    table = Table(title="ingest")
+    for col in ("file", "kind", "batch_seq", "read", "accepted", "rejected", "status"):
+        table.add_column(
+            col, justify="right" if col in ("read", "accepted", "rejected") else "left", overflow="fold"
+        )
+    for r in results:
+        status = "duplicate" if r.duplicate_batch else "new"
+        table.add_row(
+            Path(r.path).name,
+            r.kind,
+            str(r.batch_seq),
+            str(r.rows_read),
+            str(r.rows_accepted),
+            str(r.rows_rejected),
+            status,
+        )
+    Console().print(table)
+    fresh = [r for r in results if not r.duplicate_batch]
+    line = (
+        f"{len(fresh)} new batch(es): {sum(r.rows_read for r in fresh)} rows read, "
+        f"{sum(r.rows_accepted for r in fresh)} accepted, {sum(r.rows_rejected for r in fresh)} rejected"
+    )
+    if len(fresh) < len(results):
+        line += f"; {len(results) - len(fresh)} file(s) already ingested, skipped"
+    typer.echo(line)
+
+
+def _run(ctx: typer.Context, as_json: bool, work: Callable[..., IngestResult | list[IngestResult]]) -> None:
+    """Open the warehouse, ingest, print counts; on too many rejects print them, then fail."""
+    with warehouse_of(ctx).session() as con:
+        con.execute("SET enable_progress_bar = false")  # our spinner instead; stdout stays clean for --json
+        try:
+            with Console(stderr=True).status("ingesting ...", spinner="dots"):
+                out = work(con)
+        except RejectRatioExceeded as exc:
+            _print_results(exc.results, as_json)
+            raise
+    _print_results(out if isinstance(out, list) else [out], as_json)
+
+
+@ingest_app.command("movielens")
+def movielens_cmd(
+    ctx: typer.Context,
+    directory: Path = typer.Argument(
+        ..., help="Folder with ml-1m (ratings.dat, ...) or ml-100k (u.data, ...)."
+    ),
+    max_reject_ratio: float = RATIO_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Ingest a MovieLens ml-1m or ml-100k folder (ratings, users, movies with genres)."""
+    _run(ctx, as_json, lambda con: ingest_movielens(con, directory, max_reject_ratio=max_reject_ratio))
+
+
+@ingest_app.command("interactions")
+def interactions_cmd(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="CSV (with a header) or Parquet file of events."),
+    user_col: str = typer.Option(..., "--user-col", help="Column with the user id."),
+    item_col: str = typer.Option(..., "--item-col", help="Column with the item id."),
+    time_col: str = typer.Option(..., "--time-col", help="Column with the event time."),
+    rating_col: str = typer.Option(None, "--rating-col", help="Optional rating/weight column."),
+    time_format: str = typer.Option(
+        "auto", "--time-format", help="auto | seconds | milliseconds | iso (auto: numbers > 1e11 are ms)."
+    ),
+    delimiter: str = DELIM_OPTION,
+    encoding: str = ENCODING_OPTION,
+    max_reject_ratio: float = RATIO_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Ingest an interactions file (user, item, time, optional rating) into raw.interactions."""
+    _run(
+        ctx,
+        as_json,
+        lambda con: ingest_interactions(
+            con,
+            file,
+            user_col=user_col,
+            item_col=item_col,
+            time_col=time_col,
+            rating_col=rating_col,
+            time_format=time_format,  # type: ignore[arg-type]
+            delimiter=delimiter,
+            encoding=encoding,
+            max_reject_ratio=max_reject_ratio,
+        ),
+    )
+
+
+@ingest_app.command("users")
+def users_cmd(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="CSV (with a header) or Parquet file of user attributes."),
+    id_col: str = typer.Option(..., "--id-col", help="Column with the user id."),
+    sparse_cols: str = typer.Option("", "--sparse-cols", help="Comma-separated categorical columns."),
+    dense_cols: str = typer.Option("", "--dense-cols", help="Comma-separated numeric columns."),
+    delimiter: str = DELIM_OPTION,
+    encoding: str = ENCODING_OPTION,
+    max_reject_ratio: float = RATIO_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Ingest user attributes into raw.user_attributes."""
+    _run(
+        ctx,
+        as_json,
+        lambda con: ingest_users(
+            con,
+            file,
+            id_col=id_col,
+            sparse_cols=sparse_cols,
+            dense_cols=dense_cols,
+            delimiter=delimiter,
+            encoding=encoding,
+            max_reject_ratio=max_reject_ratio,
+        ),
+    )
+
+
+@ingest_app.command("items")
+def items_cmd(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="CSV (with a header) or Parquet file of item attributes."),
+    id_col: str = typer.Option(..., "--id-col", help="Column with the item id."),
+    sparse_cols: str = typer.Option("", "--sparse-cols", help="Comma-separated categorical columns."),
+    dense_cols: str = typer.Option("", "--dense-cols", help="Comma-separated numeric columns."),
+    text_cols: str = typer.Option("", "--text-cols", help="Comma-separated free-text columns (e.g. title)."),
+    tags_col: str = typer.Option(None, "--tags-col", help="Column holding a tag list such as 'a|b|c'."),
+    tags_sep: str = typer.Option("|", "--tags-sep", help="Separator inside the tags column."),
+    delimiter: str = DELIM_OPTION,
+    encoding: str = ENCODING_OPTION,
+    max_reject_ratio: float = RATIO_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Ingest item attributes into raw.item_attributes and tag lists into raw.item_tags."""
+    _run(
+        ctx,
+        as_json,
+        lambda con: ingest_items(
+            con,
+            file,
+            id_col=id_col,
+            sparse_cols=sparse_cols,
+            dense_cols=dense_cols,
+            text_cols=text_cols,
+            tags_col=tags_col,
+            tags_sep=tags_sep,
+            delimiter=delimiter,
+            encoding=encoding,
+            max_reject_ratio=max_reject_ratio,
+        ),
+    )
+
+
+@app.command("generate")
+def generate_cmd(
+    ctx: typer.Context,
+    out_dir: Path = typer.Argument(..., help="Folder to write interactions/users/items files into."),
+    users: int = typer.Option(10_000, "--users", min=1, help="Number of users."),
+    items: int = typer.Option(5_000, "--items", min=1, help="Number of items."),
+    events: int = typer.Option(1_000_000, "--events", min=1, help="Number of interaction rows."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same files)."),
+    fmt: str = typer.Option("parquet", "--format", help="parquet | csv"),
+    chunk_events: int = typer.Option(2_000_000, "--chunk-events", min=1, help="Rows generated per chunk."),
+    ingest: bool = typer.Option(False, "--ingest", help="Also ingest the files into the warehouse."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Write seeded synthetic logs (heavy tails, sequential structure, ties, odd ids)."""
+    if ingest:
+        with warehouse_of(ctx).session() as con:
+            results = generate_into(
+                con,
+                out_dir,
+                n_users=users,
+                n_items=items,
+                n_events=events,
+                seed=seed,
+                fmt=fmt,  # type: ignore[arg-type]
+            )
+        _print_results(results, as_json)
+        return
+    err = Console(stderr=True)
+    with Progress(transient=True, console=err, disable=not err.is_terminal) as progress:
+        task = progress.add_task("generating events", total=events)
+        data = generate(
+            out_dir,
+            n_users=users,
+            n_items=items,
+            n_events=events,
+            seed=seed,
+            fmt=fmt,  # type: ignore[arg-type]
+            chunk_events=chunk_events,
+            on_chunk=lambda done, _total: progress.update(task, completed=done),
+        )
+    if as_json:
+        print_json({k: str(v) for k, v in vars(data).items()})
+    else:
+        typer.echo(
+            f"wrote {events} events, {users} users, {items} items in {data.n_chunks} chunk(s): "
+            f"{data.interactions}, {data.users}, {data.items}"
+        )
