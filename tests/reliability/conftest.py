@@ -1,0 +1,87 @@
+"""Reliability-suite fixtures: a real PostgreSQL server (shared with tests/publish), a baseline
+warehouse with one published nightly run, and the tally of faults / inputs / rows lost that the
+suite prints at the end (the lead copies it into bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "publish"))
+
+from rechub_pgserver import REQUIRE_ENV, LocalPostgres, PostgresUnavailable, acquire, release
+from rel_helpers import BASE_DATE, make_events, run_in_process, write_job
+
+TALLY = {"faults_injected": 0, "inputs_tried": 0, "rows_lost": 0}
+
+
+@pytest.fixture
+def tally() -> dict[str, int]:
+    return TALLY
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if not any(TALLY.values()):
+        return
+    line = (
+        f"reliability: faults injected={TALLY['faults_injected']}, bad/edge inputs tried="
+        f"{TALLY['inputs_tried']}, rows lost={TALLY['rows_lost']}"
+    )
+    terminalreporter.write_line(line)
+    out = os.environ.get("RECHUB_RELIABILITY_REPORT")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(TALLY, indent=2) + "\n")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[LocalPostgres]:
+    try:
+        server = acquire()
+    except PostgresUnavailable as exc:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"PostgreSQL required ({REQUIRE_ENV}=1) but unavailable: {exc}")
+        pytest.skip(f"no local PostgreSQL server could be started: {exc}")
+    yield server
+    release()
+
+
+_db_counter = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def pg_url(pg_server: LocalPostgres) -> str:
+    """A fresh database; the URL carries a password (trust auth ignores it) to check masking."""
+    if not pg_server.running():
+        pg_server.start()
+    name = f"rel{os.getpid()}_{next(_db_counter)}"
+    admin = sa.create_engine(pg_server.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"postgresql://rechub:s3cretpw@127.0.0.1:{pg_server.port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def baseline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A warehouse after one successful nightly (trained model, analytics.duckdb published)."""
+    root = tmp_path_factory.mktemp("baseline")
+    make_events(root / "data" / "events-1.csv", n_users=60, n_items=40, seed=1, t0=1_700_000_000)
+    write_job(root / "data" / "job.toml")
+    run_in_process(root / "wh" / "rechub.duckdb", root / "data" / "job.toml", BASE_DATE)
+    return root
+
+
+@pytest.fixture
+def baseline(baseline_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the baseline (warehouse folder + data folder) for one test."""
+    dest = tmp_path / "case"
+    shutil.copytree(baseline_dir, dest)
+    return dest
