@@ -1,6 +1,117 @@
-"""CLI commands: build."""
+"""CLI: `rechub-store build-features` (parse options, call `build_features`, print the report)."""
 
 from __future__ import annotations
 
-from rechub_store.cli.app import app  # noqa: F401
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
+from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
+from rechub_store.data.build import NEG_MODES, NEG_SAMPLERS, BuildParams, BuildReport, build_features
+
+_DEFAULTS = BuildParams()
+
+
+@app.command("build-features")
+def build_features_command(
+    ctx: typer.Context,
+    max_seq_len: int = typer.Option(_DEFAULTS.max_seq_len, help="History window: most recent items kept."),
+    min_seq_len: int = typer.Option(_DEFAULTS.min_seq_len, help="Users with fewer events leave the splits."),
+    min_rating: float = typer.Option(None, help="Keep only events with rating >= this (implicit feedback)."),
+    k_core: int = typer.Option(
+        _DEFAULTS.k_core, help="Keep users and items with >= K events (iterated); 0 = off."
+    ),
+    validation: bool = typer.Option(
+        _DEFAULTS.validation,
+        "--validation/--no-validation",
+        help="Hold out the second-to-last event per user.",
+    ),
+    neg_mode: str = typer.Option(
+        _DEFAULTS.neg_mode, help=f"Negative sampling mode: {' | '.join(NEG_MODES)}."
+    ),
+    neg_ratio: int = typer.Option(_DEFAULTS.neg_ratio, help="Negatives per training sample (pairwise: 1)."),
+    neg_sampler: str = typer.Option(
+        _DEFAULTS.neg_sampler, help=f"Negative distribution: {' | '.join(NEG_SAMPLERS)} (popularity^alpha)."
+    ),
+    neg_alpha: float = typer.Option(_DEFAULTS.neg_alpha, help="Popularity exponent of the sampler."),
+    seed: int = typer.Option(_DEFAULTS.seed, help="Seed of the negative sampler."),
+    select: str = typer.Option(
+        None, "--select", help="Rebuild only this model and the models downstream of it."
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Build the feature store (vocabularies, histories, splits, negatives) from raw.* in DuckDB."""
+    params = BuildParams(
+        max_seq_len=max_seq_len,
+        min_seq_len=min_seq_len,
+        min_rating=min_rating,
+        k_core=k_core,
+        validation=validation,
+        neg_mode=neg_mode,
+        neg_ratio=neg_ratio,
+        neg_sampler=neg_sampler,
+        neg_alpha=neg_alpha,
+        seed=seed,
+    )
+    console = Console(stderr=True)
+    with warehouse_of(ctx).session() as con:
+        if as_json:
+            report = build_features(con, params, select=select)
+        else:
+            with Progress(
+                TextColumn("[bold]build-features[/] {task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            ) as bar:
+                task = bar.add_task("", total=None)
+
+                def progress(step: str, done: int, total: int) -> None:
+                    bar.update(task, description=step, completed=done, total=total)
+
+                report = build_features(con, params, select=select, progress=progress)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        _print_report(report)
+
+
+def _print_report(report: BuildReport) -> None:
+    console = Console()
+    table = Table(
+        title=f"build {report.build_id}" + (f" (--select {report.select})" if report.select else "")
+    )
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    table.add_column("seconds", justify="right")
+    for m in report.models:
+        table.add_row(m.model, f"{m.rows:,}", f"{m.seconds:.2f}")
+    console.print(table)
+    split = report.split
+    if split:
+        console.print(
+            f"users: {split.get('users_total', 0):,} total, {split.get('users_kept', 0):,} kept, "
+            f"{report.users_dropped_short:,} dropped (fewer than {report.params['min_seq_len']} events)"
+        )
+        s = report.samples
+        console.print(
+            f"samples: train {s['train']:,}, valid {s['valid']:,}, test {s['test']:,}; "
+            f"negatives {split.get('negatives_train', 0):,}"
+            + (
+                f" ({split['train_samples_short_of_negatives']:,} training samples short of negatives)"
+                if split.get("train_samples_short_of_negatives")
+                else ""
+            )
+        )
+    if split and not split.get("events"):
+        console.print(
+            "[yellow]no events left after the rating threshold / k-core filter: the feature store is empty[/]"
+        )
+    if report.skipped_views:
+        console.print(
+            f"[yellow]no vocab view for attribute names that are not identifiers:[/] {report.skipped_views}"
+        )
+    console.print(f"built in {report.seconds:.2f} s")

@@ -1,0 +1,410 @@
+"""The SQL model runner: `sql/**/*.sql` -> tables, in dependency order, swapped in atomically.
+
+Each model is one SELECT; its path names its table (`sql/<schema>/[<stage>/]<table>.sql`).
+Dependencies come from the model text itself (references to other models' `schema.table`
+names outside comments and strings), so nobody keeps an order by hand.
+
+Every model of a build is first created as `<schema>.__tmp_<table>`, with references to the
+other models of the same build rewritten to their temporary names. Audits (`sql/audits/*.sql`,
+queries that must return no rows) then run against those new tables. Only when everything
+succeeded are all old tables dropped and the new ones renamed, in one transaction: a failed
+build leaves every table of the previous build readable and unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from rechub_store.errors import UserError
+from rechub_store.paths import SQL_DIR
+
+TMP_PREFIX = "__tmp_"
+AUDIT_DIR = "audits"
+
+# progress(step, done, total): called before each model runs (step = model name) and at the end.
+Progress = Callable[[str, int, int], None]
+
+_NAME = r'"?([A-Za-z_][A-Za-z0-9_]*)"?'
+_REFERENCE = re.compile(rf"(?<![A-Za-z0-9_.]){_NAME}\s*\.\s*{_NAME}(?![A-Za-z0-9_])")
+_SELF_HEADER = re.compile(r"^\s*--\s*self:\s*(\(.*\))\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Model:
+    """One SQL model: its table, source file, text and the models it reads."""
+
+    name: str  # schema.table
+    path: Path
+    sql: str
+    self_columns: str | None = None  # "(value VARCHAR, code INTEGER)" from a `-- self:` header
+    refs: frozenset[str] = frozenset()
+
+    @property
+    def schema(self) -> str:
+        return self.name.split(".")[0]
+
+    @property
+    def table(self) -> str:
+        return self.name.split(".")[1]
+
+    @property
+    def tmp_name(self) -> str:
+        return f"{self.schema}.{TMP_PREFIX}{self.table}"
+
+
+@dataclass
+class ModelRun:
+    model: str
+    rows: int
+    seconds: float
+
+
+@dataclass
+class RunResult:
+    build_id: str
+    models: list[ModelRun] = field(default_factory=list)
+    seconds: float = 0.0
+    views: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _code_only(sql: str) -> str:
+    """The text with comments and string literals blanked out (same length, so offsets still match)."""
+    out = list(sql)
+    i, n = 0, len(sql)
+    while i < n:
+        two = sql[i : i + 2]
+        if two == "--":
+            end = sql.find("\n", i)
+            end = n if end < 0 else end
+        elif two == "/*":
+            end = sql.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+        elif sql[i] == "'":
+            end = i + 1
+            while end < n:
+                if sql[end] == "'" and sql[end + 1 : end + 2] == "'":
+                    end += 2
+                    continue
+                if sql[end] == "'":
+                    end += 1
+                    break
+                end += 1
+        else:
+            i += 1
+            continue
+        for k in range(i, end):
+            if out[k] != "\n":
+                out[k] = " "
+        i = end
+    return "".join(out)
+
+
+def _references(sql: str, names: Iterable[str]) -> list[tuple[int, int, str]]:
+    """(start, end, model) for every reference to one of `names` in the code (not comments/strings)."""
+    wanted = {n.lower() for n in names}
+    found = []
+    for m in _REFERENCE.finditer(_code_only(sql)):
+        name = f"{m.group(1)}.{m.group(2)}".lower()
+        if name in wanted:
+            found.append((m.start(), m.end(), name))
+    return found
+
+
+def _rewrite(sql: str, refs: list[tuple[int, int, str]], targets: Mapping[str, str]) -> str:
+    """Replace the references whose model is in `targets` by the target table name."""
+    parts, last = [], 0
+    for start, end, name in refs:
+        if name in targets:
+            parts.append(sql[last:start])
+            parts.append(targets[name])
+            last = end
+    parts.append(sql[last:])
+    return "".join(parts)
+
+
+def _self_header(sql: str) -> str | None:
+    for line in sql.splitlines():
+        if not line.strip():
+            continue
+        if not line.lstrip().startswith("--"):
+            return None
+        m = _SELF_HEADER.match(line)
+        if m:
+            return m.group(1)
+    return None
+
+
+def _model_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).parts
+    if len(parts) < 2:
+        raise UserError(f"{path}: a model must live in a schema folder (sql/<schema>/[<stage>/]<table>.sql)")
+    name = f"{parts[0]}.{path.stem}".lower()
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*", name) or path.stem.startswith(TMP_PREFIX):
+        raise UserError(
+            f"{path}: {name!r} is not a valid table name (letters, digits, _; no {TMP_PREFIX} prefix)"
+        )
+    return name
+
+
+def _check_single_select(path: Path, sql: str) -> str:
+    code = _code_only(sql).rstrip()
+    body = sql[: len(code)].rstrip()
+    if code.endswith(";"):
+        body = body[:-1]
+        code = code[:-1]
+    if ";" in code:
+        raise UserError(f"{path}: a model must be one SELECT statement (found ';' inside)")
+    if not code.strip():
+        raise UserError(f"{path}: empty model")
+    return body
+
+
+def discover(sql_dir: Path = SQL_DIR) -> dict[str, Model]:
+    """All models under `sql_dir` (audits excluded), with their dependencies resolved."""
+    if not sql_dir.is_dir():
+        raise UserError(f"SQL folder {sql_dir} not found")
+    sources: dict[str, tuple[Path, str]] = {}
+    for path in sorted(sql_dir.rglob("*.sql")):
+        if path.relative_to(sql_dir).parts[0] == AUDIT_DIR:
+            continue
+        name = _model_name(path, sql_dir)
+        if name in sources:
+            raise UserError(f"{path}: table {name} is already defined by {sources[name][0]}")
+        sources[name] = (path, _check_single_select(path, path.read_text(encoding="utf-8")))
+    models = {}
+    for name, (path, sql) in sources.items():
+        header = _self_header(sql)
+        refs = {r for _, _, r in _references(sql, sources)}
+        if name in refs:
+            if header is None:
+                raise UserError(
+                    f"{path}: model reads its own table {name}; add a `-- self: (col TYPE, ...)` header"
+                )
+            refs.discard(name)
+        models[name] = Model(name, path, sql, header, frozenset(refs))
+    return models
+
+
+def discover_audits(sql_dir: Path = SQL_DIR) -> dict[str, tuple[Path, str]]:
+    folder = sql_dir / AUDIT_DIR
+    if not folder.is_dir():
+        return {}
+    return {
+        p.stem: (p, _check_single_select(p, p.read_text(encoding="utf-8")))
+        for p in sorted(folder.glob("*.sql"))
+    }
+
+
+# ---------------------------------------------------------------- planning
+
+
+def order(models: Mapping[str, Model]) -> list[Model]:
+    """Topological order (ties broken by name, so the order is stable); a cycle is a UserError."""
+    pending = {name: set(m.refs) for name, m in models.items()}
+    done: list[Model] = []
+    while pending:
+        ready = sorted(n for n, deps in pending.items() if not deps)
+        if not ready:
+            cycle = ", ".join(sorted(pending))
+            raise UserError(f"SQL models have a dependency cycle among: {cycle}")
+        for name in ready:
+            done.append(models[name])
+            del pending[name]
+        for deps in pending.values():
+            deps.difference_update(ready)
+    return done
+
+
+def resolve(models: Mapping[str, Model], select: str) -> str:
+    """Accept `features.events`, `events` or a path to the .sql file."""
+    key = select.strip().lower()
+    if key.endswith(".sql"):
+        key = Path(key).stem
+    if key in models:
+        return key
+    matches = [n for n in models if n.split(".")[1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise UserError(f"model {select!r} is ambiguous: {', '.join(sorted(matches))}")
+    raise UserError(f"unknown model {select!r}; models: {', '.join(sorted(models))}")
+
+
+def plan(models: Mapping[str, Model], select: str | None = None) -> list[Model]:
+    """Models to build, in order: all, or `select` and everything downstream of it."""
+    ordered = order(models)
+    if select is None:
+        return ordered
+    chosen = {resolve(models, select)}
+    for m in ordered:
+        if m.refs & chosen:
+            chosen.add(m.name)
+    return [m for m in ordered if m.name in chosen]
+
+
+# ---------------------------------------------------------------- running
+
+
+def _display(path: Path, sql_dir: Path) -> str:
+    """`sql/features/events.sql` rather than an absolute path, when the file is in the SQL folder."""
+    try:
+        return str(Path(sql_dir.name) / path.relative_to(sql_dir))
+    except ValueError:
+        return str(path)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__).replace(TMP_PREFIX, "")
+
+
+def _drop_tmp_tables(con: duckdb.DuckDBPyConnection, schemas: Iterable[str]) -> None:
+    """Drop leftovers of this build (or of an interrupted one) in the models' schemas."""
+    rows = con.execute(
+        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND starts_with(table_name, ?) AND list_contains(?, schema_name)",
+        [TMP_PREFIX, sorted(set(schemas))],
+    ).fetchall()
+    for schema, table in rows:
+        con.execute(f'DROP TABLE IF EXISTS "{schema}"."{table}"')
+
+
+def set_variables(con: duckdb.DuckDBPyConnection, variables: Mapping[str, Any]) -> None:
+    for name, value in variables.items():
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            raise UserError(f"invalid parameter name {name!r}")
+        con.execute(f"SET VARIABLE {name} = ?", [value])
+
+
+def run(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    variables: Mapping[str, Any],
+    select: str | None = None,
+    sql_dir: Path = SQL_DIR,
+    progress: Progress | None = None,
+    after_swap: Callable[[duckdb.DuckDBPyConnection], dict[str, Any]] | None = None,
+    params_record: Mapping[str, Any] | None = None,
+) -> RunResult:
+    """Build the models (all, or `select` + downstream), audit them and swap them in; record meta.builds.
+
+    `after_swap(con)` runs inside the swap transaction (new tables visible, not yet committed)
+    and returns the build's summary stored as meta.builds.report; it may create views.
+    """
+    models = discover(sql_dir)
+    todo = plan(models, select)
+    audits = discover_audits(sql_dir)
+    build_id = f"b{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    result = RunResult(build_id)
+    started = time.perf_counter()
+
+    # A single process writes the file (DuckDB's lock), so anything still "running" was interrupted.
+    con.execute(
+        "UPDATE meta.builds SET status = 'failed', error = coalesce(error, 'interrupted') "
+        "WHERE status = 'running'"
+    )
+    schemas = {m.schema for m in models.values()}
+    _drop_tmp_tables(con, schemas)
+    record = dict(params_record if params_record is not None else variables)
+    if select is not None:
+        record["select"] = select
+    con.execute(
+        "INSERT INTO meta.builds (build_id, started_at, status, params) VALUES (?, now(), 'running', ?)",
+        [build_id, json.dumps(record, default=str)],
+    )
+    set_variables(con, variables)
+    # DuckDB's own terminal progress bar would fight with the caller's display (rich, logs).
+    con.execute("SET enable_progress_bar = false")
+    targets = {m.name: m.tmp_name for m in todo}
+
+    current = "setup"
+    try:
+        for i, model in enumerate(todo):
+            current = f"model {_display(model.path, sql_dir)}"
+            if progress:
+                progress(model.name, i, len(todo))
+            t0 = time.perf_counter()
+            if model.self_columns:
+                con.execute(f"CREATE TABLE IF NOT EXISTS {model.name} {model.self_columns}")
+            refs = [r for r in _references(model.sql, models) if r[2] != model.name]
+            sql = _rewrite(model.sql, refs, targets)
+            con.execute(f"CREATE TABLE {model.tmp_name} AS\n{sql}\n")
+            (rows,) = con.execute(f"SELECT count(*) FROM {model.tmp_name}").fetchone()  # type: ignore[misc]
+            result.models.append(ModelRun(model.name, int(rows), round(time.perf_counter() - t0, 4)))
+        if progress:
+            progress("audits", len(todo), len(todo))
+        for audit, (path, sql) in audits.items():
+            current = f"audit {_display(path, sql_dir)}"
+            sql = _rewrite(sql, _references(sql, models), targets)
+            row = con.execute(f"SELECT count(*), any_value(v::VARCHAR) FROM ({sql}) v").fetchone()
+            if row and row[0]:
+                raise UserError(
+                    f"audit {audit} failed ({_display(path, sql_dir)}): {row[0]} rows violate it, "
+                    f"e.g. {row[1]}"
+                )
+        current = "swapping the new tables in"
+        con.begin()
+        try:
+            for model in todo:
+                con.execute(f"DROP TABLE IF EXISTS {model.name}")
+                con.execute(f"ALTER TABLE {model.tmp_name} RENAME TO {model.table}")
+            result.seconds = round(time.perf_counter() - started, 4)
+            result.summary = after_swap(con) if after_swap else {}
+            con.execute(
+                "UPDATE meta.builds SET status = 'success', finished_at = now(), models = ?, report = ? "
+                "WHERE build_id = ?",
+                [
+                    json.dumps({m.model: {"rows": m.rows, "seconds": m.seconds} for m in result.models}),
+                    json.dumps(result.summary, default=str),
+                    build_id,
+                ],
+            )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+    except (duckdb.Error, UserError, KeyboardInterrupt) as exc:
+        message = str(exc) if isinstance(exc, UserError) else f"{current} failed: {_first_line(exc)}"
+        if isinstance(exc, KeyboardInterrupt):
+            message = "interrupted"
+        _fail(con, build_id, message, result, schemas)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise UserError(message) from exc
+    except BaseException as exc:
+        _fail(con, build_id, f"{type(exc).__name__}: {exc}", result, schemas)
+        raise
+    return result
+
+
+def _fail(
+    con: duckdb.DuckDBPyConnection, build_id: str, message: str, result: RunResult, schemas: Iterable[str]
+) -> None:
+    """Drop the half-built temporary tables and record the failure; the previous tables stay."""
+    try:
+        _drop_tmp_tables(con, schemas)
+        con.execute(
+            "UPDATE meta.builds SET status = 'failed', finished_at = now(), error = ?, models = ? "
+            "WHERE build_id = ?",
+            [
+                message,
+                json.dumps({m.model: {"rows": m.rows, "seconds": m.seconds} for m in result.models}),
+                build_id,
+            ],
+        )
+    except duckdb.Error:
+        pass  # the original error is the one worth showing

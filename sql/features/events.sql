@@ -1,0 +1,21 @@
+-- One row = one event of staging.interactions with integer codes. seq is the event's 0-based
+-- position in its user's history, ordered by (ts, event_order, item_code): total and
+-- deterministic, so ties on ts always resolve the same way (file order first).
+with interactions as (
+    select user_id, item_id, ts, event_order from staging.interactions
+),
+
+coded as (
+    select u.code as user_code, i.code as item_code, s.ts, s.event_order
+    from interactions s
+    join features.vocab_user_id u on u.value = s.user_id
+    join features.vocab_item_id i on i.value = s.item_id
+),
+
+final as (
+    select user_code, item_code, ts,
+        (row_number() over (partition by user_code order by ts, event_order, item_code) - 1)::INTEGER as seq
+    from coded
+)
+
+select * from final

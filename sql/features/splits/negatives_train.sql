@@ -1,0 +1,194 @@
+-- One row = one negative item for one training sample (user_code, pos): neg_rank 1..r, where
+-- r = neg_ratio (1 in pairwise mode; point-wise reads them as label-0 rows, list-wise as the
+-- r negatives of the sample's softmax).
+-- Sampling: items are drawn from the build's items, uniformly or with weight n_train ^ neg_alpha
+-- (features.item_popularity), by random numbers hashed from (seed, user_code, pos, draw):
+-- reproducible for a seed whatever the thread count. A negative is never an item the user
+-- interacted with (at any time), and the r negatives of a sample are distinct whenever the user
+-- has r items left unseen.
+-- Rejection sampling in two rounds: r + r/2 + 2 draws per sample, then 8r more draws for the few
+-- samples still short (users who saw many popular items); the samples still short after that
+-- are topped up uniformly from the user's unseen items, walked from a seeded offset (with
+-- repeats only when the user has fewer than r unseen items; none when the user saw everything).
+with
+
+settings as (
+    select
+        (case when getvariable('neg_mode') = 'pairwise' then 1 else getvariable('neg_ratio') end)::INTEGER as ratio,
+        getvariable('seed')::BIGINT as seed
+),
+
+rounds as (
+    select ratio + ratio // 2 + 2 as first_draws, 8 * ratio as second_draws from settings
+),
+
+-- the sampling distribution over items
+weights as (
+    select item_code,
+        case when getvariable('neg_sampler') = 'uniform' then 1.0
+            else pow(n_train, getvariable('neg_alpha'))
+        end as w
+    from features.item_popularity
+    where getvariable('neg_sampler') = 'uniform' or n_train > 0
+),
+
+cumulative as (
+    select item_code, sum(w) over (order by item_code rows between unbounded preceding and current row) as upto
+    from weights
+),
+
+-- item k owns [lo, hi) of [0, 1); consecutive items share their boundary exactly, the last ends at 1
+intervals as (
+    select item_code,
+        coalesce(lag(upto) over (order by item_code), 0) / total as lo,
+        case when upto = total then 1.0 else upto / total end as hi
+    from cumulative, (select max(upto) as total from cumulative)
+),
+
+-- [0, 1) cut into n_buckets equal buckets (a power of two >= 4 x items, so u * n_buckets is exact
+-- and a bucket holds about one item); an item is listed under every bucket it overlaps, so a
+-- draw finds its item by an equality join on its bucket plus a range check (faster than ASOF)
+bucketing as (
+    select pow(2, greatest(16, ceil(log2(4 * count(*) + 1))))::DOUBLE as n_buckets from intervals
+),
+
+buckets as (
+    select i.item_code, i.lo, i.hi,
+        unnest(range(floor(i.lo * b.n_buckets)::BIGINT, least(floor(i.hi * b.n_buckets), b.n_buckets - 1)::BIGINT + 1))
+            as bucket
+    from intervals i, bucketing b
+),
+
+-- per sample a 64-bit key from (seed, user_code, pos), chained through hash() so that the draws of
+-- one sample are independent of each other and of other samples
+sample_keys as materialized (
+    select s.user_code, s.pos,
+        hash(xor(hash(xor(hash(t.seed::UBIGINT), s.user_code::UBIGINT)), s.pos::UBIGINT)) as sample_key
+    from features.samples_train s
+    cross join settings t
+),
+
+seen as (
+    select user_code, item_code from features.events
+),
+
+-- round 1: every sample
+draws_1 as (
+    select user_code, pos, draw, u, floor(u * n_buckets)::BIGINT as bucket
+    from (
+        select k.user_code, k.pos, d.draw,
+            (hash(xor(k.sample_key, d.draw::UBIGINT)) >> 11)::DOUBLE / 9007199254740992.0 as u  -- uniform in [0, 1)
+        from sample_keys k
+        cross join (select unnest(range(1, first_draws + 1)) as draw from rounds) d
+    )
+    cross join bucketing
+),
+
+-- unseen draws of a sample in draw order, first occurrences only
+picks_1 as materialized (
+    select user_code, pos, list_filter(items, lambda x, i: list_position(items, x) = i) as items
+    from (
+        select d.user_code, d.pos,
+            -- in draw order, without an ordered aggregate: sort (draw, item) packed into one BIGINT
+            list_transform(
+                list_sort(list(d.draw::BIGINT * 4294967296 + b.item_code)), lambda x: (x % 4294967296)::INTEGER
+            ) as items
+        from draws_1 d
+        join buckets b on b.bucket = d.bucket and d.u >= b.lo and d.u < b.hi
+        anti join seen s on s.user_code = d.user_code and s.item_code = b.item_code
+        group by d.user_code, d.pos
+    )
+),
+
+short_1 as materialized (
+    select k.user_code, k.pos, k.sample_key, coalesce(p.items, []) as items
+    from sample_keys k
+    left join picks_1 p using (user_code, pos)
+    where len(coalesce(p.items, [])) < (select ratio from settings)
+),
+
+-- round 2: the short samples only, with new draw numbers
+draws_2 as (
+    select user_code, pos, draw, u, floor(u * n_buckets)::BIGINT as bucket
+    from (
+        select k.user_code, k.pos, d.draw,
+            (hash(xor(k.sample_key, d.draw::UBIGINT)) >> 11)::DOUBLE / 9007199254740992.0 as u
+        from short_1 k
+        cross join (select unnest(range(first_draws + 1, first_draws + second_draws + 1)) as draw from rounds) d
+    )
+    cross join bucketing
+),
+
+picks_2 as materialized (
+    select s.user_code, s.pos, s.sample_key,
+        list_filter(s.items || coalesce(n.items, []),
+            lambda x, i: list_position(s.items || coalesce(n.items, []), x) = i) as items
+    from short_1 s
+    left join (
+        select d.user_code, d.pos,
+            -- in draw order, without an ordered aggregate: sort (draw, item) packed into one BIGINT
+            list_transform(
+                list_sort(list(d.draw::BIGINT * 4294967296 + b.item_code)), lambda x: (x % 4294967296)::INTEGER
+            ) as items
+        from draws_2 d
+        join buckets b on b.bucket = d.bucket and d.u >= b.lo and d.u < b.hi
+        anti join seen s on s.user_code = d.user_code and s.item_code = b.item_code
+        group by d.user_code, d.pos
+    ) n using (user_code, pos)
+),
+
+-- fallback for the samples still short: walk the user's unseen items (in code order) from a
+-- seeded offset
+short_2 as (
+    select * from picks_2 where len(items) < (select ratio from settings)
+),
+
+unseen as (
+    select user_code, list(item_code order by item_code) as items
+    from (
+        select u.user_code, p.item_code
+        from (select distinct user_code from short_2) u
+        cross join features.item_popularity p
+    ) pairs
+    anti join seen using (user_code, item_code)
+    group by user_code
+),
+
+walked as (
+    select s.user_code, s.pos,
+        case when len(w.items) >= t.ratio
+            -- keep what was drawn, add the walk's items not already there
+            then list_filter(s.items || w.walk, lambda x, i: list_position(s.items || w.walk, x) = i)
+            -- fewer unseen items than r: cycle through them
+            else w.walk
+        end as items
+    from short_2 s
+    join (
+        select s2.user_code, s2.pos, u.items,
+            list_transform(range((select ratio from settings)), lambda step:
+                u.items[(((hash(s2.sample_key) % len(u.items)) + step) % len(u.items))::BIGINT + 1]) as walk
+        from short_2 s2
+        join unseen u using (user_code)
+    ) w using (user_code, pos)
+    cross join settings t
+),
+
+picked as (
+    select user_code, pos, items from picks_1 where len(items) >= (select ratio from settings)
+    union all
+    select user_code, pos, items from picks_2 where len(items) >= (select ratio from settings)
+    union all
+    select user_code, pos, items from walked
+),
+
+final as (
+    select user_code, pos, neg_rank::INTEGER as neg_rank, neg_item_code
+    from (
+        select user_code, pos,
+            unnest(range(1, least(len(items), (select ratio from settings)) + 1)) as neg_rank,
+            unnest(items[1:(select ratio from settings)]) as neg_item_code
+        from picked
+    )
+)
+
+select * from final

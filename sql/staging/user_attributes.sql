@@ -1,0 +1,15 @@
+-- One row = the current value of one attribute of one user: of all rows raw.user_attributes holds
+-- for (user_id, name), the one ingested last (highest batch_seq, then line). NULL values are skipped.
+with source as (
+    select user_id, name, value, kind, batch_seq::BIGINT * 1000000000000 + line as row_order
+    from raw.user_attributes
+    where value is not null
+),
+
+final as (
+    select user_id, name, arg_max(value, row_order) as value, arg_max(kind, row_order) as kind
+    from source
+    group by user_id, name
+)
+
+select * from final
