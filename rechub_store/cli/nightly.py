@@ -1,6 +1,123 @@
-"""CLI commands: nightly."""
+"""CLI commands: nightly (what cron runs) and demo (synthetic data end to end)."""
 
 from __future__ import annotations
 
-from rechub_store.cli.app import app  # noqa: F401
+import datetime as dt
+from pathlib import Path
 
+import typer
+
+from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
+from rechub_store.errors import UserError
+
+
+def _run_date(text: str | None) -> dt.date | None:
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"--run-date: expected YYYY-MM-DD, got {text!r}") from None
+
+
+@app.command("nightly")
+def nightly_command(
+    ctx: typer.Context,
+    job: Path = typer.Option(
+        None,
+        "--job",
+        help="Job file, e.g. jobs/nightly.toml [default: warehouse data, "
+        "latest model (trained if none), default settings]",
+    ),
+    run_date: str = typer.Option(
+        None, "--run-date", help="YYYY-MM-DD; run id nightly-<date>; rerun replaces it [default: today, UTC]"
+    ),
+    quiet: bool = typer.Option(
+        False,
+        "--quiet",
+        "-q",
+        help="Print nothing on success; log to the run's log file only (cron mails only failures)",
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """ingest -> build-features -> train (per policy) -> score -> evaluate -> publish. 0 = success."""
+    from rechub_store.jobconfig import JobConfig
+    from rechub_store.nightly import run_nightly
+
+    config = JobConfig.load(job) if job else None
+    report = run_nightly(warehouse_of(ctx), config, _run_date(run_date), echo=not (quiet or as_json))
+    if as_json:
+        print_json(report.as_dict())
+        return
+    if quiet:
+        return
+    for step in report.steps:
+        rows = f", {step.rows:,} rows" if step.rows is not None else ""
+        typer.echo(f"{step.step:<9} {step.status:<8} {step.seconds:7.1f}s{rows}")
+    typer.echo(
+        f"nightly {report.run_id}: {report.status} in {report.seconds:.1f}s (model {report.model_run_id}; "
+        f"log {report.log_path})"
+    )
+
+
+@app.command("demo")
+def demo_command(
+    ctx: typer.Context,
+    users: int = typer.Option(2000, "--users", min=10, help="Synthetic users"),
+    items: int = typer.Option(1000, "--items", min=10, help="Synthetic items"),
+    events: int = typer.Option(60_000, "--events", min=100, help="Synthetic events"),
+    model: str = typer.Option("dssm", "--model", help="dssm, youtubednn, gru4rec or sasrec"),
+    epochs: int = typer.Option(
+        3, "--epochs", min=1, help="Training epochs (small: the demo should take ~1 minute)"
+    ),
+    k: int = typer.Option(20, "--k", min=1, help="Recommendations per user"),
+    seed: int = typer.Option(0, "--seed", help="Data and training seed"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Synthetic data end to end on this warehouse: generate, ingest, build, train, nightly; print results."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rechub_store.nightly import run_demo
+
+    err = Console(stderr=True)
+    report = run_demo(
+        warehouse_of(ctx),
+        n_users=users,
+        n_items=items,
+        n_events=events,
+        model=model,
+        epochs=epochs,
+        k=k,
+        seed=seed,
+        progress=None if as_json else (lambda msg: err.print(f"[bold]demo[/] {msg}")),
+    )
+    if as_json:
+        print_json(
+            {
+                "nightly": report.nightly.as_dict(),
+                "metrics": report.metrics,
+                "sample": report.sample,
+                "seconds": report.seconds,
+            }
+        )
+        return
+    console = Console()
+    model_id = report.nightly.model_run_id
+    table = Table(title=f"test split, run {report.nightly.run_id} (model = {model_id})")
+    for name in ("model", "index", "k", "recall@k", "ndcg@k", "mrr@k", "annoy_recall@k"):
+        table.add_column(name, justify="left" if name in ("model", "index") else "right")
+    for m in report.metrics:
+        label = "popularity" if m["model_run_id"] == "popularity" else "model"
+        cells = [m.get(x) for x in ("recall", "ndcg", "mrr", "annoy_recall")]
+        table.add_row(label, m["index"], str(m["k"]), *["" if v is None else f"{v:.4f}" for v in cells])
+    console.print(table)
+    console.print("sample recommendations (top 5 of 2 users):")
+    for row in report.sample:
+        console.print(f"  user {row['user_id']}  #{row['rank']}  item {row['item_id']}  score {row['score']}")
+    wh = warehouse_of(ctx)
+    console.print(
+        f"done in {report.seconds:.0f}s. Query the results: rechub-store --warehouse {wh.path} sql "
+        '"SELECT * FROM recommendations LIMIT 10"  (or duckdb -readonly '
+        f"{wh.analytics_path})"
+    )

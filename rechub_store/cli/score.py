@@ -1,6 +1,196 @@
-"""CLI commands: score."""
+"""CLI commands: score, evaluate, sql, status (parse options, call one core function, print)."""
 
 from __future__ import annotations
 
-from rechub_store.cli.app import app  # noqa: F401
+import typer
+from rich.console import Console
+from rich.table import Table
 
+from rechub_store.cli.app import JSON_OPTION, app, parse_int_list, print_json, warehouse_of
+from rechub_store.errors import UserError
+from rechub_store.jobconfig import AnnoySettings
+
+INDEX_HELP = "annoy (approximate, auto-tuned to recall 0.95 vs exact) or exact (brute force)"
+
+
+def _index(value: str) -> str:
+    if value not in ("annoy", "exact"):
+        raise UserError(f"--index: expected annoy or exact, got {value!r}")
+    return value
+
+
+def _print_rows(title: str, names: list[str], rows: list, console: Console | None = None) -> None:
+    table = Table(title=title)
+    for name in names:
+        table.add_column(str(name))
+    for row in rows:
+        table.add_row(*[_fmt(v) for v in row])
+    (console or Console()).print(table)
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def print_metrics(rows: list[dict], title: str) -> None:
+    """The metrics table: one line per (model run, split, index, k), metrics as columns."""
+    metrics = ["recall", "hit", "ndcg", "mrr", "precision", "annoy_recall"]
+    names = ["model_run_id", "split", "index", "k", *metrics, "n_users"]
+    shown = [m for m in metrics if any(m in r for r in rows)]
+    names = ["model_run_id", "split", "index", "k", *shown, "n_users"]
+    _print_rows(title, names, [[r.get(n) for n in names] for r in rows])
+
+
+@app.command("score")
+def score_command(
+    ctx: typer.Context,
+    model_run: str = typer.Option(
+        None, "--model-run", help="Model run to score with [default: latest successful]"
+    ),
+    k: int = typer.Option(100, "--k", min=1, help="Recommendations per user"),
+    index: str = typer.Option("annoy", "--index", help=INDEX_HELP),
+    run_id: str = typer.Option(None, "--run-id", help="Run id to write [default: manual-<model run>]"),
+    target_recall: float = typer.Option(
+        0.95, "--target-recall", help="annoy auto-tuning target (recall@k vs exact)"
+    ),
+    keep_runs: int = typer.Option(30, "--keep-runs", min=1, help="Runs kept in recommendations_history"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Write every user's top-k unseen items to the warehouse's `recommendations` (working copy)."""
+    from rechub_store.retrieval.scoring import score
+
+    report = score(
+        warehouse_of(ctx),
+        model_run_id=model_run,
+        run_id=run_id,
+        k=k,
+        index=_index(index),
+        annoy_settings=AnnoySettings(target_recall=target_recall),
+        keep_runs=keep_runs,
+    )
+    if as_json:
+        print_json(report.as_dict())
+        return
+    typer.echo(
+        f"run {report.run_id}: {report.rows:,} recommendations for {report.users:,} users "
+        f"(model {report.model_run_id}, {report.index}, k={report.k}) in {report.seconds:.1f}s"
+    )
+    if report.annoy:
+        a = report.annoy
+        typer.echo(
+            f"annoy: {a['metric']}, n_trees={a['n_trees']}, search_k={a['search_k']} (for k={a['tuned_k']}), "
+            f"recall@{a['tuned_k']} vs exact {a['recall']:.4f} (target {a['target_recall']})"
+        )
+    typer.echo(
+        "publish to analysts with `rechub-store nightly` (or copy to a server with `rechub-store publish`)"
+    )
+
+
+@app.command("evaluate")
+def evaluate_command(
+    ctx: typer.Context,
+    model_run: str = typer.Option(
+        None, "--model-run", help="Model run to evaluate [default: latest successful]"
+    ),
+    k: str = typer.Option("10,20,50", "--k", help="Cut-offs, comma-separated"),
+    index: str = typer.Option(None, "--index", help=INDEX_HELP + " [default: both, plus annoy_recall]"),
+    split: str = typer.Option("test", "--split", help="test, valid, or test,valid"),
+    run_id: str = typer.Option(None, "--run-id", help="Run id to write [default: manual-<model run>]"),
+    popularity: bool = typer.Option(
+        True, "--popularity/--no-popularity", help="Also the most-popular baseline"
+    ),
+    max_users: int = typer.Option(
+        None,
+        "--max-users",
+        min=1,
+        help="Evaluate a seeded sample of this many users per split [default: all]",
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Leave-one-out Recall/Hit/NDCG/MRR/Precision@k into the warehouse's `evaluation_metrics`."""
+    from rechub_store.retrieval.evaluate import evaluate
+
+    ks = parse_int_list(k, "--k")
+    splits = [s.strip() for s in split.split(",") if s.strip()]
+    for s in splits:
+        if s not in ("test", "valid"):
+            raise UserError(f"--split: expected test or valid, got {s!r}")
+    indexes = [_index(index)] if index else ["annoy", "exact"]
+    report = evaluate(
+        warehouse_of(ctx),
+        model_run_id=model_run,
+        run_id=run_id,
+        ks=ks,
+        splits=splits,
+        indexes=indexes,
+        popularity=popularity,
+        max_users=max_users,
+    )
+    if as_json:
+        print_json(report.as_dict())
+        return
+    print_metrics(report.table(), f"evaluation {report.run_id} ({report.seconds:.1f}s)")
+
+
+@app.command("sql")
+def sql_command(
+    ctx: typer.Context,
+    query: str = typer.Argument(..., help='Read-only SQL, e.g. "SELECT * FROM evaluation_metrics"'),
+    limit: int = typer.Option(1000, "--limit", min=1, help="Rows to print at most"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Query the published analytics database read-only (the warehouse if nothing is published yet)."""
+    from rechub_store.publish.analytics import query_readonly
+
+    names, rows, path = query_readonly(warehouse_of(ctx), query, limit=limit)
+    if as_json:
+        print_json([dict(zip(names, row, strict=True)) for row in rows])
+        return
+    _print_rows(path, names, rows)
+
+
+@app.command("status")
+def status_command(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Last nightly runs, the latest model run, the published run, and whether a job is running now."""
+    from rechub_store.nightly import job_status
+
+    status = job_status(warehouse_of(ctx))
+    if as_json:
+        print_json(status)
+        return
+    console = Console()
+    lock = status["lock"]
+    if lock:
+        state = "STALE (process gone; the next run recovers it)" if lock["stale"] else "running"
+        console.print(
+            f"nightly lock: {state}: pid {lock.get('pid')} on {lock.get('host')}, run {lock.get('run_id')}, "
+            f"since {lock.get('started_at')}"
+        )
+    else:
+        console.print("nightly lock: free")
+    pub = status["published"]
+    console.print(
+        f"published: {pub['run_id']} (model {pub['model_run_id']}, at {pub['published_at']})"
+        if pub
+        else "published: nothing yet"
+    )
+    model = status["latest_model_run"]
+    console.print(
+        f"latest model run: {model['model_run_id']} ({model['model']}, finished {model['finished_at']})"
+        if model
+        else "latest model run: none"
+    )
+    for note in status.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
+    if status["job_runs"]:
+        names = list(status["job_runs"][0].keys())
+        _print_rows(
+            f"job runs (from {status['source']})",
+            names,
+            [list(r.values()) for r in status["job_runs"]],
+            console,
+        )

@@ -1,0 +1,347 @@
+"""Production scoring: every user's top-k unseen items from a model run, written to `recommendations`.
+
+One `ScoringContext` per run holds the feature store, the model and its item vectors, and the
+annoy index (built and tuned once, saved as `models/<model_run_id>/items.ann`); scoring and
+evaluation share it. Users are scored in chunks (encode -> top-k -> stage), so memory stays
+at one chunk of vectors plus the staged codes, whatever the number of users.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rechub_store.data.readers import FeatureStore
+from rechub_store.errors import UserError
+from rechub_store.jobconfig import AnnoySettings
+from rechub_store.paths import thread_count
+from rechub_store.publish.analytics import RecommendationWriter
+from rechub_store.retrieval.annoy_index import AnnoyItems, Tuning, load_or_build, sample_rows
+from rechub_store.retrieval.embeddings import annoy_metric, encode_items, encode_users, normalize_for_index
+from rechub_store.retrieval.exact import Seen, exact_topk
+from rechub_store.training.registry import LoadedModel, load_model, models_dir
+from rechub_store.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+INDEXES = ("annoy", "exact")
+ANNOY_FILE = "items.ann"
+
+
+@dataclass
+class ScoringContext:
+    """What one run scores with; loaded once, shared by `score_run` and `evaluate_run`."""
+
+    store: FeatureStore
+    loaded: LoadedModel
+    item_vecs: np.ndarray  # prepared for the index: [n_items, D], row 0 = padding
+    metric: str  # annoy metric: 'dot' | 'angular'
+    model_dir: Path  # <warehouse>/models/<model_run_id>: items.ann, *_embeddings.parquet
+    annoy: AnnoyItems | None = None
+    tuning: Tuning | None = None
+    annoy_built: bool = False
+
+    @property
+    def model_run_id(self) -> str:
+        return self.loaded.model_run_id
+
+    @property
+    def score_kind(self) -> str:
+        return self.loaded.score_kind
+
+    def user_vectors(self, user_codes: np.ndarray, hist_end: np.ndarray | None = None) -> np.ndarray:
+        """Prepared user vectors from histories cut at `hist_end` (None = whole current history)."""
+        vecs = encode_users(self.loaded.model, self.store, user_codes, hist_end)
+        return normalize_for_index(vecs, self.score_kind)
+
+    def production_users(self) -> np.ndarray:
+        """Every user code with at least one event, ascending."""
+        return np.flatnonzero(np.diff(self.store.hist_offsets) > 0).astype(np.int64)
+
+
+def load_context(
+    con: duckdb.DuckDBPyConnection, model_run_id: str | None = None, splits: tuple[str, ...] = ()
+) -> ScoringContext:
+    """Load the feature store (with the given evaluation splits), the model and its item vectors."""
+    loaded = load_model(con, model_run_id)
+    store = FeatureStore.load(con, loaded.max_seq_len, splits=splits)
+    items = normalize_for_index(encode_items(loaded.model, store), loaded.score_kind)
+    if items.shape[0] < 2:
+        raise UserError("the catalogue is empty: nothing to recommend (ingest events, then build-features)")
+    return ScoringContext(
+        store=store,
+        loaded=loaded,
+        item_vecs=items,
+        metric=annoy_metric(loaded.score_kind),
+        # the warehouse's own folder (not the artifact path recorded at training time), so a
+        # copied or moved warehouse writes its index and embeddings inside itself
+        model_dir=models_dir(con) / loaded.model_run_id,
+    )
+
+
+def ensure_annoy(ctx: ScoringContext, k: int, settings: AnnoySettings | None = None) -> AnnoyItems:
+    """The run's annoy index: loaded if already tuned for these vectors, else built, tuned, saved."""
+    if ctx.annoy is not None:
+        return ctx.annoy
+    settings = settings or AnnoySettings()
+    users = ctx.production_users()
+    sample = users[sample_rows(len(users), settings.sample_users, settings.seed)]
+    sample_vecs = ctx.user_vectors(sample) if len(sample) else ctx.item_vecs[1:2]
+    ctx.annoy, ctx.tuning, ctx.annoy_built = load_or_build(
+        ctx.model_dir / ANNOY_FILE,
+        ctx.item_vecs,
+        sample_vecs,
+        ctx.metric,
+        k,
+        target_recall=settings.target_recall,
+        n_trees=settings.n_trees,
+        max_trees=settings.max_trees,
+        search_k=settings.search_k,
+        seed=settings.seed,
+    )
+    t = ctx.tuning
+    log.info(
+        "annoy index %s: %s, n_trees=%d search_k=%d recall@%d=%.4f (target %.2f)",
+        ctx.model_dir / ANNOY_FILE,
+        "built" if ctx.annoy_built else "reused",
+        t.n_trees,
+        t.search_k,
+        t.k,
+        t.recall,
+        t.target_recall,
+    )
+    return ctx.annoy
+
+
+def topk(
+    ctx: ScoringContext,
+    user_vecs: np.ndarray,
+    k: int,
+    seen: Seen | None,
+    index: str,
+    annoy_settings: AnnoySettings | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (codes, scores) by the chosen index; seen items and padding never returned."""
+    if index == "exact":
+        chunk = max(64, min(4096, (1 << 26) // max(ctx.item_vecs.shape[0], 1)))  # ~256 MB score blocks
+        return exact_topk(user_vecs, ctx.item_vecs, k, seen, chunk_size=chunk)
+    if index == "annoy":
+        return ensure_annoy(ctx, k, annoy_settings).topk(user_vecs, k, seen, n_threads=thread_count())
+    raise UserError(f"--index: expected annoy or exact, got {index!r}")
+
+
+@dataclass
+class ScoreReport:
+    run_id: str
+    model_run_id: str
+    index: str
+    k: int
+    users: int
+    rows: int
+    seconds: float
+    seconds_by_phase: dict[str, float] = field(default_factory=dict)
+    annoy: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _UserEmbeddingsWriter:
+    """`models/<model_run_id>/user_embeddings.parquet` (code, vector) for the users just scored."""
+
+    def __init__(self, path: Path, dim: int) -> None:
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.schema = pa.schema([("code", pa.int32()), ("vector", pa.list_(pa.float32(), dim))])
+        self.writer = pq.ParquetWriter(self.tmp, self.schema)
+
+    def add(self, codes: np.ndarray, vecs: np.ndarray) -> None:
+        flat = pa.array(np.ascontiguousarray(vecs, dtype=np.float32).ravel())
+        vectors = pa.FixedSizeListArray.from_arrays(flat, vecs.shape[1])
+        self.writer.write_table(pa.table([pa.array(codes.astype(np.int32)), vectors], schema=self.schema))
+
+    def close(self, keep: bool = True) -> None:
+        """Finish the file; `keep=False` (a failed run) discards it and leaves the old one."""
+        self.writer.close()
+        if keep:
+            self.tmp.replace(self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_item_embeddings(ctx: ScoringContext) -> Path:
+    """`models/<model_run_id>/item_embeddings.parquet` (code, vector), rows 1.. (padding left out)."""
+    ctx.model_dir.mkdir(parents=True, exist_ok=True)
+    path = ctx.model_dir / "item_embeddings.parquet"
+    vecs = ctx.item_vecs[1:]
+    flat = pa.array(np.ascontiguousarray(vecs).ravel())
+    table = pa.table(
+        {
+            "code": pa.array(np.arange(1, len(ctx.item_vecs), dtype=np.int32)),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, vecs.shape[1]),
+        }
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return path
+
+
+ChunkSource = Callable[[np.ndarray], tuple[np.ndarray, Seen]]  # user codes -> (prepared vectors, seen)
+Search = Callable[[np.ndarray, Seen], tuple[np.ndarray, np.ndarray]]  # (vectors, seen) -> (codes, scores)
+
+
+def write_topk(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    model_run_id: str,
+    users: np.ndarray,
+    source: ChunkSource,
+    search: Search,
+    *,
+    keep_runs: int = 30,
+    chunk_users: int = 65_536,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[int, dict[str, float]]:
+    """The scoring loop, model-agnostic: per chunk of users get vectors + seen, search, stage; commit.
+
+    Returns (rows written, seconds per phase). `bench/score.py` drives it with synthetic vectors.
+    """
+    phases = {"encode": 0.0, "topk": 0.0, "stage": 0.0}
+    writer = RecommendationWriter(con, run_id, model_run_id)
+    for lo in range(0, len(users), chunk_users):
+        part = users[lo : lo + chunk_users]
+        t0 = time.perf_counter()
+        vecs, seen = source(part)
+        t1 = time.perf_counter()
+        codes, scores = search(vecs, seen)
+        t2 = time.perf_counter()
+        writer.add(part, codes, scores)
+        phases["encode"] += t1 - t0
+        phases["topk"] += t2 - t1
+        phases["stage"] += time.perf_counter() - t2
+        if progress is not None:
+            progress(min(lo + chunk_users, len(users)), len(users))
+    t3 = time.perf_counter()
+    rows = writer.commit(keep_runs=keep_runs)
+    phases["commit"] = time.perf_counter() - t3
+    return rows, phases
+
+
+def score_run(
+    con: duckdb.DuckDBPyConnection,
+    ctx: ScoringContext,
+    run_id: str,
+    *,
+    k: int = 100,
+    index: str = "annoy",
+    annoy_settings: AnnoySettings | None = None,
+    keep_runs: int = 30,
+    chunk_users: int = 65_536,
+    save_embeddings: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScoreReport:
+    """Score every user with events and replace the warehouse's `recommendations` with run `run_id`.
+
+    Users are encoded from their whole current history; everything they have interacted with
+    is excluded. The history keeps `keep_runs` runs; re-scoring a run_id replaces it.
+    """
+    if index not in INDEXES:
+        raise UserError(f"--index: expected annoy or exact, got {index!r}")
+    t0 = time.perf_counter()
+    if index == "annoy":
+        ensure_annoy(ctx, k, annoy_settings)
+    index_seconds = time.perf_counter() - t0
+    users = ctx.production_users()
+    emb = None
+    if save_embeddings:
+        write_item_embeddings(ctx)
+        emb = _UserEmbeddingsWriter(ctx.model_dir / "user_embeddings.parquet", ctx.item_vecs.shape[1])
+
+    def source(part: np.ndarray) -> tuple[np.ndarray, Seen]:
+        ends = ctx.store.history_length(part)
+        vecs = ctx.user_vectors(part, ends)
+        if emb is not None:
+            emb.add(part, vecs)
+        return vecs, Seen(*ctx.store.seen(part, ends))
+
+    try:
+        rows, phases = write_topk(
+            con,
+            run_id,
+            ctx.model_run_id,
+            users,
+            source,
+            lambda vecs, seen: topk(ctx, vecs, k, seen, index, annoy_settings),
+            keep_runs=keep_runs,
+            chunk_users=chunk_users,
+            progress=progress,
+        )
+    except BaseException:
+        if emb is not None:
+            emb.close(keep=False)
+        raise
+    if emb is not None:
+        emb.close()
+    phases["index"] = index_seconds
+    report = ScoreReport(
+        run_id=run_id,
+        model_run_id=ctx.model_run_id,
+        index=index,
+        k=k,
+        users=len(users),
+        rows=rows,
+        seconds=round(time.perf_counter() - t0, 3),
+        seconds_by_phase={name: round(v, 3) for name, v in phases.items()},
+        annoy=_annoy_summary(ctx) if index == "annoy" else None,
+    )
+    log.info("scored %d users -> %d rows in %.1fs (%s)", report.users, rows, report.seconds, index)
+    return report
+
+
+def _annoy_summary(ctx: ScoringContext) -> dict[str, Any] | None:
+    if ctx.tuning is None:
+        return None
+    t = ctx.tuning
+    return {
+        "path": str(ctx.model_dir / ANNOY_FILE),
+        "built": ctx.annoy_built,
+        "metric": t.metric,
+        "n_trees": t.n_trees,
+        "search_k": t.search_k,
+        "tuned_k": t.k,
+        "recall": round(t.recall, 5),
+        "target_recall": t.target_recall,
+        "met_target": t.met_target,
+        "sample_users": t.sample_users,
+        "build_seconds": t.build_seconds,
+        "tune_seconds": t.tune_seconds,
+    }
+
+
+def score(
+    warehouse: Warehouse,
+    *,
+    model_run_id: str | None = None,
+    run_id: str | None = None,
+    k: int = 100,
+    index: str = "annoy",
+    annoy_settings: AnnoySettings | None = None,
+    keep_runs: int = 30,
+) -> ScoreReport:
+    """`rechub-store score`: load the model run (default: latest) and score into the working copy."""
+    with warehouse.session() as con:
+        ctx = load_context(con, model_run_id)
+        run_id = run_id or f"manual-{ctx.model_run_id}"
+        return score_run(
+            con, ctx, run_id, k=k, index=index, annoy_settings=annoy_settings, keep_runs=keep_runs
+        )

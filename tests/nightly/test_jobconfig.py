@@ -1,0 +1,109 @@
+"""The job file: typed, rejects unknown keys and bad values naming the key, example file loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rechub_store.errors import UserError
+from rechub_store.jobconfig import JobConfig
+from rechub_store.paths import JOBS_DIR
+
+
+def test_example_job_file_loads() -> None:
+    job = JobConfig.load(JOBS_DIR / "nightly.toml")
+    assert job.name == "nightly"
+    assert job.train.policy == "if-older-than" and job.train.max_age_days == 7
+    assert job.score.k == 100 and job.score.annoy.target_recall == 0.95
+    assert job.evaluate.ks == (10, 20, 50) and job.evaluate.indexes == ("annoy", "exact")
+    assert job.sources[0].kind == "interactions" and job.sources[0].user_col == "user_id"
+    assert job.base_dir == JOBS_DIR.resolve()
+    from rechub_store.data.build import BuildParams
+    from rechub_store.nightly import _train_config
+
+    BuildParams.from_mapping(job.build)  # the example's [build] and [train.params] are valid for their owners
+    _train_config(job.train)
+
+
+def test_defaults_without_a_job_file() -> None:
+    job = JobConfig()
+    assert job.sources == () and job.build is None and job.train.policy == "if-missing"
+    assert job.score.index_for(1000) == "annoy"
+    auto = JobConfig.from_mapping({"score": {"index": "auto"}}).score
+    assert auto.index_for(1000) == "exact" and auto.index_for(10**6) == "annoy"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[scroe]\nk = 1", "unknown key(s) scroe"),
+        ("[score]\nkk = 1", "score: unknown key(s) kk"),
+        ("[score]\nk = 0", "score.k: expected an integer"),
+        ("[score]\nk = 'ten'", "score.k"),
+        ("[score]\nindex = 'faiss'", "score.index: expected one of annoy, exact, auto"),
+        ("[score.annoy]\ntarget_recall = 1.5", "score.annoy.target_recall"),
+        ("[train]\npolicy = 'weekly'", "train.policy: expected one of"),
+        ("[evaluate]\nks = []", "evaluate.ks"),
+        ("[evaluate]\nsplits = ['train']", "evaluate.splits"),
+        ("[publish]\nkeep_runs = 0", "publish.keep_runs"),
+        (
+            "[[ingest.sources]]\npath = 'x.csv'\nuser_col = 'u'",
+            "interactions sources need item_col, time_col",
+        ),
+        ("[[ingest.sources]]\nkind = 'kafka'\npath = 'x'", "ingest.sources[0].kind"),
+        ("[job]\nname = 'a b'", "job.name"),
+        ("score = 3", "score: expected a table"),
+        ("[score\nk=1", "job file"),
+    ],
+)
+def test_bad_job_files_fail_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "job.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        JobConfig.load(path)
+
+
+def test_missing_job_file() -> None:
+    with pytest.raises(UserError, match="not found"):
+        JobConfig.load(Path("/nonexistent/job.toml"))
+
+
+def test_unknown_build_and_train_params_are_rejected_by_their_owners(tmp_path: Path) -> None:
+    from rechub_store.data.build import BuildParams
+    from rechub_store.nightly import _train_config
+
+    job = JobConfig.from_mapping({"build": {"max_seq_length": 5}, "train": {"params": {"epoch": 2}}})
+    with pytest.raises(UserError, match="max_seq_length"):
+        BuildParams.from_mapping(job.build)
+    with pytest.raises(UserError, match="epoch"):
+        _train_config(job.train)
+
+
+def test_source_globs_resolve_against_the_job_folder(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    for name in ("b.csv", "a.csv", "c.txt"):
+        (tmp_path / "in" / name).write_text("x")
+    job = JobConfig.from_mapping(
+        {
+            "ingest": {
+                "sources": [
+                    {"path": "in/*.csv", "user_col": "u", "item_col": "i", "time_col": "t"},
+                    {"path": "in/none-*.csv", "user_col": "u", "item_col": "i", "time_col": "t"},
+                ]
+            }
+        },
+        base_dir=tmp_path,
+    )
+    assert [p.name for p in job.source_files(job.sources[0])] == ["a.csv", "b.csv"]
+    assert job.source_files(job.sources[1]) == []
+
+
+def test_env_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rechub_store.jobconfig import expand_env
+
+    monkeypatch.setenv("PGPW", "s3cr3t")
+    assert expand_env("postgresql://u:${PGPW}@h/db", "publish.targets[0]") == "postgresql://u:s3cr3t@h/db"
+    monkeypatch.delenv("PGPW")
+    with pytest.raises(UserError, match=r"publish.targets\[0\]: environment variable PGPW is not set"):
+        expand_env("postgresql://u:${PGPW}@h/db", "publish.targets[0]")
