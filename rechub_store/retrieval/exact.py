@@ -70,7 +70,7 @@ def exact_topk(
     item_vecs: np.ndarray,
     k: int,
     seen: Seen | None = None,
-    chunk_size: int = 2048,
+    chunk_size: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k item codes by dot product for every user, seen items and padding row 0 excluded.
 
@@ -89,10 +89,14 @@ def exact_topk(
     if take == 0 or n_users == 0:
         return codes, scores
     items_t = items.T.contiguous()
+    # One score buffer reused for every chunk: allocating a fresh [chunk, n_items] block per
+    # chunk costs about as much as the matmul itself on large catalogues.
+    buffer = torch.empty((min(chunk_size, n_users), n_items), dtype=torch.float32)
     with torch.inference_mode():
         for start in range(0, n_users, chunk_size):
             stop = min(start + chunk_size, n_users)
-            block = users[start:stop] @ items_t
+            block = buffer[: stop - start]
+            torch.mm(users[start:stop], items_t, out=block)
             block[:, 0] = -torch.inf
             if seen is not None:
                 part = seen.rows(start, stop)
