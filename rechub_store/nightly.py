@@ -152,10 +152,14 @@ class NightlyLock:
             tmp.unlink(missing_ok=True)
 
     def acquire(self) -> NightlyLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = json.dumps(self._info())
         for _ in range(3):
-            if self._create(payload):
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                created = self._create(payload)
+            except OSError as exc:
+                raise _unwritable(self.path.parent, exc) from exc
+            if created:
                 self.held = True
                 return self
             holder = self.read()
@@ -299,8 +303,15 @@ class _State:
     ctx: Any = None  # ScoringContext, shared by score and evaluate
 
 
+def _unwritable(folder: Path, exc: OSError) -> UserError:
+    return UserError(f"cannot write the warehouse folder {folder}: {exc.strerror or exc}")
+
+
 def _run_dir_log(warehouse: Warehouse, run_id: str) -> Path:
-    warehouse.logs_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        warehouse.logs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _unwritable(warehouse.logs_dir, exc) from exc
     return warehouse.logs_dir / f"{run_id}.{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.log"
 
 
