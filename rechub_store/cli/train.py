@@ -1,6 +1,111 @@
-"""CLI commands: train."""
+"""CLI: `rechub-store train` (fit + register a model) and `rechub-store runs` (list the registry)."""
 
 from __future__ import annotations
 
-from rechub_store.cli.app import app  # noqa: F401
+import typer
+from rich.console import Console
+from rich.table import Table
 
+from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
+from rechub_store.models import MODELS
+from rechub_store.training.config import NEG_MODES, NEG_SAMPLERS, TrainConfig
+from rechub_store.training.registry import list_runs
+from rechub_store.training.trainer import train
+
+
+@app.command("train")
+def train_command(
+    ctx: typer.Context,
+    model: str = typer.Option("sasrec", "--model", "-m", help=f"Model: {' | '.join(MODELS)}."),
+    epochs: int = typer.Option(None, help="Maximum epochs (default: dssm/youtubednn 20, gru4rec/sasrec 50)."),
+    batch_size: int = typer.Option(None, help="Samples per batch (default: 512)."),
+    lr: float = typer.Option(None, help="Adam learning rate (default: 1e-3)."),
+    weight_decay: float = typer.Option(0.0, help="Adam weight decay."),
+    embed_dim: int = typer.Option(None, help="Embedding / output vector size (default: 64)."),
+    neg_mode: str = typer.Option(
+        None,
+        help=f"Objective: {' | '.join(NEG_MODES)} (default: full softmax up to 100k items, else listwise).",
+    ),
+    neg_ratio: int = typer.Option(
+        None, help="Negatives per positive (default: pointwise 4, pairwise 1, listwise 20)."
+    ),
+    neg_sampler: str = typer.Option(
+        "uniform", help=f"Negatives: {' | '.join(NEG_SAMPLERS)} (static = built ones)."
+    ),
+    in_batch: bool = typer.Option(
+        None, "--in-batch/--no-in-batch", help="List-wise: other rows' positives too."
+    ),
+    logq: bool = typer.Option(True, "--logq/--no-logq", help="In-batch popularity (logQ) correction."),
+    max_seq_len: int = typer.Option(None, help="History window (default: the feature build's max_seq_len)."),
+    patience: int = typer.Option(3, help="Stop after this many epochs without a better valid NDCG@10."),
+    seed: int = typer.Option(42, help="Seed (weights, shuffling, negatives)."),
+    valid_users: int = typer.Option(
+        None, help="Validate on a seeded sample of this many users (default: all)."
+    ),
+    streaming: bool = typer.Option(False, "--streaming", help="Stream training samples from DuckDB."),
+    seq_train: bool = typer.Option(
+        None,
+        "--seq-train/--no-seq-train",
+        help="All-position training for gru4rec/sasrec (default: on for them).",
+    ),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Train a two-tower model on the feature store and register it in meta.model_runs."""
+    config = TrainConfig(
+        model=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        embed_dim=embed_dim,
+        neg_mode=neg_mode,
+        neg_ratio=neg_ratio,
+        neg_sampler=neg_sampler,
+        in_batch=in_batch,
+        logq=logq,
+        max_seq_len=max_seq_len,
+        patience=patience,
+        seed=seed,
+        valid_users=valid_users,
+        streaming=streaming,
+        seq_train=seq_train,
+        progress=not as_json,
+    )
+    result = train(warehouse_of(ctx), config)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    Console().print(
+        f"model run [bold]{result.model_run_id}[/]: best epoch {result.best_epoch}, valid NDCG@10 "
+        f"{result.best_metric:.4f} (popularity {result.popularity_metric:.4f}), "
+        f"{result.samples_per_second:,.0f} samples/s, {result.wall_seconds:.1f}s\n"
+        f"artifact {result.artifact_path}"
+    )
+
+
+@app.command("runs")
+def runs_command(
+    ctx: typer.Context,
+    limit: int = typer.Option(20, help="Show the newest N runs (0 = all)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """List model runs (newest first) from the registry."""
+    with warehouse_of(ctx).session(read_only=True) as con:
+        rows = list_runs(con, limit or None)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title="model runs")
+    for col in ("model_run_id", "model", "status", "best_epoch", "valid NDCG@10", "seconds", "created_at"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["model_run_id"],
+            r["model"],
+            r["status"],
+            str(r["best_epoch"] or ""),
+            f"{r['best_metric']:.4f}" if r["best_metric"] is not None else "",
+            f"{r['wall_seconds']:.1f}" if r["wall_seconds"] is not None else "",
+            str(r["created_at"])[:19],
+        )
+    Console().print(table)

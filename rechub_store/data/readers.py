@@ -1,0 +1,666 @@
+"""Feature tables -> numpy/torch batches: DuckDB -> Arrow -> numpy, no per-row Python.
+
+`FeatureStore.load(con)` reads the feature store once: vocabulary sizes, every user's history
+as one flat int32 array plus CSR offsets (indexed by user_code), user/item sparse and dense
+attributes pivoted to wide arrays indexed by code, item tags as a padded matrix, popularity and
+the leave-one-out samples. History windows are cut per batch by a vectorized gather, so sample
+storage stays O(events) (DESIGN.md: samples address the history by (user, pos)).
+
+Batch dictionaries (what the models read):
+- user side: `user_code` [B], `hist` [B, L] (left-padded with 0, most recent last),
+  `u.<name>` sparse codes [B] (`u.user_id` = user_code), `ud.<name>` scaled dense [B];
+- item side: `item_code` [N], `i.<name>` sparse codes [N] (`i.item_id` = item_code),
+  `id.<name>` dense [N], `tags` [N, T] padded tag codes.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import torch
+
+from rechub_store.errors import UserError
+from rechub_store.models.features import DenseFeature, FeatureSchema, SequenceFeature, SparseFeature
+from rechub_store.warehouse import require_table, table_exists
+
+SPLITS = ("train", "valid", "test")
+BUILD_HINT = "run `rechub-store build-features` first"
+MAX_TAGS = 32
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Positive training/evaluation targets: the history of row i is user_history[:pos[i]]."""
+
+    user_code: np.ndarray  # int64 [S]
+    target: np.ndarray  # int64 [S]
+    pos: np.ndarray  # int64 [S]
+    negatives: np.ndarray | None = None  # int64 [S, R] static negatives (0 = missing)
+
+    def __len__(self) -> int:
+        return int(self.user_code.shape[0])
+
+    def take(self, idx: np.ndarray) -> Samples:
+        negs = self.negatives[idx] if self.negatives is not None else None
+        return Samples(self.user_code[idx], self.target[idx], self.pos[idx], negs)
+
+
+def _fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
+    # execute() (not sql()): works whatever state earlier execute() results left the connection in.
+    # NOTE: with `preserve_insertion_order = false` (Warehouse.connect) DuckDB 2.0's
+    # execute().to_arrow_table() does NOT keep ORDER BY order across chunks: callers re-sort.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return con.execute(sql, params or []).to_arrow_table()
+
+
+def _np(table: pa.Table, column: str, dtype: type = np.int64) -> np.ndarray:
+    return table.column(column).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+
+
+def list_to_matrix(values: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """Pack a flattened list column into [n, width], right-padded with 0, first `width` kept."""
+    n = lengths.shape[0]
+    out = np.zeros((n, max(width, 1)), dtype=np.int64)
+    if values.size == 0:
+        return out
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    rows = np.repeat(np.arange(n), lengths)
+    cols = np.arange(values.shape[0]) - np.repeat(starts, lengths)
+    keep = cols < width
+    out[rows[keep], cols[keep]] = values[keep]
+    return out
+
+
+def reorder_lists(
+    values: np.ndarray, lengths: np.ndarray, order: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Permute the rows of a flattened list column (values, lengths) by `order`, vectorized."""
+    starts = np.cumsum(lengths) - lengths
+    new_lengths = lengths[order]
+    new_starts = np.cumsum(new_lengths) - new_lengths
+    idx = np.repeat(starts[order] - new_starts, new_lengths) + np.arange(int(new_lengths.sum()))
+    return values[idx], new_lengths
+
+
+def _list_column(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(flat values, per-row lengths) of a list column; NULL lists count as empty."""
+    arr = table.column(column).combine_chunks()
+    if isinstance(arr, pa.ChunkedArray):  # empty table
+        arr = pa.array([], type=pa.list_(pa.int32()))
+    arr = arr.fill_null(pa.scalar([], type=arr.type)) if arr.null_count else arr
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    return values, np.diff(offsets)
+
+
+def latest_build(con: duckdb.DuckDBPyConnection) -> tuple[str | None, dict]:
+    """(build_id, params) of the latest successful feature build, (None, {}) if none is recorded."""
+    if not table_exists(con, "meta.builds"):
+        return None, {}
+    row = con.execute(
+        "SELECT build_id, params FROM meta.builds WHERE status = 'success' "
+        "ORDER BY finished_at DESC NULLS LAST, started_at DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return None, {}
+    params = row[1]
+    if isinstance(params, str):
+        params = json.loads(params) if params else {}
+    return row[0], dict(params or {})
+
+
+@dataclass
+class FeatureStore:
+    """The feature store in memory, indexed by code (row 0 = padding)."""
+
+    build_id: str | None
+    build_params: dict
+    max_seq_len: int
+    n_users: int
+    n_items: int
+    hist_items: np.ndarray  # int32, all histories concatenated in user_code order
+    hist_offsets: np.ndarray  # int64 [n_users + 1]
+    user_sparse: dict[str, np.ndarray]  # name -> int64 [n_users]
+    user_sparse_vocab: dict[str, int]
+    user_dense: dict[str, np.ndarray]  # name -> float32 [n_users]
+    item_sparse: dict[str, np.ndarray]  # name -> int64 [n_items]
+    item_sparse_vocab: dict[str, int]
+    item_dense: dict[str, np.ndarray]  # name -> float32 [n_items]
+    item_tags: np.ndarray | None  # int64 [n_items, T]
+    n_tags: int
+    item_train_count: np.ndarray  # float64 [n_items]: training positives per item (logQ, popularity)
+    samples: dict[str, Samples]
+    # scaling (transform, min, max) of the user's `event_count`: recomputed from hist_end per batch
+    event_count_scaling: tuple[str, float, float] | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        con: duckdb.DuckDBPyConnection,
+        max_seq_len: int | None = None,
+        splits: tuple[str, ...] = SPLITS,
+        static_negatives: bool = False,
+    ) -> FeatureStore:
+        """Read every feature table once. `splits` selects which samples tables to load."""
+        for table in ("features.vocab_item_id", "features.vocab_user_id", "features.user_history"):
+            require_table(con, table, BUILD_HINT)
+        build_id, params = latest_build(con)
+        seq_len = int(max_seq_len or params.get("max_seq_len") or 50)
+
+        n_items = int(
+            con.execute(
+                "SELECT greatest((SELECT coalesce(max(code), 0) FROM features.vocab_item_id),"
+                " (SELECT coalesce(max(list_max(item_codes)), 0) FROM features.user_history)) + 1"
+            ).fetchone()[0]
+        )
+        n_users = int(
+            con.execute(
+                "SELECT greatest((SELECT coalesce(max(code), 0) FROM features.vocab_user_id),"
+                " (SELECT coalesce(max(user_code), 0) FROM features.user_history)) + 1"
+            ).fetchone()[0]
+        )
+
+        hist = _fetch(con, "SELECT user_code, item_codes FROM features.user_history")
+        values, lengths = _list_column(hist, "item_codes")
+        codes = _np(hist, "user_code")
+        values, lengths = reorder_lists(values, lengths, np.argsort(codes, kind="stable"))
+        per_user = np.zeros(n_users, dtype=np.int64)
+        per_user[np.sort(codes)] = lengths
+        offsets = np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64)
+
+        attr_vocab = cls._attribute_vocab(con)
+        user_sparse, user_sparse_vocab = cls._wide_sparse(con, "user", n_users, attr_vocab)
+        item_sparse, item_sparse_vocab = cls._wide_sparse(con, "item", n_items, attr_vocab)
+        user_dense = cls._wide_dense(con, "user", n_users)
+        item_dense = cls._wide_dense(con, "item", n_items)
+
+        item_tags, n_tags = None, 0
+        if table_exists(con, "features.item_tags"):
+            tags = _fetch(con, "SELECT item_code, tag_codes FROM features.item_tags ORDER BY item_code")
+            tvals, tlens = _list_column(tags, "tag_codes")
+            if tvals.size:
+                width = int(min(MAX_TAGS, tlens.max()))
+                mat = list_to_matrix(tvals, tlens, width)
+                item_tags = np.zeros((n_items, width), dtype=np.int64)
+                codes = _np(tags, "item_code")
+                ok = codes < n_items
+                item_tags[codes[ok]] = mat[ok]
+                n_tags = int(tvals.max()) + 1
+                if table_exists(con, "features.vocab_tag"):
+                    n_tags = max(
+                        n_tags,
+                        int(
+                            con.execute(
+                                "SELECT coalesce(max(code), 0) + 1 FROM features.vocab_tag"
+                            ).fetchone()[0]
+                        ),
+                    )
+
+        samples = {s: cls._samples(con, s, static_negatives and s == "train") for s in splits}
+        train_count = np.zeros(n_items, dtype=np.float64)
+        if table_exists(con, "features.item_popularity"):
+            pop = _fetch(con, "SELECT item_code, n_train FROM features.item_popularity")
+            codes = _np(pop, "item_code")
+            ok = codes < n_items
+            train_count[codes[ok]] = _np(pop, "n_train", np.float64)[ok]
+        elif "train" in samples:
+            train_count += np.bincount(samples["train"].target, minlength=n_items)[:n_items]
+        # Event-derived dense columns are point-in-time here (DESIGN.md): the user's event_count is
+        # recomputed per batch from hist_end; item popularity counts training positions only, so
+        # no validation/test event leaks into training or evaluation.
+        scaling = cls._dense_scaling(con)
+        if "popularity" in item_dense and ("item", "popularity") in scaling:
+            item_dense["popularity"] = _scale(train_count, *scaling[("item", "popularity")])
+        count_scaling = scaling.get(("user", "event_count")) if "event_count" in user_dense else None
+        return cls(
+            event_count_scaling=count_scaling,
+            build_id=build_id,
+            build_params=params,
+            max_seq_len=seq_len,
+            n_users=n_users,
+            n_items=n_items,
+            hist_items=values.astype(np.int32),
+            hist_offsets=offsets,
+            user_sparse=user_sparse,
+            user_sparse_vocab=user_sparse_vocab,
+            user_dense=user_dense,
+            item_sparse=item_sparse,
+            item_sparse_vocab=item_sparse_vocab,
+            item_dense=item_dense,
+            item_tags=item_tags,
+            n_tags=n_tags,
+            item_train_count=train_count,
+            samples=samples,
+        )
+
+    @staticmethod
+    def _attribute_vocab(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], int]:
+        if not table_exists(con, "features.vocab_attribute"):
+            return {}
+        rows = con.execute(
+            "SELECT entity, name, max(code) + 1 FROM features.vocab_attribute GROUP BY ALL"
+        ).fetchall()
+        return {(e, n): int(v) for e, n, v in rows}
+
+    @staticmethod
+    def _wide_sparse(
+        con: duckdb.DuckDBPyConnection, entity: str, n: int, vocab: dict[tuple[str, str], int]
+    ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        table = f"features.{entity}_sparse"
+        names = sorted({name for (e, name) in vocab if e == entity})
+        arrays: dict[str, np.ndarray] = {}
+        sizes = {name: vocab[(entity, name)] for name in names}
+        if table_exists(con, table):
+            data = _fetch(con, f"SELECT {entity}_code AS code, name, code AS value FROM {table}")
+            all_names = data.column("name").to_numpy(zero_copy_only=False)
+            codes, values = _np(data, "code"), _np(data, "value")
+            for name in sorted(set(all_names.tolist()) | set(names)):
+                sel = (all_names == name) & (codes < n) & (codes >= 0)
+                arr = np.zeros(n, dtype=np.int64)
+                arr[codes[sel]] = values[sel]
+                arrays[name] = arr
+                sizes[name] = max(sizes.get(name, 1), int(values[sel].max(initial=0)) + 1)
+        for name in names:
+            arrays.setdefault(name, np.zeros(n, dtype=np.int64))
+        return dict(sorted(arrays.items())), dict(sorted(sizes.items()))
+
+    @staticmethod
+    def _dense_scaling(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], tuple[str, float, float]]:
+        if not table_exists(con, "features.dense_scaling"):
+            return {}
+        rows = con.execute(
+            "SELECT entity, name, transform, min_value, max_value FROM features.dense_scaling"
+        ).fetchall()
+        return {(e, n): (str(t), float(lo or 0.0), float(hi or 0.0)) for e, n, t, lo, hi in rows}
+
+    @staticmethod
+    def _wide_dense(con: duckdb.DuckDBPyConnection, entity: str, n: int) -> dict[str, np.ndarray]:
+        table = f"features.{entity}_dense"
+        if not table_exists(con, table):
+            return {}
+        data = _fetch(con, f"SELECT {entity}_code AS code, name, value FROM {table}")
+        all_names = data.column("name").to_numpy(zero_copy_only=False)
+        codes = _np(data, "code")
+        values = np.nan_to_num(_np(data, "value", np.float32), nan=0.0)
+        out: dict[str, np.ndarray] = {}
+        for name in sorted(set(all_names.tolist())):
+            sel = (all_names == name) & (codes < n) & (codes >= 0)
+            arr = np.zeros(n, dtype=np.float32)
+            arr[codes[sel]] = values[sel]
+            out[name] = arr
+        return out
+
+    @staticmethod
+    def _samples(con: duckdb.DuckDBPyConnection, split: str, static_negatives: bool) -> Samples:
+        table = f"features.samples_{split}"
+        require_table(con, table, BUILD_HINT)
+        if static_negatives:
+            require_table(con, "features.negatives_train", BUILD_HINT + " with a negative-sampling mode")
+            data = _fetch(
+                con,
+                f"""
+                SELECT s.user_code, s.target_item_code, s.pos, n.negs
+                FROM {table} s LEFT JOIN (
+                    SELECT user_code, pos, list(neg_item_code ORDER BY neg_rank) AS negs
+                    FROM features.negatives_train GROUP BY ALL) n USING (user_code, pos)
+                ORDER BY s.user_code, s.pos""",
+            )
+            values, lengths = _list_column(data, "negs")
+            negs = list_to_matrix(values, lengths, int(lengths.max(initial=0)))
+        else:
+            data = _fetch(
+                con, f"SELECT user_code, target_item_code, pos FROM {table} ORDER BY user_code, pos"
+            )
+            negs = None
+        users, pos = _np(data, "user_code"), _np(data, "pos")
+        order = np.lexsort((pos, users))  # never trust result order (see `_fetch`)
+        return Samples(
+            users[order],
+            _np(data, "target_item_code")[order],
+            pos[order],
+            None if negs is None else negs[order],
+        )
+
+    # ------------------------------------------------------------------ metadata
+    def schema(self, max_seq_len: int | None = None, history_pooling: str = "mean") -> FeatureSchema:
+        """Feature specs derived from what the store holds (vocab sizes, dense columns, tags)."""
+        user_sparse = [SparseFeature("user_id", self.n_users)]
+        user_sparse += [SparseFeature(n, v) for n, v in self.user_sparse_vocab.items() if n != "user_id"]
+        item_sparse = [SparseFeature("item_id", self.n_items)]
+        item_sparse += [SparseFeature(n, v) for n, v in self.item_sparse_vocab.items() if n != "item_id"]
+        tags = None
+        if self.item_tags is not None:
+            tags = SequenceFeature("tags", self.n_tags, "mean", int(self.item_tags.shape[1]))
+        return FeatureSchema(
+            user_sparse=tuple(user_sparse),
+            user_dense=tuple(DenseFeature(n) for n in self.user_dense),
+            item_sparse=tuple(item_sparse),
+            item_dense=tuple(DenseFeature(n) for n in self.item_dense),
+            history=SequenceFeature(
+                "hist",
+                self.n_items,
+                history_pooling,  # type: ignore[arg-type]
+                int(max_seq_len or self.max_seq_len),
+                shared_with="item_id",
+            ),
+            tags=tags,
+        )
+
+    def history_length(self, user_codes: np.ndarray) -> np.ndarray:
+        """Number of events in each user's whole current history (0 for unknown codes)."""
+        u = np.asarray(user_codes, dtype=np.int64)
+        ok = (u >= 0) & (u < self.n_users)
+        out = np.zeros(u.shape[0], dtype=np.int64)
+        out[ok] = self.hist_offsets[u[ok] + 1] - self.hist_offsets[u[ok]]
+        return out
+
+    # ------------------------------------------------------------------ batches
+    def history_windows(self, user_codes: np.ndarray, ends: np.ndarray, max_len: int) -> np.ndarray:
+        """[B, max_len] int64: items [ends-max_len, ends) of each user's history, left-padded with 0."""
+        u = np.asarray(user_codes, dtype=np.int64)
+        e = np.minimum(np.asarray(ends, dtype=np.int64), self.history_length(u))
+        base = np.where((u >= 0) & (u < self.n_users), self.hist_offsets[np.clip(u, 0, self.n_users - 1)], 0)
+        cols = np.arange(max_len, dtype=np.int64) - max_len  # -L .. -1
+        idx = (base + e)[:, None] + cols[None, :]
+        valid = cols[None, :] >= -e[:, None]
+        if self.hist_items.size == 0:
+            return np.zeros((u.shape[0], max_len), dtype=np.int64)
+        out = self.hist_items[np.clip(idx, 0, self.hist_items.size - 1)].astype(np.int64)
+        out[~valid] = 0
+        return out
+
+    def seen(self, user_codes: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """CSR (indptr, indices) of the items in user_history[:ends] per row (items to exclude)."""
+        u = np.asarray(user_codes, dtype=np.int64)
+        e = np.minimum(np.asarray(ends, dtype=np.int64), self.history_length(u))
+        indptr = np.concatenate([[0], np.cumsum(e)]).astype(np.int64)
+        base = np.where((u >= 0) & (u < self.n_users), self.hist_offsets[np.clip(u, 0, self.n_users - 1)], 0)
+        starts = np.repeat(base - indptr[:-1], e)
+        indices = self.hist_items[starts + np.arange(indptr[-1])].astype(np.int64)
+        return indptr, indices
+
+    def user_batch(
+        self, user_codes: np.ndarray, hist_end: np.ndarray, max_seq_len: int, trim: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """User-tower inputs for users with histories cut at `hist_end` (exclusive).
+
+        `trim`: drop window columns that are padding in every row (the models are padding-invariant,
+        so this only saves compute: with length-bucketed batches most padding disappears).
+        """
+        u = np.asarray(user_codes, dtype=np.int64)
+        safe = np.where((u >= 0) & (u < self.n_users), u, 0)
+        width = max_seq_len
+        if trim and u.size:
+            longest = int(np.minimum(np.asarray(hist_end, dtype=np.int64), self.history_length(u)).max())
+            width = max(1, min(max_seq_len, longest))
+        batch = {
+            "user_code": torch.from_numpy(u.copy()),
+            "hist": torch.from_numpy(self.history_windows(u, hist_end, width)),
+            "u.user_id": torch.from_numpy(safe.copy()),
+        }
+        for name, arr in self.user_sparse.items():
+            batch[f"u.{name}"] = torch.from_numpy(arr[safe])
+        for name, arr in self.user_dense.items():
+            batch[f"ud.{name}"] = torch.from_numpy(arr[safe])
+        if self.event_count_scaling is not None:
+            ends = np.minimum(np.asarray(hist_end, dtype=np.int64), self.history_length(u))
+            batch["ud.event_count"] = torch.from_numpy(
+                _scale(ends.astype(np.float64), *self.event_count_scaling)
+            )
+        return batch
+
+    def item_batch(self, item_codes: np.ndarray) -> dict[str, torch.Tensor]:
+        """Item-tower inputs for the given item codes (codes outside the store read as padding)."""
+        i = np.asarray(item_codes, dtype=np.int64)
+        safe = np.where((i >= 0) & (i < self.n_items), i, 0)
+        batch = {"item_code": torch.from_numpy(i.copy()), "i.item_id": torch.from_numpy(safe.copy())}
+        for name, arr in self.item_sparse.items():
+            batch[f"i.{name}"] = torch.from_numpy(arr[safe])
+        for name, arr in self.item_dense.items():
+            batch[f"id.{name}"] = torch.from_numpy(arr[safe])
+        if self.item_tags is not None:
+            batch["tags"] = torch.from_numpy(self.item_tags[safe])
+        return batch
+
+
+def _scale(x: np.ndarray, transform: str, lo: float, hi: float) -> np.ndarray:
+    """The min-max scaling of features.dense_scaling (optionally after log1p), clipped to [0, 1]."""
+    v = np.log1p(x) if transform == "log1p" else x
+    if hi <= lo:
+        return np.zeros(x.shape, dtype=np.float32)
+    return np.clip((v - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------- negatives
+class NegativeSampler:
+    """Seeded negatives per batch, uniform or popularity^alpha, never one of the user's positives."""
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        kind: Literal["uniform", "popularity"] = "uniform",
+        alpha: float = 0.75,
+        max_rounds: int = 20,
+    ) -> None:
+        self.n_items = store.n_items
+        self.max_rounds = max_rounds
+        owner = np.repeat(np.arange(store.n_users, dtype=np.int64), np.diff(store.hist_offsets))
+        keys = np.sort(owner * self.n_items + store.hist_items.astype(np.int64))
+        # sort + dedupe: np.unique is ~15x slower on large int64 arrays in numpy 2.x
+        self.positive_keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if keys.size else keys
+        if kind == "popularity":
+            weights = (store.item_train_count + 1.0) ** alpha
+        elif kind == "uniform":
+            weights = np.ones(self.n_items)
+        else:
+            raise UserError(f"negative sampler: expected uniform or popularity, got {kind!r}")
+        weights[0] = 0.0
+        self.cdf = np.cumsum(weights) / weights.sum()
+
+    def _draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        return np.minimum(np.searchsorted(self.cdf, rng.random(size), side="right"), self.n_items - 1)
+
+    def is_positive(self, user_codes: np.ndarray, items: np.ndarray) -> np.ndarray:
+        keys = user_codes * self.n_items + items
+        found = np.searchsorted(self.positive_keys, keys)
+        found = np.minimum(found, max(self.positive_keys.size - 1, 0))
+        return self.positive_keys[found] == keys if self.positive_keys.size else np.zeros(keys.shape, bool)
+
+    def sample(self, user_codes: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """[B, n] int64 negatives; resamples collisions with the user's positives a few rounds."""
+        users = np.repeat(np.asarray(user_codes, dtype=np.int64), n)
+        negs = self._draw(rng, users.size)
+        bad = self.is_positive(users, negs)
+        for _ in range(self.max_rounds):
+            if not bad.any():
+                break
+            negs[bad] = self._draw(rng, int(bad.sum()))
+            bad[bad] = self.is_positive(users[bad], negs[bad])
+        negs[bad] = 0  # a user who saw (nearly) every item: masked as padding by the loss
+        return negs.reshape(-1, n)
+
+
+# ---------------------------------------------------------------------- sample sources
+class InMemorySamples:
+    """Training samples in memory, served as whole batches of a seeded per-epoch permutation.
+
+    With `bucket_len`, each run of `BUCKET_BATCHES` batches of the permutation is sorted by history
+    length (capped at `bucket_len`) before it is cut, and the batches are then shuffled: batches hold
+    similar lengths, so trimmed windows carry little padding (sequence models run several times faster).
+    """
+
+    BUCKET_BATCHES = 64
+
+    def __init__(self, samples: Samples, seed: int, bucket_len: int | None = None) -> None:
+        self.samples = samples
+        self.seed = seed
+        self.lengths = None if bucket_len is None else np.minimum(samples.pos, bucket_len)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def batches(self, epoch: int, batch_size: int) -> Iterator[Samples]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.samples))
+        starts = np.arange(0, order.size, batch_size)
+        if self.lengths is not None:
+            chunk = np.arange(order.size) // (batch_size * self.BUCKET_BATCHES)
+            order = order[np.lexsort((self.lengths[order], chunk))]
+            starts = starts[rng.permutation(starts.size)]
+        for start in starts:
+            yield self.samples.take(order[start : start + batch_size])
+
+
+@dataclass(frozen=True)
+class SequenceUnits:
+    """All-position training units: unit i trains every target at positions [lo[i], end[i]) of user
+    user_code[i] from one pass over the window that ends at end[i] - 1 (causal models only)."""
+
+    user_code: np.ndarray  # int64 [U]
+    end: np.ndarray  # int64 [U], exclusive
+    lo: np.ndarray  # int64 [U], first target position
+
+    def __len__(self) -> int:
+        return int(self.user_code.shape[0])
+
+    def take(self, idx: np.ndarray) -> SequenceUnits:
+        return SequenceUnits(self.user_code[idx], self.end[idx], self.lo[idx])
+
+    @property
+    def n_targets(self) -> int:
+        return int((self.end - self.lo).sum())
+
+
+def sequence_units(samples: Samples, window: int, stride: int | None = None) -> SequenceUnits:
+    """Cover every training target exactly once with all-position windows.
+
+    A user whose targets all lie within the first `window` + 1 positions is one unit: every target
+    sees its whole history, as at inference. Longer users are cut, from the most recent end, into
+    units of `stride` targets fed with the full `window` of history, so each target still sees at
+    least `window - stride` earlier items. Assumes a user's training positions are contiguous
+    (the leave-one-out split: 1 .. n-3).
+    """
+    stride = max(1, min(window, stride or max(1, window // 2)))
+    if len(samples) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return SequenceUnits(empty, empty, empty)
+    order = np.lexsort((samples.pos, samples.user_code))
+    users, pos = samples.user_code[order], samples.pos[order]
+    first = np.r_[True, users[1:] != users[:-1]]
+    last = np.r_[users[1:] != users[:-1], True]
+    u, lo_all, hi_all = users[first], pos[first], pos[last] + 1
+    n_units = np.where(hi_all - 1 <= window, 1, -(-(hi_all - 1 - window) // stride) + 1)
+    group_start = np.cumsum(n_units) - n_units
+    k = np.arange(n_units.sum()) - np.repeat(group_start, n_units)
+    end = np.repeat(hi_all, n_units) - k * stride
+    lo_rep = np.repeat(lo_all, n_units)
+    is_last = k == np.repeat(n_units, n_units) - 1
+    lo = np.where(is_last, lo_rep, np.maximum(lo_rep, end - stride))
+    keep = end > lo
+    return SequenceUnits(
+        np.repeat(u, n_units)[keep].astype(np.int64), end[keep].astype(np.int64), lo[keep].astype(np.int64)
+    )
+
+
+class SequenceSource:
+    """Seeded, length-bucketed batches of `SequenceUnits` (see InMemorySamples for the bucketing)."""
+
+    def __init__(self, samples: Samples, seed: int, window: int) -> None:
+        self.units = sequence_units(samples, window)
+        self.seed = seed
+        self.n_targets = len(samples)
+        self.lengths = np.minimum(self.units.end - 1, window)
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def batches(self, epoch: int, batch_size: int) -> Iterator[SequenceUnits]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.units))
+        chunk = np.arange(order.size) // (batch_size * InMemorySamples.BUCKET_BATCHES)
+        order = order[np.lexsort((self.lengths[order], chunk))]
+        starts = np.arange(0, order.size, batch_size)
+        for start in starts[rng.permutation(starts.size)]:
+            yield self.units.take(order[start : start + batch_size])
+
+
+class StreamingSamples:
+    """Training samples streamed from DuckDB in Arrow record batches (tables larger than memory).
+
+    DuckDB shuffles with a seeded hash order (it spills to disk if needed); rows arrive in
+    record batches and are re-cut into training batches, so memory stays O(batch).
+    """
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, seed: int, split: str = "train", static_negatives: bool = False
+    ) -> None:
+        require_table(con, f"features.samples_{split}", BUILD_HINT)
+        self.con = con
+        self.seed = seed
+        self.table = f"features.samples_{split}"
+        self.static_negatives = static_negatives
+        self._len = int(con.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0])
+
+    def __len__(self) -> int:
+        return self._len
+
+    def batches(self, epoch: int, batch_size: int) -> Iterator[Samples]:
+        key = int(np.random.default_rng([self.seed, epoch]).integers(0, 2**31 - 1))
+        if self.static_negatives:
+            sql = f"""SELECT s.user_code, s.target_item_code, s.pos, n.negs FROM {self.table} s
+                      LEFT JOIN (SELECT user_code, pos, list(neg_item_code ORDER BY neg_rank) AS negs
+                                 FROM features.negatives_train GROUP BY ALL) n USING (user_code, pos)
+                      ORDER BY hash(s.user_code, s.pos, $key), s.user_code, s.pos"""
+        else:
+            sql = f"""SELECT user_code, target_item_code, pos FROM {self.table}
+                      ORDER BY hash(user_code, pos, $key), user_code, pos"""
+        # a cursor of its own: the stream stays open while the caller uses `con` for other queries
+        reader = self.con.cursor().sql(sql, params={"key": key}).to_arrow_reader(batch_size)
+        pending: list[Samples] = []
+        n_pending = 0
+        for rb in reader:
+            table = pa.Table.from_batches([rb])
+            negs = None
+            if self.static_negatives:
+                values, lengths = _list_column(table, "negs")
+                negs = list_to_matrix(values, lengths, int(lengths.max(initial=0)))
+            pending.append(
+                Samples(_np(table, "user_code"), _np(table, "target_item_code"), _np(table, "pos"), negs)
+            )
+            n_pending += table.num_rows
+            while n_pending >= batch_size:
+                merged = _concat(pending)
+                yield merged.take(np.arange(batch_size))
+                rest = merged.take(np.arange(batch_size, len(merged)))
+                pending, n_pending = [rest], len(rest)
+        if n_pending:
+            yield _concat(pending)
+
+
+def _concat(parts: list[Samples]) -> Samples:
+    if len(parts) == 1:
+        return parts[0]
+    negs = None
+    if parts[0].negatives is not None:
+        width = max(p.negatives.shape[1] for p in parts)  # type: ignore[union-attr]
+        negs = np.concatenate(
+            [
+                np.pad(p.negatives, ((0, 0), (0, width - p.negatives.shape[1])))  # type: ignore[union-attr]
+                for p in parts
+            ]
+        )
+    return Samples(
+        np.concatenate([p.user_code for p in parts]),
+        np.concatenate([p.target for p in parts]),
+        np.concatenate([p.pos for p in parts]),
+        negs,
+    )

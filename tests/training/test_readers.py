@@ -1,0 +1,171 @@
+"""Readers: windows, seen sets, negatives and sample sources against plain-Python references."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from planted import write_feature_store
+
+from rechub_store.data.readers import (
+    FeatureStore,
+    InMemorySamples,
+    NegativeSampler,
+    StreamingSamples,
+    sequence_units,
+)
+from rechub_store.errors import UserError
+
+
+def _store(histories: list[list[int]], n_items: int) -> tuple[duckdb.DuckDBPyConnection, FeatureStore]:
+    con = duckdb.connect()
+    write_feature_store(con, histories, n_items, max_seq_len=4)
+    return con, FeatureStore.load(con, static_negatives=True)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(1, 9), min_size=0, max_size=12), min_size=1, max_size=6),
+    st.integers(1, 6),
+    st.data(),
+)
+def test_windows_and_seen_match_python(histories: list[list[int]], width: int, data: st.DataObject) -> None:
+    _, store = _store(histories, 9)
+    users = np.array(data.draw(st.lists(st.integers(1, len(histories)), min_size=1, max_size=8)))
+    ends = np.array([data.draw(st.integers(0, len(histories[u - 1]))) for u in users])
+    windows = store.history_windows(users, ends, width)
+    indptr, indices = store.seen(users, ends)
+    for row, (u, e) in enumerate(zip(users, ends, strict=True)):
+        recent = histories[u - 1][max(0, e - width) : e]
+        assert windows[row].tolist() == [0] * (width - len(recent)) + recent
+        assert indices[indptr[row] : indptr[row + 1]].tolist() == histories[u - 1][:e]
+
+
+def test_store_reads_the_contract_tables(planted_store: FeatureStore) -> None:
+    s = planted_store
+    assert (s.n_users, s.n_items, s.max_seq_len, s.build_id) == (201, 31, 8, "build-test")
+    assert s.user_sparse["gender"][1:5].tolist() == [1, 2, 1, 2] and s.user_sparse["gender"][0] == 0
+    assert s.item_sparse["parity"][1:4].tolist() == [2, 1, 2]
+    assert s.item_tags is not None and s.item_tags.shape == (31, 2) and s.item_tags[0].tolist() == [0, 0]
+    assert s.item_tags[2].tolist() == [1, 2]
+    assert s.user_dense["age"].min() >= 0.0 and s.user_dense["age"].max() <= 1.0
+    train = s.samples["train"]
+    assert train.negatives is not None and train.negatives.shape == (len(train), 3)
+    # pos addresses the history: the target is the item at pos
+    starts = s.hist_offsets[train.user_code]
+    assert np.array_equal(s.hist_items[starts + train.pos], train.target)
+    assert s.item_train_count.sum() == len(train)
+
+
+def test_user_and_item_batches(planted_store: FeatureStore) -> None:
+    s = planted_store
+    ub = s.user_batch(np.array([1, 2, 999]), np.array([3, 0, 5]), 4, trim=False)
+    assert ub["hist"].shape == (3, 4) and ub["hist"][1].tolist() == [0, 0, 0, 0]
+    trimmed = s.user_batch(np.array([1, 2, 999]), np.array([3, 0, 5]), 4)["hist"]
+    assert trimmed.shape == (3, 3) and trimmed.tolist() == ub["hist"][:, 1:].tolist()
+    assert ub["hist"][2].tolist() == [0, 0, 0, 0]  # unknown user: empty history, padding codes
+    assert ub["u.user_id"].tolist() == [1, 2, 0] and ub["u.gender"].tolist() == [1, 2, 0]
+    ib = s.item_batch(np.array([0, 3]))
+    assert ib["i.item_id"].tolist() == [0, 3] and ib["tags"].shape == (2, 2) and "id.price" in ib
+
+
+def test_negatives_are_seeded_and_never_positives(planted_store: FeatureStore) -> None:
+    for kind in ("uniform", "popularity"):
+        sampler = NegativeSampler(planted_store, kind)
+        users = planted_store.samples["train"].user_code
+        a = sampler.sample(users, 5, np.random.default_rng(3))
+        b = sampler.sample(users, 5, np.random.default_rng(3))
+        assert np.array_equal(a, b) and a.shape == (len(users), 5)
+        assert (a > 0).all() and (a < planted_store.n_items).all()
+        assert not sampler.is_positive(np.repeat(users, 5), a.ravel()).any()
+    with pytest.raises(UserError):
+        NegativeSampler(planted_store, "zipf")  # type: ignore[arg-type]
+
+
+def test_user_who_saw_everything_gets_masked_negatives() -> None:
+    _, store = _store([[1, 2, 3, 1], [2, 3, 1, 2]], 3)
+    negs = NegativeSampler(store).sample(np.array([1, 2]), 4, np.random.default_rng(0))
+    assert (negs == 0).all()
+
+
+def test_in_memory_batches_are_a_seeded_permutation(planted_store: FeatureStore) -> None:
+    src = InMemorySamples(planted_store.samples["train"], seed=5)
+    e1 = np.concatenate([b.pos * 1000 + b.user_code for b in src.batches(1, 100)])
+    again = np.concatenate([b.pos * 1000 + b.user_code for b in src.batches(1, 100)])
+    e2 = np.concatenate([b.pos * 1000 + b.user_code for b in src.batches(2, 100)])
+    assert np.array_equal(e1, again) and not np.array_equal(e1, e2)
+    assert sorted(e1.tolist()) == sorted(e2.tolist()) and len(e1) == len(src)
+
+
+def test_streaming_covers_every_sample_once_in_seeded_order(planted_warehouse) -> None:
+    with planted_warehouse.session() as con:
+        store = FeatureStore.load(con, static_negatives=True)
+        src = StreamingSamples(con, seed=1, static_negatives=True)
+        batches = list(src.batches(1, 64))
+        again = [b.user_code for b in src.batches(1, 64)]
+    assert all(len(b) == 64 for b in batches[:-1])
+    train = store.samples["train"]
+    got = np.concatenate([b.user_code * 1000 + b.pos for b in batches])
+    assert sorted(got.tolist()) == sorted((train.user_code * 1000 + train.pos).tolist())
+    assert np.array_equal(np.concatenate(again), np.concatenate([b.user_code for b in batches]))
+    # static negatives stay aligned with their sample
+    key = {(u, p): n.tolist() for u, p, n in zip(train.user_code, train.pos, train.negatives, strict=True)}
+    for b in batches[:3]:
+        for u, p, n in zip(b.user_code, b.pos, b.negatives, strict=True):
+            assert key[(u, p)] == n.tolist()
+
+
+def test_missing_feature_tables_name_the_fix(warehouse) -> None:
+    with warehouse.session() as con, pytest.raises(UserError, match="build-features"):
+        FeatureStore.load(con)
+
+
+def test_event_derived_dense_features_are_point_in_time(planted_store: FeatureStore) -> None:
+    """event_count follows the window end; item popularity counts training positions only."""
+    s = planted_store
+    users, ends = np.array([1, 1, 2]), np.array([0, 3, 5])
+    got = s.user_batch(users, ends, 4)["ud.event_count"].numpy()
+    max_len = np.log1p(s.history_length(np.arange(1, s.n_users)).max())
+    np.testing.assert_allclose(got, np.log1p(ends) / max_len, rtol=1e-6)
+    pop = s.item_batch(np.arange(1, s.n_items))["id.popularity"].numpy()
+    scale = np.log1p(np.bincount(s.hist_items, minlength=s.n_items).max())
+    np.testing.assert_allclose(pop, np.log1p(s.item_train_count[1:]) / scale, rtol=1e-6)
+    assert (s.item_train_count[1:] < np.bincount(s.hist_items, minlength=s.n_items)[1:]).any()
+
+
+@pytest.mark.parametrize(("window", "stride"), [(4, 2), (4, 4), (3, 1), (50, None)])
+def test_sequence_units_cover_every_target_once_with_context(
+    planted_store: FeatureStore, window: int, stride: int | None
+) -> None:
+    train = planted_store.samples["train"]
+    units = sequence_units(train, window, stride)
+    covered = [
+        (u, p)
+        for u, lo, end in zip(units.user_code, units.lo, units.end, strict=True)
+        for p in range(lo, end)
+    ]
+    assert sorted(covered) == sorted(zip(train.user_code.tolist(), train.pos.tolist(), strict=True))
+    assert units.n_targets == len(train)
+    # every target fits the window fed to its unit and sees >= window - stride earlier items (or all)
+    s = stride or window // 2
+    assert ((units.end - units.lo) <= window).all()
+    context = units.lo - np.maximum(units.end - 1 - window, 0)
+    assert ((context >= window - s + 1) | (units.end - 1 <= window)).all()
+
+
+def test_store_is_correct_when_duckdb_returns_rows_out_of_order(warehouse) -> None:
+    """Warehouse connections set preserve_insertion_order=false, under which DuckDB 2.0 may hand
+    back ORDER BY results out of order through Arrow: the reader must not depend on row order."""
+    histories = [[(u + j) % 40 + 1 for j in range(3 + u % 4)] for u in range(30_000)]
+    with warehouse.session() as con:
+        write_feature_store(con, histories, 40, neg_ratio=1)
+        store = FeatureStore.load(con)
+    users = np.arange(1, len(histories) + 1)
+    flat = store.hist_items[store.hist_offsets[1] :]
+    assert flat.tolist() == [i for h in histories for i in h]
+    assert np.array_equal(store.history_length(users), [len(h) for h in histories])
+    valid = store.samples["valid"]
+    assert np.array_equal(valid.user_code, users)
+    assert np.array_equal(valid.target, [h[-2] for h in histories])
