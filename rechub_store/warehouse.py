@@ -129,7 +129,6 @@ class Warehouse:
                 raise UserError(f"warehouse {self.path} is in use by another process: {msg}") from exc
             raise UserError(f"cannot open warehouse {self.path}: {msg}") from exc
         con.execute(f"SET threads = {int(self.threads or thread_count())}")
-        con.execute("SET preserve_insertion_order = false")
         con.execute("SET enable_progress_bar = false")  # our CLI draws its own progress
         if self.memory_limit:
             con.execute("SET memory_limit = ?", [self.memory_limit])

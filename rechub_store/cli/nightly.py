@@ -66,9 +66,9 @@ def demo_command(
     users: int = typer.Option(2000, "--users", min=10, help="Synthetic users"),
     items: int = typer.Option(1000, "--items", min=10, help="Synthetic items"),
     events: int = typer.Option(60_000, "--events", min=100, help="Synthetic events"),
-    model: str = typer.Option("dssm", "--model", help="dssm, youtubednn, gru4rec or sasrec"),
+    model: str = typer.Option("sasrec", "--model", help="dssm, youtubednn, gru4rec or sasrec"),
     epochs: int = typer.Option(
-        3, "--epochs", min=1, help="Training epochs (small: the demo should take ~1 minute)"
+        5, "--epochs", min=1, help="Training epochs (small: the demo takes well under a minute)"
     ),
     k: int = typer.Option(20, "--k", min=1, help="Recommendations per user"),
     seed: int = typer.Option(0, "--seed", help="Data and training seed"),
