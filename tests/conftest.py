@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("RECHUB_THREADS", "2")
 
-from rechub_store.warehouse import Warehouse  # noqa: E402
+from rechub_store.warehouse import Warehouse
 
 
 @pytest.fixture
