@@ -390,36 +390,29 @@ def test_cli_score_evaluate_sql(wh: Warehouse) -> None:
     assert res.exit_code == 2 and "--index" in res.output
 
 
-# The analyst queries of the README, run as written (docs that cannot drift from the code).
-README_QUERIES = {
-    "top_k_with_titles": """
-        SELECT r.rank, r.item_id, t.value AS title, round(r.score, 3) AS score
-        FROM recommendations r
-        LEFT JOIN item_attributes t ON t.item_id = r.item_id AND t.name = 'title'
-        WHERE r.user_id = '{user}'
-        ORDER BY r.rank""",
-    "coverage": """
-        SELECT count(DISTINCT r.item_id) AS items_recommended,
-               (SELECT count(*) FROM items) AS catalogue,
-               round(count(DISTINCT r.item_id) / (SELECT count(*) FROM items), 3) AS coverage
-        FROM recommendations r""",
-    "coverage_by_run": """
-        SELECT run_id, count(DISTINCT item_id) AS items_recommended, count(DISTINCT user_id) AS users
-        FROM recommendations_history GROUP BY run_id ORDER BY run_id""",
-    "metrics_trend": """
-        SELECT run_id, model_run_id, "index", round(value, 4) AS ndcg_at_10
-        FROM evaluation_metrics
-        WHERE metric = 'ndcg' AND k = 10 AND split = 'test'
-        ORDER BY run_id, model_run_id, "index\"""",
-    "model_vs_popularity": """
-        SELECT model_run_id,
-               max(value) FILTER (metric = 'recall') AS recall,
-               max(value) FILTER (metric = 'ndcg') AS ndcg,
-               max(value) FILTER (metric = 'mrr') AS mrr
-        FROM evaluation_metrics
-        WHERE run_id = (SELECT run_id FROM published) AND split = 'test' AND k = 10 AND "index" = 'exact'
-        GROUP BY model_run_id""",
+# The analyst queries of the README, read from the README and run as written, so the docs
+# cannot drift from the code: the ```sql block after "Example analyst queries", one query per
+# `-- comment` header.
+README_QUERY_NAMES = {
+    "a user's top-k with item titles": "top_k_with_titles",
+    "catalogue coverage of the current run": "coverage",
+    "coverage over the kept runs": "coverage_by_run",
+    "metrics trend over runs": "metrics_trend",
+    "the model against the popularity baseline, published run": "model_vs_popularity",
 }
+
+
+def _readme_queries() -> dict[str, str]:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text.split("Example analyst queries", 1)[1].split("```sql\n", 1)[1].split("```", 1)[0]
+    queries: dict[str, str] = {}
+    for chunk in block.strip().split("\n\n"):
+        header, _, body = chunk.partition("\n")
+        queries[README_QUERY_NAMES[header.removeprefix("-- ").strip()]] = body.strip().rstrip(";")
+    return queries
+
+
+README_QUERIES = _readme_queries()
 
 
 def test_readme_analyst_queries(wh: Warehouse) -> None:
@@ -430,7 +423,7 @@ def test_readme_analyst_queries(wh: Warehouse) -> None:
     runner = CliRunner()
 
     def sql(name: str) -> list[dict]:
-        query = README_QUERIES[name].replace("{user}", user.replace("'", "''"))
+        query = README_QUERIES[name].replace("'42'", "'" + user.replace("'", "''") + "'")
         res = runner.invoke(app, ["--warehouse", str(wh.path), "sql", query, "--json"])
         assert res.exit_code == 0, res.output
         return json.loads(res.output)
