@@ -9,7 +9,7 @@ publish holds the view lock (its `swap_seconds`).
     python bench/publish.py --users 1000000 --k 100          # the 100M-row target
     python bench/publish.py --url postgresql://user@host/db  # an existing server instead of a local one
 
-Without --url a throwaway cluster is started (tests/publish/rechub_pgserver.py) with durable
+Without --url a throwaway cluster is started (tests/pgserver.py) with durable
 settings (fsync on) and writes JSON to bench/out/publish.json.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "publish"))
+sys.path.insert(0, str(REPO / "tests"))
 
 from rechub_store.publish.server import mask_url, publish_to_url  # noqa: E402
 from rechub_store.warehouse import Warehouse  # noqa: E402
@@ -102,7 +102,7 @@ def main() -> None:
 
     server = None
     if args.url is None:
-        from rechub_pgserver import LocalPostgres
+        from pgserver import LocalPostgres
 
         server = LocalPostgres(PG_SETTINGS).start()
         url = server.url

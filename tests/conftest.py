@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("RECHUB_THREADS", "2")
+
+from pgserver import REQUIRE_ENV, LocalPostgres, PostgresUnavailable, acquire, release
 
 from rechub_store.warehouse import Warehouse
 
@@ -16,3 +19,19 @@ from rechub_store.warehouse import Warehouse
 def warehouse(tmp_path: Path) -> Warehouse:
     """An empty warehouse in its own folder (the DuckDB file is created on first connect)."""
     return Warehouse(tmp_path / "wh" / "rechub.duckdb", threads=2)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[LocalPostgres]:
+    """A real PostgreSQL server on 127.0.0.1 for the session (tests/pgserver.py).
+
+    Skips when none can be started, except with RECHUB_REQUIRE_POSTGRES=1 (CI), where it fails.
+    """
+    try:
+        server = acquire()
+    except PostgresUnavailable as exc:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"PostgreSQL required ({REQUIRE_ENV}=1) but unavailable: {exc}")
+        pytest.skip(f"no local PostgreSQL server could be started: {exc}")
+    yield server
+    release()

@@ -3,45 +3,19 @@ and a warehouse whose working-copy result tables are filled directly (tiny, dete
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pytest
-import sqlalchemy as sa
-from rechub_pgserver import REQUIRE_ENV, LocalPostgres, PostgresUnavailable, acquire, release
+from pgserver import LocalPostgres, new_database
 
 from rechub_store.warehouse import Warehouse
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[LocalPostgres]:
-    """A real PostgreSQL server on 127.0.0.1; skips (fails when RECHUB_REQUIRE_POSTGRES=1) if unavailable."""
-    try:
-        server = acquire()
-    except PostgresUnavailable as exc:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"PostgreSQL required ({REQUIRE_ENV}=1) but unavailable: {exc}")
-        pytest.skip(f"no local PostgreSQL server could be started: {exc}")
-    yield server
-    release()
-
-
-_db_counter = iter(range(1, 1_000_000))
-
-
 @pytest.fixture
 def pg_url(pg_server: LocalPostgres) -> str:
-    """A fresh, empty database on the session's server (so tests never see each other's tables)."""
-    if not pg_server.running():
-        pg_server.start()
-    name = f"t{os.getpid()}_{next(_db_counter)}"
-    admin = sa.create_engine(pg_server.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return pg_server.url.rsplit("/", 1)[0] + f"/{name}"
+    """A fresh, empty database on the session's server."""
+    return new_database(pg_server, "t")
 
 
 _REC_NAMES = ["user_id", "item_id", "rank", "score", "run_id", "model_run_id", "generated_at"]

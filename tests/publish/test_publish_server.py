@@ -244,7 +244,7 @@ def test_mask_url_hides_passwords():
 
 def test_unreachable_server_is_one_masked_line_and_non_zero_exit(warehouse, fill_results, pg_server):
     fill_results(warehouse, "run-1", ["a"], day=1)
-    from rechub_pgserver import free_port
+    from pgserver import free_port
 
     url = f"postgresql://rechub:topsecret@127.0.0.1:{free_port()}/rechub"
     res = CliRunner().invoke(
@@ -265,7 +265,7 @@ def test_unreachable_server_is_one_masked_line_and_non_zero_exit(warehouse, fill
 
 
 def test_retry_with_backoff_succeeds_when_the_server_comes_back(warehouse, fill_results, pg_server):
-    from rechub_pgserver import LocalPostgres
+    from pgserver import LocalPostgres
 
     fill_results(warehouse, "run-1", ["a", "b"], day=1)
     server = LocalPostgres().start()

@@ -7,16 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "publish"))
-
-from rechub_pgserver import REQUIRE_ENV, LocalPostgres, PostgresUnavailable, acquire, release
+from pgserver import LocalPostgres, new_database
 from rel_helpers import BASE_DATE, make_events, run_in_process, write_job
 
 TALLY = {"faults_injected": 0, "inputs_tried": 0, "rows_lost": 0}
@@ -41,32 +35,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         Path(out).write_text(json.dumps(TALLY, indent=2) + "\n")
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[LocalPostgres]:
-    try:
-        server = acquire()
-    except PostgresUnavailable as exc:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"PostgreSQL required ({REQUIRE_ENV}=1) but unavailable: {exc}")
-        pytest.skip(f"no local PostgreSQL server could be started: {exc}")
-    yield server
-    release()
-
-
-_db_counter = iter(range(1, 1_000_000))
-
-
 @pytest.fixture
 def pg_url(pg_server: LocalPostgres) -> str:
     """A fresh database; the URL carries a password (trust auth ignores it) to check masking."""
-    if not pg_server.running():
-        pg_server.start()
-    name = f"rel{os.getpid()}_{next(_db_counter)}"
-    admin = sa.create_engine(pg_server.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return f"postgresql://rechub:s3cretpw@127.0.0.1:{pg_server.port}/{name}"
+    return new_database(pg_server, "rel", credentials="rechub:s3cretpw")
 
 
 @pytest.fixture(scope="session")

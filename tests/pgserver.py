@@ -166,3 +166,26 @@ def release() -> None:
     if _refs <= 0 and _shared is not None:
         _shared.destroy()
         _shared = None
+
+
+_db_counter = iter(range(1, 1_000_000))
+
+
+def new_database(server: LocalPostgres, prefix: str, credentials: str | None = None) -> str:
+    """Create a fresh, empty database so tests never see each other's tables; return its URL.
+
+    `credentials` ("user:password") go into the URL as given (trust auth ignores the password),
+    which lets tests check that passwords are masked.
+    """
+    import sqlalchemy as sa
+
+    if not server.running():
+        server.start()
+    name = f"{prefix}{os.getpid()}_{next(_db_counter)}"
+    admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    if credentials is None:
+        return server.url.rsplit("/", 1)[0] + f"/{name}"
+    return f"postgresql://{credentials}@127.0.0.1:{server.port}/{name}"
