@@ -120,6 +120,8 @@ def step_build(wh_path: Path, threads: int, memory_limit: str | None) -> dict[st
         "samples": report.samples,
         "split_report": report.split,
         "models": {m.model: m.seconds for m in report.models},
+        # models built in several passes (`-- partition:` header), e.g. negatives_train at 100M
+        "partitions": {m.model: m.partitions for m in report.models if m.partitions > 1},
     }
 
 

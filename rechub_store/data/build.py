@@ -206,8 +206,14 @@ def build_features(
     select: str | None = None,
     progress: Progress | None = None,
     sql_dir: Path = SQL_DIR,
+    partitions: Mapping[str, int] | None = None,
 ) -> BuildReport:
     """Run the SQL models (all, or `select` and what depends on it) and swap the results in atomically.
+
+    Big models (negatives_train) run in as many passes as their `-- partition:` header derives
+    from the input size; `partitions` (model -> passes) overrides that, e.g. to test that a
+    partitioned build equals a one-pass build. It never changes the result, so it is not a
+    build parameter.
 
     Raises UserError (previous tables untouched) if a model or an audit fails, or if there is
     nothing to build.
@@ -241,6 +247,7 @@ def build_features(
         progress=progress,
         after_swap=after_swap,
         params_record=params.to_dict(),
+        partitions=partitions,
     )
     return BuildReport(
         build_id=result.build_id,

@@ -9,6 +9,19 @@ other models of the same build rewritten to their temporary names. Audits (`sql/
 queries that must return no rows) then run against those new tables. Only when everything
 succeeded are all old tables dropped and the new ones renamed, in one transaction: a failed
 build leaves every table of the previous build readable and unchanged.
+
+A model too big to build in one query (its joins and aggregates would not fit in memory) can
+be built in partitions, like dbt's microbatches. The header line
+
+    -- partition: user_code, one per 10000000 rows of features.samples_train
+
+makes the runner choose n = ceil(rows of that model / 10000000) (at least 1; the model's new
+version when it is part of the build), create the table from partition 0 and INSERT partitions
+1..n-1, with the DuckDB variables `partition` and `n_partitions` set for each pass. The model
+itself must filter its big inputs, e.g. `where user_code % getvariable('n_partitions') =
+getvariable('partition')`, so that each pass reads 1/n of them and the union of the passes is
+exactly the unpartitioned result (rows of one partition must not depend on other partitions'
+inputs). Outside a partitioned model `partition` = 0 and `n_partitions` = 1.
 """
 
 from __future__ import annotations
@@ -37,6 +50,26 @@ Progress = Callable[[str, int, int], None]
 _NAME = r'"?([A-Za-z_][A-Za-z0-9_]*)"?'
 _REFERENCE = re.compile(rf"(?<![A-Za-z0-9_.]){_NAME}\s*\.\s*{_NAME}(?![A-Za-z0-9_])")
 _SELF_HEADER = re.compile(r"^\s*--\s*self:\s*(\(.*\))\s*$", re.IGNORECASE)
+_PARTITION_HEADER = re.compile(r"^\s*--\s*partition:", re.IGNORECASE)
+_PARTITION_SPEC = re.compile(
+    r"^\s*--\s*partition:\s*([A-Za-z_][A-Za-z0-9_]*)\s*,\s*one\s+per\s+([0-9][0-9_]*)\s+rows\s+of\s+"
+    r"([A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*)\s*$",
+    re.IGNORECASE,
+)
+_READS_PARTITION = re.compile(r"getvariable\s*\(\s*'partition'\s*\)", re.IGNORECASE)
+_READS_N_PARTITIONS = re.compile(r"getvariable\s*\(\s*'n_partitions'\s*\)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    """`-- partition: <column>, one per <rows> rows of <schema.table>`: build in n passes."""
+
+    column: str  # what the model filters on (documentation; the model does the filtering)
+    rows_per_partition: int
+    sized_by: str  # schema.table whose row count decides n
+
+    def count(self, rows: int) -> int:
+        return max(1, -(-rows // self.rows_per_partition))
 
 
 @dataclass(frozen=True)
@@ -48,6 +81,7 @@ class Model:
     sql: str
     self_columns: str | None = None  # "(value VARCHAR, code INTEGER)" from a `-- self:` header
     refs: frozenset[str] = frozenset()
+    partition: Partitioning | None = None  # from a `-- partition:` header
 
     @property
     def schema(self) -> str:
@@ -67,6 +101,7 @@ class ModelRun:
     model: str
     rows: int
     seconds: float
+    partitions: int = 1
 
 
 @dataclass
@@ -148,6 +183,40 @@ def _self_header(sql: str) -> str | None:
     return None
 
 
+def _header_lines(sql: str) -> list[str]:
+    """The leading comment lines (blank lines skipped), where headers live."""
+    lines = []
+    for line in sql.splitlines():
+        if not line.strip():
+            continue
+        if not line.lstrip().startswith("--"):
+            break
+        lines.append(line)
+    return lines
+
+
+def _partition_header(path: Path, sql: str) -> Partitioning | None:
+    for line in _header_lines(sql):
+        if not _PARTITION_HEADER.match(line):
+            continue
+        m = _PARTITION_SPEC.match(line)
+        if not m:
+            raise UserError(
+                f"{path}: bad partition header {line.strip()!r}; expected "
+                "`-- partition: <column>, one per <rows> rows of <schema.table>`"
+            )
+        if not (_READS_PARTITION.search(sql) and _READS_N_PARTITIONS.search(sql)):
+            raise UserError(
+                f"{path}: a partitioned model must filter its inputs with getvariable('partition') "
+                "and getvariable('n_partitions')"
+            )
+        rows = int(m.group(2).replace("_", ""))
+        if rows < 1:
+            raise UserError(f"{path}: partition header: rows per partition must be >= 1")
+        return Partitioning(m.group(1), rows, m.group(3).lower())
+    return None
+
+
 def _model_name(path: Path, root: Path) -> str:
     parts = path.relative_to(root).parts
     if len(parts) < 2:
@@ -195,7 +264,12 @@ def discover(sql_dir: Path = SQL_DIR) -> dict[str, Model]:
                     f"{path}: model reads its own table {name}; add a `-- self: (col TYPE, ...)` header"
                 )
             refs.discard(name)
-        models[name] = Model(name, path, sql, header, frozenset(refs))
+        partition = _partition_header(path, sql)
+        if partition and partition.sized_by in sources and partition.sized_by not in refs:
+            raise UserError(
+                f"{path}: the partition header sizes by {partition.sized_by}, which the model does not read"
+            )
+        models[name] = Model(name, path, sql, header, frozenset(refs), partition)
     return models
 
 
@@ -290,6 +364,25 @@ def set_variables(con: duckdb.DuckDBPyConnection, variables: Mapping[str, Any]) 
         con.execute(f"SET VARIABLE {name} = ?", [value])
 
 
+def _partition_count(con: duckdb.DuckDBPyConnection, model: Model, targets: Mapping[str, str]) -> int:
+    """Passes for a partitioned model: from the row count of the model its header names (the new
+    version when it is built in this run, else the current table; 1 when there is none)."""
+    spec = model.partition
+    if spec is None:
+        return 1
+    table = targets.get(spec.sized_by, spec.sized_by)
+    schema, name = table.split(".")
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = ? AND table_name = ?",
+        [schema, name],
+    ).fetchone()
+    if not exists or not exists[0]:
+        return 1
+    (rows,) = con.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()  # type: ignore[misc]
+    return spec.count(int(rows))
+
+
 def run(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -299,13 +392,24 @@ def run(
     progress: Progress | None = None,
     after_swap: Callable[[duckdb.DuckDBPyConnection], dict[str, Any]] | None = None,
     params_record: Mapping[str, Any] | None = None,
+    partitions: Mapping[str, int] | None = None,
 ) -> RunResult:
     """Build the models (all, or `select` + downstream), audit them and swap them in; record meta.builds.
 
     `after_swap(con)` runs inside the swap transaction (new tables visible, not yet committed)
     and returns the build's summary stored as meta.builds.report; it may create views.
+    `partitions` forces the number of passes of partitioned models (model name -> n), instead
+    of the count their `-- partition:` header derives from the input size.
     """
     models = discover(sql_dir)
+    forced: dict[str, int] = {}
+    for key, n in (partitions or {}).items():
+        name = resolve(models, key)
+        if models[name].partition is None:
+            raise UserError(f"model {name} has no `-- partition:` header")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UserError(f"partitions of {name}: expected an integer >= 1, got {n!r}")
+        forced[name] = n
     todo = plan(models, select)
     audits = discover_audits(sql_dir)
     build_id = f"b{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -327,6 +431,7 @@ def run(
         [build_id, json.dumps(record, default=str)],
     )
     set_variables(con, variables)
+    set_variables(con, {"partition": 0, "n_partitions": 1})
     # DuckDB's own terminal progress bar would fight with the caller's display (rich, logs).
     con.execute("SET enable_progress_bar = false")
     targets = {m.name: m.tmp_name for m in todo}
@@ -342,9 +447,20 @@ def run(
                 con.execute(f"CREATE TABLE IF NOT EXISTS {model.name} {model.self_columns}")
             refs = [r for r in _references(model.sql, models) if r[2] != model.name]
             sql = _rewrite(model.sql, refs, targets)
-            con.execute(f"CREATE TABLE {model.tmp_name} AS\n{sql}\n")
+            n = forced.get(model.name) or _partition_count(con, model, targets)
+            for part in range(n):
+                if n > 1:
+                    current = f"model {_display(model.path, sql_dir)} (partition {part + 1} of {n})"
+                    if progress:
+                        progress(f"{model.name} (part {part + 1}/{n})", i, len(todo))
+                set_variables(con, {"partition": part, "n_partitions": n})
+                if part == 0:
+                    con.execute(f"CREATE TABLE {model.tmp_name} AS\n{sql}\n")
+                else:
+                    con.execute(f"INSERT INTO {model.tmp_name}\n{sql}\n")
+            set_variables(con, {"partition": 0, "n_partitions": 1})
             (rows,) = con.execute(f"SELECT count(*) FROM {model.tmp_name}").fetchone()  # type: ignore[misc]
-            result.models.append(ModelRun(model.name, int(rows), round(time.perf_counter() - t0, 4)))
+            result.models.append(ModelRun(model.name, int(rows), round(time.perf_counter() - t0, 4), n))
         if progress:
             progress("audits", len(todo), len(todo))
         for audit, (path, sql) in audits.items():
@@ -368,7 +484,12 @@ def run(
                 "UPDATE meta.builds SET status = 'success', finished_at = now(), models = ?, report = ? "
                 "WHERE build_id = ?",
                 [
-                    json.dumps({m.model: {"rows": m.rows, "seconds": m.seconds} for m in result.models}),
+                    json.dumps(
+                        {
+                            m.model: {"rows": m.rows, "seconds": m.seconds, "partitions": m.partitions}
+                            for m in result.models
+                        }
+                    ),
                     json.dumps(result.summary, default=str),
                     build_id,
                 ],
@@ -402,7 +523,12 @@ def _fail(
             "WHERE build_id = ?",
             [
                 message,
-                json.dumps({m.model: {"rows": m.rows, "seconds": m.seconds} for m in result.models}),
+                json.dumps(
+                    {
+                        m.model: {"rows": m.rows, "seconds": m.seconds, "partitions": m.partitions}
+                        for m in result.models
+                    }
+                ),
                 build_id,
             ],
         )

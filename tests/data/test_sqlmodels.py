@@ -174,6 +174,82 @@ def test_select_rebuilds_the_model_and_downstream_only(warehouse: Warehouse) -> 
         assert "features.events" not in [m.model for m in report.models]
 
 
+# ------------------------------------------------------------------ partitioned models
+
+
+def test_partitioned_model_is_built_in_passes(tmp_path: Path, warehouse: Warehouse) -> None:
+    write(tmp_path, "staging/a.sql", "select range::INTEGER as x from range(10)")
+    write(
+        tmp_path,
+        "staging/b.sql",
+        "-- partition: x, one per 3 rows of staging.a\n"
+        "select x, getvariable('partition') as part, getvariable('n_partitions') as n from staging.a\n"
+        "where x % getvariable('n_partitions') = getvariable('partition')",
+    )
+    write(tmp_path, "staging/c.sql", "select getvariable('n_partitions') as n from staging.b limit 1")
+    models = sqlmodels.discover(tmp_path)
+    assert models["staging.b"].partition == sqlmodels.Partitioning("x", 3, "staging.a")
+    with warehouse.session() as con:
+        result = sqlmodels.run(con, variables={}, sql_dir=tmp_path)
+        assert {m.model: m.partitions for m in result.models} == {
+            "staging.a": 1,
+            "staging.b": 4,
+            "staging.c": 1,
+        }
+        rows = con.execute("SELECT x, part, n FROM staging.b ORDER BY x").fetchall()
+        assert rows == [(x, x % 4, 4) for x in range(10)]
+        assert con.execute("SELECT n FROM staging.c").fetchall() == [(1,)]  # reset after the passes
+        (models_json,) = con.execute("SELECT models FROM meta.builds WHERE status = 'success'").fetchone()
+        assert json.loads(models_json)["staging.b"]["partitions"] == 4
+        sqlmodels.run(con, variables={}, sql_dir=tmp_path, partitions={"b": 1})
+        assert con.execute("SELECT DISTINCT n FROM staging.b").fetchall() == [(1,)]
+        with pytest.raises(UserError, match="no `-- partition:` header"):
+            sqlmodels.run(con, variables={}, sql_dir=tmp_path, partitions={"staging.a": 2})
+
+
+def test_partition_header_must_be_well_formed_and_used(tmp_path: Path) -> None:
+    write(tmp_path, "staging/a.sql", "select 1 as x")
+    write(tmp_path, "staging/b.sql", "-- partition: x\nselect * from staging.a")
+    with pytest.raises(UserError, match="bad partition header"):
+        sqlmodels.discover(tmp_path)
+    write(tmp_path, "staging/b.sql", "-- partition: x, one per 5 rows of staging.a\nselect * from staging.a")
+    with pytest.raises(UserError, match="getvariable"):
+        sqlmodels.discover(tmp_path)
+    write(
+        tmp_path,
+        "staging/b.sql",
+        "-- partition: x, one per 5 rows of staging.c\nselect * from staging.a\n"
+        "where x % getvariable('n_partitions') = getvariable('partition')",
+    )
+    write(tmp_path, "staging/c.sql", "select 1 as x")
+    with pytest.raises(UserError, match="does not read"):
+        sqlmodels.discover(tmp_path)
+
+
+@pytest.mark.parametrize("sampler", ["popularity", "uniform"])
+def test_partitioned_negatives_equal_one_pass(warehouse: Warehouse, sampler: str) -> None:
+    """Users who saw some, most and all of the 7 items: rejection sampling, top-ups and cycling
+    all happen, and splitting users over passes changes nothing."""
+    with warehouse.session() as con:
+        seed_events(con, users=9, per_user=4)
+        seed_events(con, users=5, per_user=7, batch=2)  # u0..u4 see every item
+        ensure_raw_tables(con)
+        con.execute(
+            "INSERT INTO raw.interactions SELECT 'w' || range, 'i' || (range % 3), TIMESTAMP '2024-02-01' "
+            "+ to_hours(range), NULL, 3, range + 1 FROM range(40)"
+        )
+        params = BuildParams(neg_ratio=5, neg_sampler=sampler, seed=3)
+        one = build_features(con, params)
+        assert {m.model: m.partitions for m in one.models}["features.negatives_train"] == 1
+        expected = con.execute("SELECT * FROM features.negatives_train ORDER BY ALL").fetchall()
+        assert expected
+        for n in (2, 3, 7):
+            report = build_features(con, params, partitions={"negatives_train": n})
+            assert {m.model: m.partitions for m in report.models}["features.negatives_train"] == n
+            assert con.execute("SELECT * FROM features.negatives_train ORDER BY ALL").fetchall() == expected
+            assert report.split == one.split
+
+
 # ------------------------------------------------------------------ CLI
 
 

@@ -1,3 +1,4 @@
+-- partition: user_code, one per 10000000 rows of features.samples_train
 -- One row = one negative item for one training sample (user_code, pos): neg_rank 1..r, where
 -- r = neg_ratio (1 in pairwise mode; point-wise reads them as label-0 rows, list-wise as the
 -- r negatives of the sample's softmax).
@@ -10,6 +11,9 @@
 -- samples still short (users who saw many popular items); the samples still short after that
 -- are topped up uniformly from the user's unseen items, walked from a seeded offset (with
 -- repeats only when the user has fewer than r unseen items; none when the user saw everything).
+-- Built in passes over users (user_code % n_partitions = partition; see the header and
+-- sql/README.md): a sample's negatives depend only on its own user's samples and events, so
+-- the passes together give exactly the one-pass result while each holds 1/n of the state.
 with
 
 settings as (
@@ -66,10 +70,12 @@ sample_keys as materialized (
         hash(xor(hash(xor(hash(t.seed::UBIGINT), s.user_code::UBIGINT)), s.pos::UBIGINT)) as sample_key
     from features.samples_train s
     cross join settings t
+    where s.user_code % getvariable('n_partitions') = getvariable('partition')
 ),
 
 seen as (
     select user_code, item_code from features.events
+    where user_code % getvariable('n_partitions') = getvariable('partition')
 ),
 
 -- round 1: every sample
