@@ -436,79 +436,86 @@ def run(
     con.execute("SET enable_progress_bar = false")
     targets = {m.name: m.tmp_name for m in todo}
 
-    current = "setup"
+    # Readers order explicitly, so the build need not keep insertion order: without it DuckDB
+    # streams and spills big CREATE TABLE AS more cheaply. Restored after, for the caller.
+    (keep_order,) = con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()  # type: ignore[misc]
+    con.execute("SET preserve_insertion_order = false")
     try:
-        for i, model in enumerate(todo):
-            current = f"model {_display(model.path, sql_dir)}"
-            if progress:
-                progress(model.name, i, len(todo))
-            t0 = time.perf_counter()
-            if model.self_columns:
-                con.execute(f"CREATE TABLE IF NOT EXISTS {model.name} {model.self_columns}")
-            refs = [r for r in _references(model.sql, models) if r[2] != model.name]
-            sql = _rewrite(model.sql, refs, targets)
-            n = forced.get(model.name) or _partition_count(con, model, targets)
-            for part in range(n):
-                if n > 1:
-                    current = f"model {_display(model.path, sql_dir)} (partition {part + 1} of {n})"
-                    if progress:
-                        progress(f"{model.name} (part {part + 1}/{n})", i, len(todo))
-                set_variables(con, {"partition": part, "n_partitions": n})
-                if part == 0:
-                    con.execute(f"CREATE TABLE {model.tmp_name} AS\n{sql}\n")
-                else:
-                    con.execute(f"INSERT INTO {model.tmp_name}\n{sql}\n")
-            set_variables(con, {"partition": 0, "n_partitions": 1})
-            (rows,) = con.execute(f"SELECT count(*) FROM {model.tmp_name}").fetchone()  # type: ignore[misc]
-            result.models.append(ModelRun(model.name, int(rows), round(time.perf_counter() - t0, 4), n))
-        if progress:
-            progress("audits", len(todo), len(todo))
-        for audit, (path, sql) in audits.items():
-            current = f"audit {_display(path, sql_dir)}"
-            sql = _rewrite(sql, _references(sql, models), targets)
-            row = con.execute(f"SELECT count(*), any_value(v::VARCHAR) FROM ({sql}) v").fetchone()
-            if row and row[0]:
-                raise UserError(
-                    f"audit {audit} failed ({_display(path, sql_dir)}): {row[0]} rows violate it, "
-                    f"e.g. {row[1]}"
-                )
-        current = "swapping the new tables in"
-        con.begin()
+        current = "setup"
         try:
-            for model in todo:
-                con.execute(f"DROP TABLE IF EXISTS {model.name}")
-                con.execute(f"ALTER TABLE {model.tmp_name} RENAME TO {model.table}")
-            result.seconds = round(time.perf_counter() - started, 4)
-            result.summary = after_swap(con) if after_swap else {}
-            con.execute(
-                "UPDATE meta.builds SET status = 'success', finished_at = now(), models = ?, report = ? "
-                "WHERE build_id = ?",
-                [
-                    json.dumps(
-                        {
-                            m.model: {"rows": m.rows, "seconds": m.seconds, "partitions": m.partitions}
-                            for m in result.models
-                        }
-                    ),
-                    json.dumps(result.summary, default=str),
-                    build_id,
-                ],
-            )
-            con.commit()
-        except BaseException:
-            con.rollback()
+            for i, model in enumerate(todo):
+                current = f"model {_display(model.path, sql_dir)}"
+                if progress:
+                    progress(model.name, i, len(todo))
+                t0 = time.perf_counter()
+                if model.self_columns:
+                    con.execute(f"CREATE TABLE IF NOT EXISTS {model.name} {model.self_columns}")
+                refs = [r for r in _references(model.sql, models) if r[2] != model.name]
+                sql = _rewrite(model.sql, refs, targets)
+                n = forced.get(model.name) or _partition_count(con, model, targets)
+                for part in range(n):
+                    if n > 1:
+                        current = f"model {_display(model.path, sql_dir)} (partition {part + 1} of {n})"
+                        if progress:
+                            progress(f"{model.name} (part {part + 1}/{n})", i, len(todo))
+                    set_variables(con, {"partition": part, "n_partitions": n})
+                    if part == 0:
+                        con.execute(f"CREATE TABLE {model.tmp_name} AS\n{sql}\n")
+                    else:
+                        con.execute(f"INSERT INTO {model.tmp_name}\n{sql}\n")
+                set_variables(con, {"partition": 0, "n_partitions": 1})
+                (rows,) = con.execute(f"SELECT count(*) FROM {model.tmp_name}").fetchone()  # type: ignore[misc]
+                result.models.append(ModelRun(model.name, int(rows), round(time.perf_counter() - t0, 4), n))
+            if progress:
+                progress("audits", len(todo), len(todo))
+            for audit, (path, sql) in audits.items():
+                current = f"audit {_display(path, sql_dir)}"
+                sql = _rewrite(sql, _references(sql, models), targets)
+                row = con.execute(f"SELECT count(*), any_value(v::VARCHAR) FROM ({sql}) v").fetchone()
+                if row and row[0]:
+                    raise UserError(
+                        f"audit {audit} failed ({_display(path, sql_dir)}): {row[0]} rows violate it, "
+                        f"e.g. {row[1]}"
+                    )
+            current = "swapping the new tables in"
+            con.begin()
+            try:
+                for model in todo:
+                    con.execute(f"DROP TABLE IF EXISTS {model.name}")
+                    con.execute(f"ALTER TABLE {model.tmp_name} RENAME TO {model.table}")
+                result.seconds = round(time.perf_counter() - started, 4)
+                result.summary = after_swap(con) if after_swap else {}
+                con.execute(
+                    "UPDATE meta.builds SET status = 'success', finished_at = now(), models = ?, report = ? "
+                    "WHERE build_id = ?",
+                    [
+                        json.dumps(
+                            {
+                                m.model: {"rows": m.rows, "seconds": m.seconds, "partitions": m.partitions}
+                                for m in result.models
+                            }
+                        ),
+                        json.dumps(result.summary, default=str),
+                        build_id,
+                    ],
+                )
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+        except (duckdb.Error, UserError, KeyboardInterrupt) as exc:
+            message = str(exc) if isinstance(exc, UserError) else f"{current} failed: {_first_line(exc)}"
+            if isinstance(exc, KeyboardInterrupt):
+                message = "interrupted"
+            _fail(con, build_id, message, result, schemas)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise UserError(message) from exc
+        except BaseException as exc:
+            _fail(con, build_id, f"{type(exc).__name__}: {exc}", result, schemas)
             raise
-    except (duckdb.Error, UserError, KeyboardInterrupt) as exc:
-        message = str(exc) if isinstance(exc, UserError) else f"{current} failed: {_first_line(exc)}"
-        if isinstance(exc, KeyboardInterrupt):
-            message = "interrupted"
-        _fail(con, build_id, message, result, schemas)
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        raise UserError(message) from exc
-    except BaseException as exc:
-        _fail(con, build_id, f"{type(exc).__name__}: {exc}", result, schemas)
-        raise
+    finally:
+        con.execute(f"SET preserve_insertion_order = {bool(keep_order)}")
     return result
 
 
