@@ -7,6 +7,7 @@ commands; each command only parses options, calls one core function and prints.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,9 @@ def _global(
     ),
     memory_limit: str = typer.Option(None, "--memory-limit", help="DuckDB memory limit, e.g. 8GB"),
 ) -> None:
+    if threads is not None:
+        # one setting for every component: DuckDB, torch and annoy all read thread_count()
+        os.environ["RECHUB_THREADS"] = str(max(1, threads))
     ctx.obj = Warehouse(warehouse or default_warehouse(), threads=threads, memory_limit=memory_limit)
 
 
