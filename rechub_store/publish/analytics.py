@@ -158,7 +158,11 @@ def apply_retention(con: duckdb.DuckDBPyConnection, keep_runs: int) -> int:
 
 
 def write_metrics(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping[str, Any]]) -> int:
-    """Insert metric rows, replacing any earlier rows of the same (run, model run, split, index)."""
+    """Insert metric rows; they replace everything recorded earlier for the same (run, split).
+
+    The unit is the run and split, not the model or index: a rerun of a date that retrained
+    (another model run) or evaluates fewer indexes must not leave the old rows beside the new.
+    """
     rows = list(rows)
     if not rows:
         return 0
@@ -177,16 +181,12 @@ def write_metrics(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping[str, An
             "created_at": pa.array([created_at] * len(rows), pa.timestamp("us")),
         }
     )
-    keys = sorted({(r["run_id"], r["model_run_id"], r["split"], r["index"]) for r in rows})
+    keys = sorted({(r["run_id"], r["split"]) for r in rows})
     con.register("_metrics_chunk", table)
     con.execute("BEGIN TRANSACTION")
     try:
-        for run_id, model_run_id, split, index in keys:
-            con.execute(
-                "DELETE FROM main.evaluation_metrics "
-                'WHERE run_id = ? AND model_run_id = ? AND split = ? AND "index" = ?',
-                [run_id, model_run_id, split, index],
-            )
+        for run_id, split in keys:
+            con.execute("DELETE FROM main.evaluation_metrics WHERE run_id = ? AND split = ?", [run_id, split])
         con.execute("INSERT INTO main.evaluation_metrics SELECT * FROM _metrics_chunk")
         con.execute("COMMIT")
     except BaseException:

@@ -101,7 +101,9 @@ def test_history_retention_keeps_newest_runs(con) -> None:
     assert runs == ["r2", "r3", "r4"]
 
 
-def test_metrics_replace_same_run_split_index(con) -> None:
+def test_metrics_of_a_rerun_replace_the_whole_run_split(con) -> None:
+    """A rerun that retrained (another model run) or evaluates fewer indexes leaves no stale rows;
+    other splits and other runs are untouched."""
     row = {
         "run_id": "r1",
         "model_run_id": "m1",
@@ -112,10 +114,16 @@ def test_metrics_replace_same_run_split_index(con) -> None:
         "n_users": 6,
         "index": "exact",
     }
-    write_metrics(con, [row, {**row, "index": "annoy"}])
-    write_metrics(con, [{**row, "value": 0.7}])
-    got = con.execute('SELECT "index", value FROM evaluation_metrics ORDER BY 1').fetchall()
-    assert got == [("annoy", 0.5), ("exact", 0.7)]
+    write_metrics(con, [row, {**row, "index": "annoy"}, {**row, "split": "valid"}, {**row, "run_id": "r0"}])
+    write_metrics(con, [{**row, "model_run_id": "m2", "value": 0.7}])
+    got = con.execute(
+        'SELECT run_id, split, model_run_id, "index", value FROM evaluation_metrics ORDER BY ALL'
+    ).fetchall()
+    assert got == [
+        ("r0", "test", "m1", "exact", 0.5),
+        ("r1", "test", "m2", "exact", 0.7),
+        ("r1", "valid", "m1", "exact", 0.5),
+    ]
 
 
 class Analyst:
