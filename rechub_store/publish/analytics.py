@@ -225,7 +225,8 @@ def _previous_history_files(path: Path) -> dict[str, str]:
     except duckdb.Error:
         return {}
     try:
-        return dict(con.execute(f"SELECT run_id, path FROM {HISTORY_FILES_TABLE}").fetchall())
+        rows = con.execute(f"SELECT run_id, path FROM {HISTORY_FILES_TABLE}").fetchall()
+        return {run_id: str(Path(file).resolve()) for run_id, file in rows}
     except duckdb.Error:
         return {}
     finally:
@@ -301,7 +302,9 @@ def publish_analytics(
         stale.unlink(missing_ok=True)
     published_at = utcnow()
     stamp = f"{published_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"  # unique per publish
-    history_dir = warehouse.root / HISTORY_DIR
+    # Absolute: the view's paths are resolved against each reader's working directory, not
+    # against the analytics file's folder.
+    history_dir = warehouse.root.resolve() / HISTORY_DIR
     history_dir.mkdir(parents=True, exist_ok=True)
     current = con.execute(
         "SELECT any_value(run_id), any_value(model_run_id) FROM main.recommendations"

@@ -194,6 +194,35 @@ def test_a_publish_failing_before_the_rename_leaves_the_old_file(con, warehouse:
     assert published_run(warehouse.analytics_path)["run_id"] == "r2"
 
 
+def test_history_view_reads_from_any_working_directory(
+    warehouse: Warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative warehouse path (the default) must not leave relative Parquet paths in the view:
+    analysts open the analytics file from wherever they are."""
+    monkeypatch.chdir(warehouse.root.parent)
+    relative = Warehouse(Path(warehouse.root.name) / warehouse.path.name, threads=2)
+    con = relative.connect()
+    try:
+        for name, values in (("user", ODD_USERS), ("item", ODD_ITEMS)):
+            con.execute(
+                f"CREATE TABLE features.vocab_{name}_id AS SELECT unnest(?) AS value, "
+                "(generate_subscripts(?, 1))::INTEGER AS code",
+                [values, values],
+            )
+        rows = write_run(con, "r1", 0)
+        publish_analytics(con, relative, "r1")
+    finally:
+        con.close()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    reader = duckdb.connect(str(warehouse.analytics_path), read_only=True)
+    try:
+        assert reader.execute("SELECT count(*) FROM recommendations_history").fetchone() == (rows,)
+    finally:
+        reader.close()
+
+
 def test_history_files_are_written_once_and_collected_a_publish_later(con, warehouse: Warehouse) -> None:
     def files_of_published() -> dict[str, str]:
         reader = duckdb.connect(str(warehouse.analytics_path), read_only=True)
