@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -151,11 +152,29 @@ class NightlyLock:
         finally:
             tmp.unlink(missing_ok=True)
 
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Serialize acquire() across processes, so that the read-stale-unlink-create sequence of
+        a stale-lock takeover cannot delete a lock another process has just taken."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path.with_name(f"{self.path.name}.guard"), os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as exc:
+            raise _unwritable(self.path.parent, exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held for milliseconds; released when the process dies
+            yield
+        finally:
+            os.close(fd)
+
     def acquire(self) -> NightlyLock:
+        with self._guard():
+            return self._acquire()
+
+    def _acquire(self) -> NightlyLock:
         payload = json.dumps(self._info())
         for _ in range(3):
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
                 created = self._create(payload)
             except OSError as exc:
                 raise _unwritable(self.path.parent, exc) from exc
