@@ -30,6 +30,9 @@ from rechub_store.retrieval.exact import NO_ITEM, Seen, exact_topk
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TREES = 10  # annoy trees to start tuning from
+DEFAULT_MAX_TREES = 160  # tuning doubles trees up to this
+
 
 def overlap_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
     """Mean |found[:, :k] ∩ truth[:, :k]| / |truth[:, :k]| over rows (padding code 0 ignored)."""
@@ -220,10 +223,19 @@ def rescore(
     return np.take_along_axis(codes, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
-def fingerprint(item_vecs: np.ndarray, metric: str, target: float) -> str:
-    """Identifies what an index was tuned for (vectors, metric, recall target); a mismatch means rebuild."""
+def fingerprint(
+    item_vecs: np.ndarray,
+    metric: str,
+    target: float,
+    n_trees: int = DEFAULT_TREES,
+    max_trees: int = DEFAULT_MAX_TREES,
+    seed: int = 0,
+) -> str:
+    """Identifies what an index was built and tuned for (vectors, metric, recall target, tree
+    settings, seed); a mismatch means rebuild. Another k reuses the index with search_k scaled."""
     digest = hashlib.sha1(np.ascontiguousarray(item_vecs).tobytes()).hexdigest()[:16]
-    return f"{metric}:{item_vecs.shape[0] - 1}x{item_vecs.shape[1]}:t{target}:{digest}"
+    shape = f"{item_vecs.shape[0] - 1}x{item_vecs.shape[1]}"
+    return f"{metric}:{shape}:t{target}:trees{n_trees}-{max_trees}:s{seed}:{digest}"
 
 
 TUNE_MARGIN = 0.005  # a bisection point must beat the target by this much (it was tuned on a sample)
@@ -236,8 +248,8 @@ def build_tuned(
     k: int,
     *,
     target_recall: float = 0.95,
-    n_trees: int = 10,
-    max_trees: int = 160,
+    n_trees: int = DEFAULT_TREES,
+    max_trees: int = DEFAULT_MAX_TREES,
     search_k: int | None = None,
     seed: int = 0,
     n_threads: int | None = None,
@@ -323,7 +335,7 @@ def build_tuned(
         build_seconds=round(build_seconds, 3),
         tune_seconds=round(time.perf_counter() - t0, 3),
         trials=trials,
-        fingerprint=fingerprint(item_vecs, metric, target_recall),
+        fingerprint=fingerprint(item_vecs, metric, target_recall, n_trees, max_trees, seed),
     )
     if not tuning.met_target:
         log.warning(
@@ -351,7 +363,14 @@ def load_or_build(
     otherwise build, tune and save it. Returns (index, tuning, built)."""
     meta_path = path.with_name(path.name + ".json")
     target = float(tune_kwargs.get("target_recall", 0.95))
-    wanted = fingerprint(item_vecs, metric, target)
+    wanted = fingerprint(
+        item_vecs,
+        metric,
+        target,
+        int(tune_kwargs.get("n_trees", DEFAULT_TREES)),
+        int(tune_kwargs.get("max_trees", DEFAULT_MAX_TREES)),
+        int(tune_kwargs.get("seed", 0)),
+    )
     if path.exists() and meta_path.exists() and tune_kwargs.get("search_k") is None:
         try:
             meta = json.loads(meta_path.read_text())

@@ -141,6 +141,8 @@ def test_index_is_saved_once_and_reused(tmp_path: Path, vectors) -> None:
     changed[5] += 1.0
     _, _, built3 = load_or_build(path, changed, users[:100], "dot", 10)
     assert built3, "new vectors (a retrained model) rebuild the index"
+    _, _, built4 = load_or_build(path, changed, users[:100], "dot", 10, n_trees=20)
+    assert built4, "changed tree settings in the job file rebuild the index"
 
 
 def test_loading_a_wrong_index_fails(tmp_path: Path, vectors) -> None:
