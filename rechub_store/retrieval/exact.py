@@ -101,8 +101,9 @@ def exact_topk(
             if seen is not None:
                 part = seen.rows(start, stop)
                 if len(part.indices):
-                    rows = torch.from_numpy(part.row_ids())
-                    cols = torch.from_numpy(part.indices)
+                    inside = part.indices < n_items  # seen items outside the candidate set need no mask
+                    rows = torch.from_numpy(part.row_ids()[inside])
+                    cols = torch.from_numpy(part.indices[inside])
                     block[rows, cols] = -torch.inf
             top_scores, top_idx = torch.topk(block, take, dim=1)
             top_idx[torch.isneginf(top_scores)] = NO_ITEM

@@ -75,6 +75,16 @@ def load_context(
     loaded = load_model(con, model_run_id)
     store = FeatureStore.load(con, loaded.max_seq_len, splits=splits)
     items = normalize_for_index(encode_items(loaded.model, store), loaded.score_kind)
+    # Items newer than the model (codes past its vocabulary, added by a later build) would all
+    # share the padding embedding and tie: leave them out of retrieval until a retrain learns them.
+    n_unknown = items.shape[0] - loaded.schema.n_items
+    if n_unknown > 0:
+        log.warning(
+            "%d items are newer than model %s and are not recommended until it is retrained",
+            n_unknown,
+            loaded.model_run_id,
+        )
+        items = items[: loaded.schema.n_items]
     if items.shape[0] < 2:
         raise UserError("the catalogue is empty: nothing to recommend (ingest events, then build-features)")
     return ScoringContext(

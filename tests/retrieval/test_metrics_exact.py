@@ -96,3 +96,11 @@ def test_seen_from_prefixes_gathers_history_before_target() -> None:
     assert seen.indptr.tolist() == [0, 2, 2, 3]
     assert seen.indices.tolist() == [10, 11, 30]
     assert seen.rows(1, 3).indices.tolist() == [30]
+
+
+def test_seen_codes_outside_the_candidate_items_are_ignored() -> None:
+    """Items newer than the model are left out of the candidate matrix but stay in histories."""
+    users = np.array([[1.0, 0.0]], dtype=np.float32)
+    items = np.array([[0, 0], [1, 0], [0.5, 0], [0.1, 0]], dtype=np.float32)
+    codes, _ = exact_topk(users, items, 2, Seen.from_lists([[1, 7, 9]]))
+    assert codes.tolist() == [[2, 3]]
