@@ -148,6 +148,19 @@ class Warehouse:
             con.close()
 
 
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN ... COMMIT, or ROLLBACK and re-raise: what a writer's readers see is all or nothing."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):  # a failed statement may have aborted it already
+            con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
     schema, _, table = qualified.rpartition(".")
     row = con.execute(

@@ -15,7 +15,6 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -28,7 +27,7 @@ from typing import Literal
 import duckdb
 
 from rechub_store.errors import UserError
-from rechub_store.warehouse import quote_ident
+from rechub_store.warehouse import quote_ident, transaction
 
 TimeFormat = Literal["auto", "seconds", "milliseconds", "iso"]
 TIME_FORMATS = ("auto", "seconds", "milliseconds", "iso")
@@ -455,44 +454,43 @@ def run_batch(con: duckdb.DuckDBPyConnection, source: Source, plan: Plan) -> Ing
     con.execute("SET TimeZone = 'UTC'")
     if source.spec.fmt == "csv":  # row_number() OVER () numbers lines in file order
         con.execute("SET preserve_insertion_order = true")
-    con.execute("BEGIN TRANSACTION")
     try:
-        seq = con.execute("SELECT coalesce(max(batch_seq), 0) + 1 FROM raw.batches").fetchone()[0]
-        batch_id = f"{plan.kind}-{seq:06d}-{sha[:12]}"
-        rows = source.rows_sql()
-        checked = f"SELECT *, {plan.reason} AS _reason FROM ({plan.derived.wrap(rows)})"
-        con.execute(f"CREATE OR REPLACE TEMP VIEW _ingest_rows AS {checked}")
-        con.execute(
-            "CREATE OR REPLACE TEMP VIEW _ingest_ok AS SELECT * FROM _ingest_rows WHERE _reason IS NULL"
-        )
-        inserted = [
-            int(
-                con.execute(f"INSERT INTO {target} " + select.replace("__SEQ__", str(int(seq)))).fetchone()[0]
-            )
-            for target, select in plan.outputs
-        ]
-        if plan.one_row_per_line:
-            accepted = inserted[0]
-        else:  # long-form fan-out: count the accepted lines themselves
-            accepted = int(con.execute("SELECT count(*) FROM _ingest_ok").fetchone()[0])
-        read = con.execute(f"SELECT count(*) FROM ({rows})").fetchone()[0]
-        rejected = read - accepted
-        if rejected:
+        with transaction(con):
+            seq = con.execute("SELECT coalesce(max(batch_seq), 0) + 1 FROM raw.batches").fetchone()[0]
+            batch_id = f"{plan.kind}-{seq:06d}-{sha[:12]}"
+            rows = source.rows_sql()
+            checked = f"SELECT *, {plan.reason} AS _reason FROM ({plan.derived.wrap(rows)})"
+            con.execute(f"CREATE OR REPLACE TEMP VIEW _ingest_rows AS {checked}")
             con.execute(
-                "INSERT INTO raw.rejects SELECT ?, ?, line, raw, _reason, now()::TIMESTAMP "
-                "FROM _ingest_rows WHERE _reason IS NOT NULL",
-                [batch_id, path_text],
+                "CREATE OR REPLACE TEMP VIEW _ingest_ok AS SELECT * FROM _ingest_rows WHERE _reason IS NULL"
             )
-        con.execute(
-            "INSERT INTO raw.batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
-            [batch_id, seq, plan.kind, path_text, sha, read, accepted, rejected],
-        )
-        con.execute("DROP VIEW _ingest_ok")
-        con.execute("DROP VIEW _ingest_rows")
-        con.execute("COMMIT")
+            inserted = [
+                int(
+                    con.execute(
+                        f"INSERT INTO {target} " + select.replace("__SEQ__", str(int(seq)))
+                    ).fetchone()[0]
+                )
+                for target, select in plan.outputs
+            ]
+            if plan.one_row_per_line:
+                accepted = inserted[0]
+            else:  # long-form fan-out: count the accepted lines themselves
+                accepted = int(con.execute("SELECT count(*) FROM _ingest_ok").fetchone()[0])
+            read = con.execute(f"SELECT count(*) FROM ({rows})").fetchone()[0]
+            rejected = read - accepted
+            if rejected:
+                con.execute(
+                    "INSERT INTO raw.rejects SELECT ?, ?, line, raw, _reason, now()::TIMESTAMP "
+                    "FROM _ingest_rows WHERE _reason IS NOT NULL",
+                    [batch_id, path_text],
+                )
+            con.execute(
+                "INSERT INTO raw.batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                [batch_id, seq, plan.kind, path_text, sha, read, accepted, rejected],
+            )
+            con.execute("DROP VIEW _ingest_ok")
+            con.execute("DROP VIEW _ingest_rows")
     except BaseException as exc:
-        with contextlib.suppress(duckdb.Error):
-            con.execute("ROLLBACK")
         if isinstance(exc, _FILE_ERRORS):  # the file's fault (or memory), not ours: one line
             raise UserError(_read_error(path, exc)) from None
         raise

@@ -40,6 +40,7 @@ import duckdb
 
 from rechub_store.errors import UserError
 from rechub_store.paths import SQL_DIR
+from rechub_store.warehouse import transaction
 
 TMP_PREFIX = "__tmp_"
 AUDIT_DIR = "audits"
@@ -478,8 +479,7 @@ def run(
                         f"e.g. {row[1]}"
                     )
             current = "swapping the new tables in"
-            con.begin()
-            try:
+            with transaction(con):
                 for model in todo:
                     con.execute(f"DROP TABLE IF EXISTS {model.name}")
                     con.execute(f"ALTER TABLE {model.tmp_name} RENAME TO {model.table}")
@@ -499,10 +499,6 @@ def run(
                         build_id,
                     ],
                 )
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
         except (duckdb.Error, UserError, KeyboardInterrupt) as exc:
             message = str(exc) if isinstance(exc, UserError) else f"{current} failed: {_first_line(exc)}"
             if isinstance(exc, KeyboardInterrupt):

@@ -29,7 +29,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from rechub_store.warehouse import Warehouse, table_exists
+from rechub_store.warehouse import Warehouse, table_exists, transaction
 
 log = logging.getLogger(__name__)
 
@@ -107,33 +107,29 @@ class RecommendationWriter:
         """Replace `recommendations` with this run and store it in the history (same run_id replaced)."""
         generated_at = generated_at or utcnow()
         con = self.con
-        con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(
-                """
-                CREATE OR REPLACE TABLE main.recommendations AS
-                SELECT u.value AS user_id, i.value AS item_id,
-                       r.rank::INTEGER AS rank, r.score::DOUBLE AS score,
-                       $run_id::VARCHAR AS run_id, $model_run_id::VARCHAR AS model_run_id,
-                       $generated_at::TIMESTAMP AS generated_at
-                FROM _recs_codes r
-                JOIN features.vocab_user_id u ON u.code = r.user_code
-                JOIN features.vocab_item_id i ON i.code = r.item_code
-                """,
-                {"run_id": self.run_id, "model_run_id": self.model_run_id, "generated_at": generated_at},
-            )
-            con.execute("DELETE FROM main.recommendations_history WHERE run_id = ?", [self.run_id])
-            con.execute("INSERT INTO main.recommendations_history SELECT * FROM main.recommendations")
-            apply_retention(con, keep_runs)
-            (rows,) = con.execute("SELECT count(*) FROM main.recommendations").fetchone()  # type: ignore[misc]
-            if rows != self.rows:  # a code without a vocabulary entry would silently vanish in the join
-                raise RuntimeError(
-                    f"joined {rows} recommendations but staged {self.rows}: vocabulary mismatch"
+            with transaction(con):
+                con.execute(
+                    """
+                    CREATE OR REPLACE TABLE main.recommendations AS
+                    SELECT u.value AS user_id, i.value AS item_id,
+                           r.rank::INTEGER AS rank, r.score::DOUBLE AS score,
+                           $run_id::VARCHAR AS run_id, $model_run_id::VARCHAR AS model_run_id,
+                           $generated_at::TIMESTAMP AS generated_at
+                    FROM _recs_codes r
+                    JOIN features.vocab_user_id u ON u.code = r.user_code
+                    JOIN features.vocab_item_id i ON i.code = r.item_code
+                    """,
+                    {"run_id": self.run_id, "model_run_id": self.model_run_id, "generated_at": generated_at},
                 )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+                con.execute("DELETE FROM main.recommendations_history WHERE run_id = ?", [self.run_id])
+                con.execute("INSERT INTO main.recommendations_history SELECT * FROM main.recommendations")
+                apply_retention(con, keep_runs)
+                (rows,) = con.execute("SELECT count(*) FROM main.recommendations").fetchone()  # type: ignore[misc]
+                if rows != self.rows:  # a code without a vocabulary entry would silently vanish in the join
+                    raise RuntimeError(
+                        f"joined {rows} recommendations but staged {self.rows}: vocabulary mismatch"
+                    )
         finally:
             con.execute("DROP TABLE IF EXISTS _recs_codes")
         return int(rows)
@@ -183,15 +179,13 @@ def write_metrics(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping[str, An
     )
     keys = sorted({(r["run_id"], r["split"]) for r in rows})
     con.register("_metrics_chunk", table)
-    con.execute("BEGIN TRANSACTION")
     try:
-        for run_id, split in keys:
-            con.execute("DELETE FROM main.evaluation_metrics WHERE run_id = ? AND split = ?", [run_id, split])
-        con.execute("INSERT INTO main.evaluation_metrics SELECT * FROM _metrics_chunk")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            for run_id, split in keys:
+                con.execute(
+                    "DELETE FROM main.evaluation_metrics WHERE run_id = ? AND split = ?", [run_id, split]
+                )
+            con.execute("INSERT INTO main.evaluation_metrics SELECT * FROM _metrics_chunk")
     finally:
         con.unregister("_metrics_chunk")
     return len(rows)
