@@ -21,6 +21,7 @@ Notes on the comparison:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -35,16 +36,17 @@ import torch
 
 from rechub_store.data.build import BuildParams, build_features
 from rechub_store.data.generate import generate_into
-from rechub_store.data.readers import FeatureStore, NegativeSampler
+from rechub_store.data.readers import FeatureStore, InMemorySamples, NegativeSampler
+from rechub_store.models import build_model
 from rechub_store.training.config import TrainConfig
-from rechub_store.training.trainer import train
+from rechub_store.training.trainer import Trainer, train
 from rechub_store.warehouse import Warehouse
 
 OUT = Path(__file__).resolve().parent / "out"
 
 
 def _prepare(args: argparse.Namespace) -> tuple[Warehouse, dict[str, Any]]:
-    work = OUT / f"train-work-{args.events}"
+    work = OUT / "work" / f"train-{args.events}"
     wh = Warehouse(work / "rechub.duckdb", threads=args.threads)
     info: dict[str, Any] = {}
     if args.regenerate or not wh.exists():
@@ -69,7 +71,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Warehouse, dict[str, Any]]:
     return wh, info
 
 
-def _ours(con: Any, model: str, args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
+def _config(model: str, args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     cfg = TrainConfig(
         model=model,
         epochs=args.epochs,
@@ -83,7 +85,11 @@ def _ours(con: Any, model: str, args: argparse.Namespace, **overrides: Any) -> d
         seed=args.seed,
         progress=args.progress,
     )
-    cfg = replace(cfg, **overrides)
+    return replace(cfg, **overrides)
+
+
+def _ours(con: Any, model: str, args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
+    cfg = _config(model, args, **overrides)
     t0 = time.perf_counter()
     res = train(con, cfg)
     wall = time.perf_counter() - t0
@@ -112,27 +118,62 @@ def _ours(con: Any, model: str, args: argparse.Namespace, **overrides: Any) -> d
     }
 
 
+def _compute_only(
+    store: FeatureStore, model: str, args: argparse.Namespace, steps: int = 200
+) -> dict[str, Any]:
+    """Our steps on batches prepared beforehand: the samples/s the model's arithmetic allows when
+    the data side costs nothing (an upper bound for any data path, ours included)."""
+    cfg = replace(_config(model, args).resolve(store.n_items), max_seq_len=store.max_seq_len)
+    torch.manual_seed(args.seed)
+    net = build_model(cfg.model, store.schema(cfg.max_seq_len), embed_dim=cfg.embed_dim)
+    trainer = Trainer(net, store, cfg, InMemorySamples(store.samples["train"], cfg.seed, cfg.max_seq_len))
+    batches = list(itertools.islice(trainer.prepared_batches(1), steps + 20))
+    rows, t0 = 0, 0.0
+    for i, prep in enumerate(batches):
+        if i == 20:  # warm-up done
+            rows, t0 = 0, time.perf_counter()
+        loss, n = trainer.loss(prep)
+        trainer.optimizer.zero_grad()
+        loss.backward()
+        trainer.optimizer.clip_grad_norm(float(cfg.grad_clip))
+        trainer.optimizer.step()
+        rows += n
+    return {
+        "framework": "rechub-store, compute only (batches prepared beforehand)",
+        "model": model,
+        "neg_mode": cfg.neg_mode,
+        "neg_ratio": cfg.neg_ratio,
+        "steps_timed": steps,
+        "samples_per_second": round(rows / (time.perf_counter() - t0), 1),
+    }
+
+
 def _rechub_inputs(store: FeatureStore, args: argparse.Namespace) -> tuple[dict[str, np.ndarray], int]:
-    """Torch-RecHub's input dict, materialized per sample as its data utilities do."""
+    """Torch-RecHub's input dict, materialized per sample as its data utilities do.
+
+    The user side carries the same features our user tower reads (every user sparse column and
+    the dense columns of `FeatureStore.user_batch`), so both frameworks do the same arithmetic.
+    """
     s = store.samples["train"]
     rng = np.random.default_rng(args.seed)
     n = min(len(s), args.rechub_batches * args.batch_size)
     idx = np.sort(rng.choice(len(s), size=n, replace=False))
     users, targets, pos = s.user_code[idx], s.target[idx], s.pos[idx]
     negs = NegativeSampler(store).sample(users, args.neg_ratio, rng)
+    user_side = store.user_batch(users, pos, store.max_seq_len, trim=False)
     x = {
-        "user_id": users,
-        "hist_item_id": store.history_windows(users, pos, store.max_seq_len),
-        "item_id": targets,
-        "neg_items": negs,
+        key.replace(".", "_"): value.numpy()
+        for key, value in user_side.items()
+        if key.startswith(("u.", "ud."))
     }
+    x.update({"hist_item_id": user_side["hist"].numpy(), "item_id": targets, "neg_items": negs})
     return x, n
 
 
 def _torch_rechub(store: FeatureStore, args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         from torch.utils.data import DataLoader
-        from torch_rechub.basic.features import SequenceFeature, SparseFeature
+        from torch_rechub.basic.features import DenseFeature, SequenceFeature, SparseFeature
         from torch_rechub.models.matching import GRU4Rec, YoutubeDNN
         from torch_rechub.trainers import MatchTrainer
         from torch_rechub.utils.data import TorchDataset
@@ -153,7 +194,13 @@ def _torch_rechub(store: FeatureStore, args: argparse.Namespace) -> list[dict[st
 
     x, n = _rechub_inputs(store, args)
     dim = args.embed_dim
-    user_f = [SparseFeature("user_id", vocab_size=store.n_users, embed_dim=dim)]
+    vocab = store.schema().vocab_sizes()
+    user_f: list[Any] = [
+        SparseFeature(key, vocab_size=vocab["user." + key[2:]], embed_dim=dim)
+        for key in x
+        if key.startswith("u_")
+    ]
+    user_f += [DenseFeature(key) for key in x if key.startswith("ud_")]
 
     def hist_f(pooling: str) -> list[Any]:  # GRU4Rec reads the raw sequence (concat), YoutubeDNN a mean
         return [
@@ -177,7 +224,8 @@ def _torch_rechub(store: FeatureStore, args: argparse.Namespace) -> list[dict[st
             user_f + hist_f("mean"), item_f, neg_f, user_params={"dims": [256, 128, dim]}, temperature=0.05
         ),
         "gru4rec": lambda: GRU4RecFixed(
-            user_f,
+            [f for f in user_f if f.name == "u_user_id"],  # it concatenates user features to the GRU
+            # state; ours reads none: user_id only
             hist_f("concat"),
             item_f,
             neg_f,
@@ -277,6 +325,9 @@ def main() -> None:
         for model in args.models:
             params = {"hidden_size": args.embed_dim, "num_layers": 2} if model == "gru4rec" else {}
             results["runs"].append(_ours(con, model, args, model_params=params))
+            print(json.dumps(results["runs"][-1]), flush=True)
+        if "youtubednn" in args.models:  # its step is the cheapest: how much of it is arithmetic
+            results["runs"].append(_compute_only(store, "youtubednn", args))
             print(json.dumps(results["runs"][-1]), flush=True)
         for model in [m for m in args.full_softmax.split(",") if m]:
             results["runs"].append(_ours(con, model, args, neg_mode=None, neg_ratio=None, in_batch=None))

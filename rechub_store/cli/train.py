@@ -20,7 +20,12 @@ def train_command(
     epochs: int = typer.Option(None, help="Maximum epochs (default: dssm/youtubednn 20, gru4rec/sasrec 50)."),
     batch_size: int = typer.Option(None, help="Samples per batch (default: 512)."),
     lr: float = typer.Option(None, help="Adam learning rate (default: 1e-3)."),
-    weight_decay: float = typer.Option(0.0, help="Adam weight decay."),
+    weight_decay: float = typer.Option(0.0, help="Adam weight decay (then all embedding tables are dense)."),
+    sparse_embeddings: bool = typer.Option(
+        None,
+        "--sparse-embeddings/--dense-embeddings",
+        help="Row-sparse gradients + lazy Adam for lightly used tables (default: on without weight decay).",
+    ),
     embed_dim: int = typer.Option(None, help="Embedding / output vector size (default: 64)."),
     neg_mode: str = typer.Option(
         None,
@@ -57,6 +62,7 @@ def train_command(
         batch_size=batch_size,
         lr=lr,
         weight_decay=weight_decay,
+        sparse_embeddings=sparse_embeddings,
         embed_dim=embed_dim,
         neg_mode=neg_mode,
         neg_ratio=neg_ratio,

@@ -16,10 +16,12 @@ Batch dictionaries (what the models read):
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import duckdb
 import numpy as np
@@ -30,6 +32,7 @@ from rechub_store.errors import UserError
 from rechub_store.models.features import DenseFeature, FeatureSchema, SequenceFeature, SparseFeature
 from rechub_store.warehouse import require_table, table_exists
 
+T = TypeVar("T")
 SPLITS = ("train", "valid", "test")
 BUILD_HINT = "run `rechub-store build-features` first"
 MAX_TAGS = 32
@@ -47,7 +50,7 @@ class Samples:
     def __len__(self) -> int:
         return int(self.user_code.shape[0])
 
-    def take(self, idx: np.ndarray) -> Samples:
+    def take(self, idx: np.ndarray | slice) -> Samples:
         negs = self.negatives[idx] if self.negatives is not None else None
         return Samples(self.user_code[idx], self.target[idx], self.pos[idx], negs)
 
@@ -489,6 +492,54 @@ class NegativeSampler:
         return negs.reshape(-1, n)
 
 
+# ---------------------------------------------------------------------- prefetching
+_DONE = object()
+
+
+def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Yield `items` in order while a background thread produces up to `depth` ahead.
+
+    Worth it when producing is numpy/torch work that releases the GIL (batch gathers, sampling).
+    An exception in the producer is re-raised here; closing this generator early (a break, an
+    error in the consumer) stops the producer.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            buffer.put(exc)
+
+    worker = threading.Thread(target=produce, name="rechub-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full buffer
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)
+
+
 # ---------------------------------------------------------------------- sample sources
 class InMemorySamples:
     """Training samples in memory, served as whole batches of a seeded per-epoch permutation.
@@ -516,8 +567,9 @@ class InMemorySamples:
             chunk = np.arange(order.size) // (batch_size * self.BUCKET_BATCHES)
             order = order[np.lexsort((self.lengths[order], chunk))]
             starts = starts[rng.permutation(starts.size)]
+        shuffled = self.samples.take(order)  # one gather per epoch: every batch is then a view
         for start in starts:
-            yield self.samples.take(order[start : start + batch_size])
+            yield shuffled.take(slice(start, start + batch_size))
 
 
 @dataclass(frozen=True)

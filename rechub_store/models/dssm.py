@@ -14,6 +14,7 @@ from rechub_store.models.features import (
     item_input_dim,
     item_inputs,
     mlp,
+    run_mlp,
     user_input_dim,
     user_inputs,
 )
@@ -53,7 +54,7 @@ class DSSM(nn.Module):
         self.item_mlp = mlp([item_input_dim(schema, embed_dim), *hidden, embed_dim], dropout)
 
     def user_tower(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.user_mlp(user_inputs(self.schema, self.emb, batch, True, self.history_pooling))
+        return run_mlp(self.user_mlp, user_inputs(self.schema, self.emb, batch, True, self.history_pooling))
 
     def item_tower(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.item_mlp(item_inputs(self.schema, self.emb, batch))
+        return run_mlp(self.item_mlp, item_inputs(self.schema, self.emb, batch))

@@ -12,6 +12,7 @@ from rechub_store.models.features import (
     Pooling,
     embedding_features,
     mlp,
+    run_mlp,
     sparse_codes,
     user_input_dim,
     user_inputs,
@@ -51,7 +52,7 @@ class YoutubeDNN(nn.Module):
         self.user_mlp = mlp([u_in, *hidden, embed_dim], dropout)
 
     def user_tower(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.user_mlp(user_inputs(self.schema, self.emb, batch, True, self.history_pooling))
+        return run_mlp(self.user_mlp, user_inputs(self.schema, self.emb, batch, True, self.history_pooling))
 
     def item_tower(self, batch: dict[str, Tensor]) -> Tensor:
         n = batch["item_code"].shape[0]

@@ -35,7 +35,10 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
-    weight_decay: float = 0.0  # Adam L2 weight decay
+    weight_decay: float = 0.0  # Adam L2 weight decay (dense parameters; embeddings too if not sparse)
+    # row-sparse embedding gradients + lazy Adam for the tables (much faster on CPU); None = on
+    # unless weight_decay > 0, which then also decays the embedding tables
+    sparse_embeddings: bool | None = None
     embed_dim: int | None = None
     neg_mode: str | None = None  # pointwise (BCE) | pairwise (BPR) | listwise (softmax) | full softmax
     neg_ratio: int | None = None  # negatives per positive (pointwise/pairwise/listwise)
@@ -49,6 +52,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     valid_users: int | None = None  # validate on a seeded subsample of this many users (None = all)
     streaming: bool = False  # stream training samples from DuckDB in record batches
+    prefetch: bool = True  # prepare the next batch in a background thread during each step
     # all-position training for causal sequence models (one pass per window trains every target
     # in it); None = on where the model supports it (gru4rec, sasrec)
     seq_train: bool | None = None
@@ -84,6 +88,9 @@ class TrainConfig:
             neg_mode=neg_mode,
             neg_ratio=0 if neg_mode == "full" else neg_ratio,
             in_batch=bool(in_batch),
+            sparse_embeddings=(
+                self.weight_decay == 0 if self.sparse_embeddings is None else self.sparse_embeddings
+            ),
         )
         checks = [
             ("--epochs", out.epochs, 1),

@@ -1,11 +1,20 @@
-"""Pooling masks padding; shared tables are one table; schemas round-trip through artifacts."""
+"""Pooling masks padding; shared tables are one table; schemas round-trip through artifacts; the
+fast paths (index_add pooling, small lookups projected through the first layer) are exact."""
 
 from __future__ import annotations
 
 import torch
 
 from rechub_store.data.readers import FeatureStore
-from rechub_store.models.features import Embeddings, FeatureSchema, SequenceFeature, SparseFeature, pool
+from rechub_store.models.features import (
+    Embeddings,
+    FeatureSchema,
+    SequenceFeature,
+    SmallLookup,
+    SparseFeature,
+    linear_over_parts,
+    pool,
+)
 
 
 def test_pool_masks_padding() -> None:
@@ -37,3 +46,43 @@ def test_schema_is_derived_from_the_store_and_round_trips(store: FeatureStore) -
     assert schema.tags is not None and schema.tags.vocab_size == 4
     assert schema.history.max_len == 8 and schema.history.shared_with == "item_id"
     assert FeatureSchema.from_dict(schema.to_dict()) == schema
+
+
+def test_pooled_lookup_matches_the_masked_mean_in_values_and_gradients() -> None:
+    torch.manual_seed(0)
+    emb = Embeddings([SparseFeature("item", 12), SequenceFeature("hist", 12, shared_with="item")], 3)
+    codes = torch.tensor([[0, 0, 5, 7], [3, 3, 3, 11], [0, 0, 0, 0], [1, 2, 0, 4]])
+    weight = emb.table("item").weight
+    for mode in ("mean", "sum"):
+        weight.grad = None
+        out = emb.pooled("hist", codes, mode)
+        out.pow(2).sum().backward()
+        got = weight.grad.clone()
+        weight.grad = None
+        want = pool(torch.nn.functional.embedding(codes, weight, padding_idx=0), codes, mode)
+        want.pow(2).sum().backward()
+        torch.testing.assert_close(out, want)
+        torch.testing.assert_close(got, weight.grad)
+        assert torch.count_nonzero(got[0]) == 0  # padding never trained
+
+
+def test_first_layer_over_small_lookups_equals_the_concatenated_linear() -> None:
+    torch.manual_seed(0)
+    feats = [SparseFeature("user_id", 500), SparseFeature("gender", 4), SparseFeature("country", 7)]
+    emb = Embeddings(feats, 8)
+    linear = torch.nn.Linear(8 * 3 + 2, 5)
+    codes = {"user_id": torch.randint(0, 500, (64,)), "gender": torch.randint(0, 4, (64,))}
+    codes["country"] = torch.randint(0, 7, (64,))
+    dense = torch.rand(64, 2)
+    parts = [emb.part(name, codes[name]) for name in ("user_id", "gender", "country")] + [dense]
+    assert [isinstance(p, SmallLookup) for p in parts[:3]] == [False, True, True]  # rows <= dim
+    out = linear_over_parts(linear, parts)
+    grads_fused = torch.autograd.grad(out.square().sum(), [*emb.parameters(), *linear.parameters()])
+    full = torch.cat([emb(name, codes[name]) for name in ("user_id", "gender", "country")] + [dense], 1)
+    ref = linear(full)
+    grads_ref = torch.autograd.grad(ref.square().sum(), [*emb.parameters(), *linear.parameters()])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads_fused, grads_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    gender_grad = grads_fused[1]
+    assert torch.count_nonzero(gender_grad[0]) == 0  # the padding row gets no gradient

@@ -1,6 +1,10 @@
-"""Readers: windows, seen sets, negatives and sample sources against plain-Python references."""
+"""Readers: windows, seen sets, negatives and sample sources against plain-Python references;
+the prefetch thread keeps order, passes errors on and stops when closed."""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
 
 import duckdb
 import numpy as np
@@ -14,6 +18,7 @@ from rechub_store.data.readers import (
     InMemorySamples,
     NegativeSampler,
     StreamingSamples,
+    prefetch,
     sequence_units,
 )
 from rechub_store.errors import UserError
@@ -169,3 +174,34 @@ def test_store_is_correct_when_duckdb_returns_rows_out_of_order(warehouse) -> No
     valid = store.samples["valid"]
     assert np.array_equal(valid.user_code, users)
     assert np.array_equal(valid.target, [h[-2] for h in histories])
+
+
+def test_prefetch_keeps_order_and_raises_the_producers_error() -> None:
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise ValueError("bad batch")
+
+    got = []
+    with pytest.raises(ValueError, match="bad batch"):
+        for item in prefetch(failing()):
+            got.append(item)
+    assert got == [1]
+
+
+def test_prefetch_closed_early_stops_its_thread() -> None:
+    produced = []
+
+    def endless() -> Iterator[int]:
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    stream = prefetch(endless(), depth=2)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()
+    assert not any(t.name == "rechub-prefetch" and t.is_alive() for t in threading.enumerate())
+    assert len(produced) <= 3 + 2 + 1  # at most the buffer and one item in flight beyond what was read

@@ -1,0 +1,98 @@
+"""TwoTowerAdam: per-table gradient layout, lazy Adam equal to torch's SparseAdam, global clipping."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from rechub_store.training.optim import TwoTowerAdam
+
+
+class _Towers(nn.Module):
+    """A big, lightly used table (users), a small, fully used one (items) and a dense layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.users = nn.Embedding(1000, 4, padding_idx=0)
+        self.items = nn.Embedding(6, 4, padding_idx=0)
+        self.mix = nn.Linear(4, 4)
+
+    def loss(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return (self.mix(self.users(users)) * self.items(items)).sum().square()
+
+
+def _batches(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(3)
+    return [
+        (torch.randint(0, 1000, (16,), generator=gen), torch.randint(0, 6, (16,), generator=gen))
+        for _ in range(steps)
+    ]
+
+
+def test_lightly_used_tables_go_sparse_and_match_torch_sparse_adam() -> None:
+    torch.manual_seed(0)
+    model = _Towers()
+    reference = copy.deepcopy(model)
+    reference.users.sparse = True
+    opt = TwoTowerAdam(model, lr=0.01)
+    ref_dense = torch.optim.Adam([*reference.items.parameters(), *reference.mix.parameters()], lr=0.01)
+    ref_sparse = torch.optim.SparseAdam(list(reference.users.parameters()), lr=0.01)
+    before = model.users.weight.detach().clone()
+    touched: set[int] = set()
+    for users, items in _batches(5):
+        touched |= set(users.tolist())
+        opt.zero_grad()
+        model.loss(users, items).backward()
+        opt.step()
+        ref_dense.zero_grad()
+        ref_sparse.zero_grad()
+        reference.loss(users, items).backward()
+        ref_dense.step()
+        ref_sparse.step()
+    assert model.users.sparse and not model.items.sparse
+    assert opt.sparse_tables == ["1000x4"]
+    for got, want in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    untouched = sorted(set(range(1000)) - touched)
+    assert torch.equal(model.users.weight[untouched], before[untouched])  # lazy: rows not used, not moved
+    assert torch.count_nonzero(model.users.weight[0]) == 0  # padding never trained
+
+
+def test_dense_mode_keeps_every_table_dense_like_plain_adam() -> None:
+    torch.manual_seed(0)
+    model = _Towers()
+    reference = copy.deepcopy(model)
+    opt = TwoTowerAdam(model, lr=0.01, weight_decay=0.1, sparse=False)
+    ref = torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=0.1)
+    for users, items in _batches(3):
+        opt.zero_grad()
+        model.loss(users, items).backward()
+        opt.step()
+        ref.zero_grad()
+        reference.loss(users, items).backward()
+        ref.step()
+    assert not model.users.sparse and opt.sparse_tables == []
+    for got, want in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_clipping_covers_sparse_and_dense_gradients_together() -> None:
+    torch.manual_seed(0)
+    model = _Towers()
+    users, items = _batches(1)[0]
+    users = torch.cat([users, users[:4]])  # duplicate rows: the norm is that of the summed gradient
+    items = torch.cat([items, items[:4]])
+    opt = TwoTowerAdam(model, lr=0.01)
+    model.loss(users, items).backward()
+    expected = copy.deepcopy([p.grad.to_dense() if p.grad.is_sparse else p.grad for p in model.parameters()])
+    dense_model = copy.deepcopy(model)
+    for p, g in zip(dense_model.parameters(), expected, strict=True):
+        p.grad = g.clone()
+    want_norm = float(nn.utils.clip_grad_norm_(dense_model.parameters(), 0.5))
+    got_norm = opt.clip_grad_norm(0.5)  # chooses layouts first: users' gradient becomes sparse
+    assert model.users.weight.grad.is_sparse
+    assert abs(got_norm - want_norm) <= 1e-4 * want_norm
+    for p, q in zip(model.parameters(), dense_model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad.to_dense() if p.grad.is_sparse else p.grad, q.grad)
