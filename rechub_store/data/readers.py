@@ -36,6 +36,7 @@ T = TypeVar("T")
 SPLITS = ("train", "valid", "test")
 BUILD_HINT = "run `rechub-store build-features` first"
 MAX_TAGS = 32
+BITMAP_MAX_BYTES = 64 << 20  # negative sampling: user x item positives as a bitmap up to this size
 
 
 @dataclass(frozen=True)
@@ -460,6 +461,17 @@ class NegativeSampler:
         keys = np.sort(owner * self.n_items + store.hist_items.astype(np.int64))
         # sort + dedupe: np.unique is ~15x slower on large int64 arrays in numpy 2.x
         self.positive_keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if keys.size else keys
+        # users x items fits a small bitmap (20k x 5k: 12 MB): one lookup per check instead of a
+        # binary search over every positive (which costs ~20 cache misses per draw)
+        self.bitmap: np.ndarray | None = None
+        if store.n_users * self.n_items <= 8 * BITMAP_MAX_BYTES:
+            self.bitmap = np.zeros(store.n_users * self.n_items // 8 + 1, dtype=np.uint8)
+            if self.positive_keys.size:
+                byte = self.positive_keys >> 3
+                bit = np.left_shift(1, self.positive_keys & 7).astype(np.uint8)
+                starts = np.r_[0, np.flatnonzero(byte[1:] != byte[:-1]) + 1]  # keys sorted: runs
+                self.bitmap[byte[starts]] = np.bitwise_or.reduceat(bit, starts)
+        self.uniform = kind == "uniform" and self.n_items > 1
         if kind == "popularity":
             weights = (store.item_train_count + 1.0) ** alpha
         elif kind == "uniform":
@@ -470,10 +482,14 @@ class NegativeSampler:
         self.cdf = np.cumsum(weights) / weights.sum()
 
     def _draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        if self.uniform:
+            return rng.integers(1, self.n_items, size)
         return np.minimum(np.searchsorted(self.cdf, rng.random(size), side="right"), self.n_items - 1)
 
     def is_positive(self, user_codes: np.ndarray, items: np.ndarray) -> np.ndarray:
         keys = user_codes * self.n_items + items
+        if self.bitmap is not None:
+            return ((self.bitmap[keys >> 3] >> (keys & 7).astype(np.uint8)) & 1).astype(bool)
         found = np.searchsorted(self.positive_keys, keys)
         found = np.minimum(found, max(self.positive_keys.size - 1, 0))
         return self.positive_keys[found] == keys if self.positive_keys.size else np.zeros(keys.shape, bool)
@@ -565,7 +581,9 @@ class InMemorySamples:
         starts = np.arange(0, order.size, batch_size)
         if self.lengths is not None:
             chunk = np.arange(order.size) // (batch_size * self.BUCKET_BATCHES)
-            order = order[np.lexsort((self.lengths[order], chunk))]
+            key = chunk * (int(self.lengths.max(initial=0)) + 1) + self.lengths[order]
+            # one small-integer key: numpy's stable sort is a radix sort for 16-bit keys (5x lexsort)
+            order = order[np.argsort(key.astype(np.min_scalar_type(key.max(initial=0))), kind="stable")]
             starts = starts[rng.permutation(starts.size)]
         shuffled = self.samples.take(order)  # one gather per epoch: every batch is then a view
         for start in starts:

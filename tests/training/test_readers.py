@@ -89,6 +89,22 @@ def test_negatives_are_seeded_and_never_positives(planted_store: FeatureStore) -
         NegativeSampler(planted_store, "zipf")  # type: ignore[arg-type]
 
 
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 9), min_size=0, max_size=12), min_size=1, max_size=6))
+def test_positive_check_matches_python_with_and_without_the_bitmap(histories: list[list[int]]) -> None:
+    _, store = _store(histories, 10)
+    users, items = np.meshgrid(np.arange(store.n_users), np.arange(store.n_items), indexing="ij")
+    users, items = users.ravel(), items.ravel()
+    seen = {(u + 1, i) for u, h in enumerate(histories) for i in h}  # user codes from 1
+    want = np.array([(u, i) in seen for u, i in zip(users.tolist(), items.tolist(), strict=True)])
+    with_bitmap = NegativeSampler(store)
+    assert with_bitmap.bitmap is not None
+    searching = NegativeSampler(store)
+    searching.bitmap = None  # the binary-search path used for catalogues too large for a bitmap
+    assert np.array_equal(with_bitmap.is_positive(users, items), want)
+    assert np.array_equal(searching.is_positive(users, items), want)
+
+
 def test_user_who_saw_everything_gets_masked_negatives() -> None:
     _, store = _store([[1, 2, 3, 1], [2, 3, 1, 2]], 3)
     negs = NegativeSampler(store).sample(np.array([1, 2]), 4, np.random.default_rng(0))
