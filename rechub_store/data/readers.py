@@ -456,6 +456,7 @@ class NegativeSampler:
         max_rounds: int = 20,
     ) -> None:
         self.n_items = store.n_items
+        self.n_users = store.n_users
         self.max_rounds = max_rounds
         owner = np.repeat(np.arange(store.n_users, dtype=np.int64), np.diff(store.hist_offsets))
         keys = np.sort(owner * self.n_items + store.hist_items.astype(np.int64))
@@ -489,7 +490,10 @@ class NegativeSampler:
     def is_positive(self, user_codes: np.ndarray, items: np.ndarray) -> np.ndarray:
         keys = user_codes * self.n_items + items
         if self.bitmap is not None:
-            return ((self.bitmap[keys >> 3] >> (keys & 7).astype(np.uint8)) & 1).astype(bool)
+            known = (user_codes >= 0) & (user_codes < self.n_users) & (items >= 0) & (items < self.n_items)
+            keys = np.where(known, keys, 0)  # codes outside the store are no one's positives
+            hit = (self.bitmap[keys >> 3] >> (keys & 7).astype(np.uint8)) & 1
+            return hit.astype(bool) & known
         found = np.searchsorted(self.positive_keys, keys)
         found = np.minimum(found, max(self.positive_keys.size - 1, 0))
         return self.positive_keys[found] == keys if self.positive_keys.size else np.zeros(keys.shape, bool)

@@ -39,8 +39,8 @@ class TwoTowerAdam:
         self.sparse_tables: list[str] = []  # "rows x dim" of the tables switched to sparse (reporting)
         self._dense: torch.optim.Optimizer | None = None
         self._sparse_params: list[nn.Parameter] = []
-        self._lazy_state: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(param) -> (m, v)
-        self._lazy_steps = 0
+        # id(param) -> [steps with a gradient, m, v]: bias correction counts per table, as SparseAdam
+        self._lazy_state: dict[int, list] = {}
         self._built = False
 
     def zero_grad(self) -> None:
@@ -109,7 +109,6 @@ class TwoTowerAdam:
                     p.grad = p.grad.to_dense()
             self._dense.step()
         if self._sparse_params:
-            self._lazy_steps += 1
             for p in self._sparse_params:
                 if p.grad is not None:
                     self._lazy_adam(p)
@@ -118,18 +117,19 @@ class TwoTowerAdam:
     def _lazy_adam(
         self, p: nn.Parameter, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
     ) -> None:
-        """Adam on the rows present in p's row-sparse gradient (bias correction by global step)."""
+        """Adam on the rows present in p's row-sparse gradient (bias correction by p's own step count)."""
         grad = p.grad if p.grad.is_sparse else p.grad.to_sparse(sparse_dim=1)
         grad = grad.coalesce()
         rows, g = grad.indices()[0], grad.values()
         if id(p) not in self._lazy_state:
-            self._lazy_state[id(p)] = (torch.zeros_like(p), torch.zeros_like(p))
-        m, v = self._lazy_state[id(p)]
+            self._lazy_state[id(p)] = [0, torch.zeros_like(p), torch.zeros_like(p)]
+        state = self._lazy_state[id(p)]
+        state[0] += 1
+        t, m, v = state
         b1, b2 = betas
         m_rows = m.index_select(0, rows).lerp_(g, 1 - b1)
         v_rows = v.index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
         m.index_copy_(0, rows, m_rows)
         v.index_copy_(0, rows, v_rows)
-        t = self._lazy_steps
         step_size = self.lr * math.sqrt(1 - b2**t) / (1 - b1**t)
         p.index_add_(0, rows, m_rows / v_rows.sqrt_().add_(eps), alpha=-step_size)

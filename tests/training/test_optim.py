@@ -96,3 +96,23 @@ def test_clipping_covers_sparse_and_dense_gradients_together() -> None:
     assert abs(got_norm - want_norm) <= 1e-4 * want_norm
     for p, q in zip(model.parameters(), dense_model.parameters(), strict=True):
         torch.testing.assert_close(p.grad.to_dense() if p.grad.is_sparse else p.grad, q.grad)
+
+
+def test_a_sparse_table_skipped_in_a_step_keeps_its_own_bias_correction() -> None:
+    torch.manual_seed(0)
+    tables = nn.ModuleList([nn.Embedding(1000, 4, padding_idx=0), nn.Embedding(1000, 4, padding_idx=0)])
+    reference = copy.deepcopy(tables)
+    for table in reference:
+        table.sparse = True
+    opt = TwoTowerAdam(tables, lr=0.01)
+    ref = torch.optim.SparseAdam(list(reference.parameters()), lr=0.01)
+    gen = torch.Generator().manual_seed(5)
+    for step in range(5):
+        codes = torch.randint(1, 1000, (8,), generator=gen)
+        used = [0] if step == 1 else [0, 1]  # table 1 gets no gradient in the second step
+        for model, optimizer in ((tables, opt), (reference, ref)):
+            optimizer.zero_grad()
+            sum(model[i](codes).square().sum() for i in used).backward()
+            optimizer.step()
+    for got, want in zip(tables.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

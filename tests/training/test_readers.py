@@ -103,6 +103,8 @@ def test_positive_check_matches_python_with_and_without_the_bitmap(histories: li
     searching.bitmap = None  # the binary-search path used for catalogues too large for a bitmap
     assert np.array_equal(with_bitmap.is_positive(users, items), want)
     assert np.array_equal(searching.is_positive(users, items), want)
+    outside = np.array([store.n_users, store.n_users + 5, -1]), np.array([1, 1, 1])  # not in the store
+    assert not with_bitmap.is_positive(*outside).any() and not searching.is_positive(*outside).any()
 
 
 def test_user_who_saw_everything_gets_masked_negatives() -> None:
