@@ -36,8 +36,8 @@ class TrainConfig:
     batch_size: int | None = None
     lr: float | None = None
     weight_decay: float = 0.0  # Adam L2 weight decay (dense parameters; embeddings too if not sparse)
-    # row-sparse embedding gradients + lazy Adam for the tables (much faster on CPU); None = on
-    # unless weight_decay > 0, which then also decays the embedding tables
+    # row-sparse gradients + lazy Adam for embedding tables a step barely touches (chosen from the
+    # first step; see training/optim.py); None = on unless weight_decay > 0 (lazy Adam has none)
     sparse_embeddings: bool | None = None
     embed_dim: int | None = None
     neg_mode: str | None = None  # pointwise (BCE) | pairwise (BPR) | listwise (softmax) | full softmax

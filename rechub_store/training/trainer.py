@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -280,9 +280,13 @@ class Trainer:
             self.model.train()
             loss_sum, seen_rows, data_s = 0.0, 0, 0.0
             t0 = time.perf_counter()
-            with _progress(cfg.progress, n_batches, epoch) as bar:
+            # closing(): the prefetch thread is stopped when the epoch ends, by an error too
+            with (
+                _progress(cfg.progress, n_batches, epoch) as bar,
+                closing(self.prepared_batches(epoch)) as batches,
+            ):
                 t_data = time.perf_counter()
-                for prep in self.prepared_batches(epoch):
+                for prep in batches:
                     data_s += time.perf_counter() - t_data  # time the step waited for its data
                     loss, n_targets = self.loss(prep)
                     if not torch.isfinite(loss):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 
 import pytest
@@ -77,6 +78,14 @@ def test_early_stopping_stops_after_patience(planted_store: FeatureStore) -> Non
     _, result, _ = fit_model(planted_store, cfg)
     assert len(result.history) < 30
     assert len(result.history) == result.best_epoch + 1
+
+
+def test_a_failing_step_stops_the_prefetch_thread_at_once(planted_store: FeatureStore) -> None:
+    cfg = replace(BASE, model="gru4rec", neg_mode="full", lr=1e30, grad_clip=0.0, epochs=2)  # blows up
+    with pytest.raises(RuntimeError, match="training diverged") as failure:
+        fit_model(planted_store, cfg)
+    assert failure.tb is not None  # the traceback (and the training frame) is still alive here
+    assert not any(t.name == "rechub-prefetch" and t.is_alive() for t in threading.enumerate())
 
 
 @pytest.mark.parametrize(
