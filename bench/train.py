@@ -12,10 +12,15 @@ Notes on the comparison:
 - Torch-RecHub is timed on a fixed number of batches of its own DataLoader (num_workers=0, the
   per-sample `__getitem__` + default collate path), not full epochs, to keep runs short.
 - Our model for the GRU4Rec comparison uses the same GRU size as Torch-RecHub's (2 layers,
-  hidden = embed_dim).
+  hidden = embed_dim). Its YoutubeDNN reads the same user columns as ours (all user attributes,
+  the dense columns and the history), so both user MLPs do the same arithmetic.
+- "compute only" times our YoutubeDNN step on batches prepared beforehand: the ceiling any data
+  path could reach.
 
     python bench/train.py                          # 1M events, writes bench/out/train.json
     python bench/train.py --events 200000 --epochs 2 --models gru4rec
+    python bench/train.py --events 3000000 --users 100000 --items 20000 --epochs 1 \
+        --models youtubednn --full-softmax "" --compare-dense --out bench/out/train-3m.json
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ def _ours(con: Any, model: str, args: argparse.Namespace, **overrides: Any) -> d
         "neg_mode": cfg.neg_mode,
         "neg_ratio": cfg.neg_ratio,
         "model_params": cfg.model_params,
+        "sparse_embeddings": res.params["sparse_embeddings"],
         "epochs_run": len(hist),
         "best_epoch": res.best_epoch,
         "samples_per_second": round(res.samples_per_second, 1),
@@ -292,6 +298,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--regenerate", action="store_true")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument(
+        "--compare-dense",
+        action="store_true",
+        help="also train youtubednn with dense embedding gradients (plain Adam on every table)",
+    )
     ap.add_argument("--out", type=Path, default=OUT / "train.json")
     args = ap.parse_args()
     args.models = [m for m in args.models.split(",") if m]
@@ -326,6 +337,9 @@ def main() -> None:
             params = {"hidden_size": args.embed_dim, "num_layers": 2} if model == "gru4rec" else {}
             results["runs"].append(_ours(con, model, args, model_params=params))
             print(json.dumps(results["runs"][-1]), flush=True)
+            if args.compare_dense and model == "youtubednn":
+                results["runs"].append(_ours(con, model, args, sparse_embeddings=False))
+                print(json.dumps(results["runs"][-1]), flush=True)
         if "youtubednn" in args.models:  # its step is the cheapest: how much of it is arithmetic
             results["runs"].append(_compute_only(store, "youtubednn", args))
             print(json.dumps(results["runs"][-1]), flush=True)
@@ -338,7 +352,7 @@ def main() -> None:
     ours = {
         r["model"]: r
         for r in results["runs"]
-        if r.get("framework") == "rechub-store" and r["neg_mode"] == "listwise"
+        if r.get("framework") == "rechub-store" and r["neg_mode"] == "listwise" and r["sparse_embeddings"]
     }
     results["speedup_vs_torch_rechub"] = {
         r["model"]: round(ours[r["model"].split(" ")[0]]["samples_per_second"] / r["samples_per_second"], 2)
