@@ -27,8 +27,9 @@ SPARSE_MAX_TOUCHED = 0.1  # fraction of a table's rows one step touched, below w
 class TwoTowerAdam:
     """Fused Adam for dense gradients + lazy (sparse) Adam for row-sparse embedding gradients.
 
-    `sparse=False`: every table dense (plain Adam everywhere). Weight decay applies to the dense
-    group only (lazy Adam has none); the config enables sparse tables only without weight decay.
+    `sparse=False`: every table dense (plain Adam everywhere; row-sparse gradients that lookups
+    produce are densified). Weight decay applies to the dense group only (lazy Adam has none);
+    the config enables sparse tables only without weight decay.
     """
 
     def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0, sparse: bool = True) -> None:
@@ -48,26 +49,31 @@ class TwoTowerAdam:
             p.grad = None
 
     def _choose_layouts(self) -> None:
-        """After the first backward (all dense): switch lightly used tables to sparse gradients,
-        converting this step's gradient too, so that every step, the first included, is lazy."""
+        """After the first backward: switch lightly used tables to sparse gradients, converting
+        this step's gradient too, so that every step, the first included, is lazy. A lookup may
+        already give a row-sparse gradient (history pooling does); a table left dense has it
+        densified before each dense Adam step."""
         for table in self.tables:
             grad = table.weight.grad
-            if grad is None or grad.is_sparse or table.num_embeddings < 2:
+            if grad is None or table.num_embeddings < 2:
                 continue
-            touched = int((grad != 0).any(dim=1).sum())
+            if grad.is_sparse:
+                grad = grad.coalesce()
+                touched = int(grad.indices().shape[1])
+            else:
+                touched = int((grad != 0).any(dim=1).sum())
             if touched < SPARSE_MAX_TOUCHED * table.num_embeddings:
                 table.sparse = True
-                table.weight.grad = grad.to_sparse(sparse_dim=1)
+                table.weight.grad = grad if grad.is_sparse else grad.to_sparse(sparse_dim=1)
                 self.sparse_tables.append(f"{table.num_embeddings}x{table.embedding_dim}")
 
     def _build(self) -> None:
         self._choose_layouts()
-        sparse = [p for p in self.params if p.grad is not None and p.grad.is_sparse]
-        ids = {id(p) for p in sparse}
-        dense = [p for p in self.params if id(p) not in ids]
+        lazy = {id(t.weight) for t in self.tables if t.sparse}
+        self._sparse_params = [p for p in self.params if id(p) in lazy]
+        dense = [p for p in self.params if id(p) not in lazy]
         if dense:
             self._dense = torch.optim.Adam(dense, lr=self.lr, weight_decay=self.weight_decay, fused=True)
-        self._sparse_params = sparse
         self._built = True
 
     def clip_grad_norm(self, max_norm: float) -> float:

@@ -57,7 +57,8 @@ def test_pooled_lookup_matches_the_masked_mean_in_values_and_gradients() -> None
         weight.grad = None
         out = emb.pooled("hist", codes, mode)
         out.pow(2).sum().backward()
-        got = weight.grad.clone()
+        assert weight.grad.is_sparse  # row-sparse backward; the optimizer densifies it for dense tables
+        got = weight.grad.to_dense()
         weight.grad = None
         want = pool(torch.nn.functional.embedding(codes, weight, padding_idx=0), codes, mode)
         want.pow(2).sum().backward()

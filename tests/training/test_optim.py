@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rechub_store.training.optim import TwoTowerAdam
@@ -116,3 +117,24 @@ def test_a_sparse_table_skipped_in_a_step_keeps_its_own_bias_correction() -> Non
             optimizer.step()
     for got, want in zip(tables.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_row_sparse_gradients_of_a_heavily_used_table_get_dense_adam() -> None:
+    """History pooling always returns row-sparse gradients; a table most rows of which a step
+    touches stays with dense Adam (the gradient densified), exactly like plain Adam."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"catalogue": nn.Embedding(6, 4, padding_idx=0)})
+    reference = copy.deepcopy(model)
+    opt = TwoTowerAdam(model, lr=0.01)
+    ref = torch.optim.Adam(reference.parameters(), lr=0.01)
+    codes, offsets = torch.tensor([1, 2, 3, 4, 5, 1, 2, 3]), torch.tensor([0, 3, 5])
+    for _ in range(3):
+        opt.zero_grad()
+        F.embedding_bag(codes, model["catalogue"].weight, offsets, sparse=True).square().sum().backward()
+        assert model["catalogue"].weight.grad.is_sparse
+        opt.step()
+        ref.zero_grad()
+        F.embedding_bag(codes, reference["catalogue"].weight, offsets).square().sum().backward()
+        ref.step()
+    assert not model["catalogue"].sparse and opt.sparse_tables == []
+    torch.testing.assert_close(model["catalogue"].weight, reference["catalogue"].weight)
