@@ -4,7 +4,7 @@ A batch touches a few hundred rows of a user-id table that may hold millions. Wi
 gradients every step zero-fills the whole table's gradient and runs Adam over every row; a
 row-sparse gradient carries only the touched rows, updated by lazy Adam
 (moments and weights change only for the rows the batch used, as `torch.optim.SparseAdam`, in
-a handful of row ops instead of its generic sparse-tensor arithmetic: 5x faster per step). For a
+a handful of row ops instead of its generic sparse-tensor arithmetic). For a
 table most of whose rows every batch touches (the item table under a history lookup or a full
 softmax), sparse gradients only add coalescing work, so the layout is chosen per table from the
 first step's gradients: sparse where that step touched under `SPARSE_MAX_TOUCHED` of the rows.
