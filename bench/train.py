@@ -138,12 +138,7 @@ def _compute_only(
     for i, prep in enumerate(batches):
         if i == 20:  # warm-up done
             rows, t0 = 0, time.perf_counter()
-        loss, n = trainer.loss(prep)
-        trainer.optimizer.zero_grad()
-        loss.backward()
-        trainer.optimizer.clip_grad_norm(float(cfg.grad_clip))
-        trainer.optimizer.step()
-        rows += n
+        rows += trainer.train_step(prep, epoch=1)[1]
     return {
         "framework": "rechub-store, compute only (batches prepared beforehand)",
         "model": model,

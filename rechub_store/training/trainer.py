@@ -256,6 +256,18 @@ class Trainer:
             mask = torch.cat([mask, ib_mask], dim=1)
         return losses.listwise_softmax(scores, mask), n
 
+    def train_step(self, prep: Prepared, epoch: int) -> tuple[float, int]:
+        """One optimizer step on a prepared batch; returns (loss, number of positive targets)."""
+        loss, n_targets = self.loss(prep)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"training diverged at epoch {epoch} (loss {loss.item()}): lower --lr")
+        self.optimizer.zero_grad()
+        loss.backward()
+        if self.config.grad_clip and self.config.grad_clip > 0:
+            self.optimizer.clip_grad_norm(self.config.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach()), n_targets
+
     def prepared_batches(self, epoch: int) -> Iterator[Prepared]:
         """The epoch's prepared batches, produced one step ahead in a background thread (numpy and
         torch release the GIL for their kernels, so the data side overlaps the previous step).
@@ -288,17 +300,8 @@ class Trainer:
                 t_data = time.perf_counter()
                 for prep in batches:
                     data_s += time.perf_counter() - t_data  # time the step waited for its data
-                    loss, n_targets = self.loss(prep)
-                    if not torch.isfinite(loss):
-                        raise RuntimeError(
-                            f"training diverged at epoch {epoch} (loss {loss.item()}): lower --lr"
-                        )
-                    self.optimizer.zero_grad()
-                    loss.backward()
-                    if cfg.grad_clip and cfg.grad_clip > 0:
-                        self.optimizer.clip_grad_norm(cfg.grad_clip)
-                    self.optimizer.step()
-                    loss_sum += float(loss.detach()) * n_targets
+                    loss, n_targets = self.train_step(prep, epoch)
+                    loss_sum += loss * n_targets
                     seen_rows += n_targets
                     if bar is not None:
                         rate = seen_rows / max(time.perf_counter() - t0, 1e-9)
