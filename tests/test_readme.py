@@ -1,6 +1,6 @@
 """The README cannot drift from the CLI: every `rechub-store ...` command line it shows must
 parse (its command exists and its options are accepted), checked through `--help` on the
-exact command path plus a dry parse of the options with click."""
+exact command path plus a dry parse of the options with Typer's parser."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import re
 import shlex
 from pathlib import Path
 
-import click
 import pytest
 import typer.main
 from typer.testing import CliRunner
@@ -44,11 +43,11 @@ def test_readme_shows_the_main_commands() -> None:
 @pytest.mark.parametrize("line", COMMANDS)
 def test_readme_command_parses(line: str) -> None:
     args = shlex.split(line)[1:]
-    # walk down the command path as click does (group options, then a sub-command name), then
+    # walk down the command path as the parser does (group options, then a sub-command name), then
     # parse the leaf command's options strictly: unknown options or bad values raise
-    cmd: click.Command = typer.main.get_command(app)
+    cmd = typer.main.get_command(app)
     rest, path = list(args), []
-    while isinstance(cmd, click.Group):
+    while isinstance(cmd, typer.core.TyperGroup):
         ctx = cmd.make_context(cmd.name or "", list(rest), resilient_parsing=True)
         _, rest, _ = cmd.make_parser(ctx).parse_args(list(rest))
         assert rest, f"README line names no command: {line}"

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -24,14 +23,14 @@ from rechub_store.warehouse import Warehouse
 class _Group(TyperGroup):
     """Render `UserError` as `error: <message>` on stderr with its exit code, no traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            click.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
+            typer.echo("error: interrupted", err=True)
             ctx.exit(130)
 
 
