@@ -1,14 +1,31 @@
-"""Where things live: the repository's `sql/` and `jobs/`, and the default warehouse."""
+"""Where things live: the built-in SQL models, the user's own models folder, the default warehouse."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SQL_DIR = Path(os.environ.get("RECHUB_SQL_DIR", REPO_ROOT / "sql"))
-JOBS_DIR = REPO_ROOT / "jobs"
+_PACKAGE = Path(__file__).resolve().parent
 DEFAULT_WAREHOUSE = Path("warehouse") / "rechub.duckdb"
+MODELS_DIR_ENV = "RECHUB_MODELS_DIR"
+
+
+def _builtin_sql_dir() -> Path:
+    """The built-in SQL models, found through the package.
+
+    An installed package (wheel, `pip install .`) carries them as `rechub_store/sql/` (setup.py
+    ships the repository's `sql/` there). In a source checkout (an editable install, or running
+    from the repository) the package folder has no copy, and the checkout's top-level `sql/`,
+    the one copy in git, is used.
+    """
+    shipped = _PACKAGE / "sql"
+    checkout = _PACKAGE.parent / "sql"
+    if not shipped.is_dir() and checkout.is_dir() and (_PACKAGE.parent / "pyproject.toml").is_file():
+        return checkout
+    return shipped  # missing only in a broken install; discover() then says which folder is missing
+
+
+SQL_DIR = _builtin_sql_dir()
 
 
 def default_warehouse() -> Path:

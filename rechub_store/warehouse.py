@@ -79,6 +79,9 @@ class Warehouse:
     path: Path
     threads: int | None = None
     memory_limit: str | None = None  # e.g. "8GB"; DuckDB's default (80% of RAM) when None
+    # The user's own SQL models (`--models-dir` / RECHUB_MODELS_DIR), built beside the built-in
+    # ones; not to be confused with `models_dir`, where trained model artifacts live.
+    user_sql_dir: Path | None = None
 
     @classmethod
     def at(cls, path: Path | str | None = None, **kwargs: object) -> Warehouse:

@@ -7,7 +7,7 @@ from rechub_store.cli.app import app
 
 
 def main() -> None:
-    app()
+    app(prog_name="rechub-store")  # also under `python -m rechub_store`
 
 
 __all__ = ["app", "main"]

@@ -15,8 +15,9 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from rechub_store import __version__
 from rechub_store.errors import UserError
-from rechub_store.paths import default_warehouse
+from rechub_store.paths import MODELS_DIR_ENV, default_warehouse
 from rechub_store.warehouse import Warehouse
 
 
@@ -43,6 +44,12 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"rechub-store {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     ctx: typer.Context,
@@ -56,11 +63,27 @@ def _global(
         None, "--threads", help="DuckDB/torch threads [env RECHUB_THREADS; default all cores]"
     ),
     memory_limit: str = typer.Option(None, "--memory-limit", help="DuckDB memory limit, e.g. 8GB"),
+    models_dir: Path = typer.Option(
+        None,
+        "--models-dir",
+        envvar=MODELS_DIR_ENV,
+        show_envvar=False,
+        help="Your own SQL models, built with the built-in ones (same path = override) "
+        f"[env {MODELS_DIR_ENV}; default: the job file's [build] models_dir, else none]",
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     if threads is not None:
         # one setting for every component: DuckDB, torch and annoy all read thread_count()
         os.environ["RECHUB_THREADS"] = str(max(1, threads))
-    ctx.obj = Warehouse(warehouse or default_warehouse(), threads=threads, memory_limit=memory_limit)
+    ctx.obj = Warehouse(
+        warehouse or default_warehouse(),
+        threads=threads,
+        memory_limit=memory_limit,
+        user_sql_dir=models_dir or None,
+    )
 
 
 def warehouse_of(ctx: typer.Context) -> Warehouse:

@@ -8,7 +8,8 @@ import pytest
 
 from rechub_store.errors import UserError
 from rechub_store.jobconfig import JobConfig
-from rechub_store.paths import JOBS_DIR
+
+JOBS_DIR = Path(__file__).resolve().parents[2] / "jobs"  # the repository's example job file
 
 
 def test_example_job_file_loads() -> None:

@@ -1,0 +1,178 @@
+"""What a fresh install relies on: dependencies that are true, a wheel that carries its SQL models,
+and the entry points (`rechub-store --version`, `python -m rechub_store`).
+
+The whole path (wheel -> empty virtualenv -> `rechub-store demo` from a folder outside the checkout)
+is exercised by `.ci/run`; these tests check its parts quickly."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import os
+import re
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import rechub_store
+from rechub_store.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+# Runtime dependencies the package never imports by name, and why each is still needed.
+LOADED_INDIRECTLY = {
+    # SQLAlchemy's `duckdb://` dialect, loaded by URL: `publish --to duckdb:///file.duckdb` and the
+    # README's analyst example (`sa.create_engine("duckdb:///warehouse/analytics.duckdb...")`).
+    "duckdb-engine",
+}
+
+
+def _norm(name: str) -> str:
+    """A distribution name as PEP 503 compares them."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {_norm(re.match(r"[A-Za-z0-9._-]+", r).group(0)) for r in requirements}  # type: ignore[union-attr]
+
+
+def _top_level_imports(folder: Path) -> dict[str, Path]:
+    """Absolute imports' top-level module -> one file importing it (relative imports skipped)."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                found.setdefault(name.split(".")[0], path)
+    return found
+
+
+def _third_party(folder: Path, local: set[str]) -> dict[str, tuple[set[str], Path]]:
+    """Third-party top-level modules imported under folder -> (their distributions, a file).
+
+    A module no installed distribution provides (e.g. a bench-only one) is taken to share its
+    distribution's name, so an undeclared one still fails the checks below.
+    """
+    dists = importlib.metadata.packages_distributions()
+    out = {}
+    for module, path in _top_level_imports(folder).items():
+        if module in sys.stdlib_module_names or module in local or module == "__future__":
+            continue
+        out[module] = ({_norm(d) for d in dists.get(module, [module])}, path)
+    return out
+
+
+def _local_modules(folder: Path) -> set[str]:
+    return {p.stem for p in folder.rglob("*.py")} | {p.name for p in folder.rglob("*") if p.is_dir()}
+
+
+RUNTIME = _requirement_names(PYPROJECT["project"]["dependencies"])
+EXTRAS = {k: _requirement_names(v) for k, v in PYPROJECT["project"]["optional-dependencies"].items()}
+
+
+def test_every_package_import_is_a_declared_dependency() -> None:
+    for module, (dists, path) in _third_party(ROOT / "rechub_store", {"rechub_store"}).items():
+        assert dists & RUNTIME, (
+            f"{path.relative_to(ROOT)} imports {module} ({', '.join(sorted(dists))}), "
+            "which is not in pyproject.toml's dependencies"
+        )
+
+
+def test_every_declared_dependency_is_used() -> None:
+    imported = set().union(*(d for d, _ in _third_party(ROOT / "rechub_store", {"rechub_store"}).values()))
+    unused = RUNTIME - imported - LOADED_INDIRECTLY
+    assert not unused, f"declared in pyproject.toml but never imported by rechub_store: {sorted(unused)}"
+    assert LOADED_INDIRECTLY <= RUNTIME
+
+
+def test_tests_and_benchmarks_import_only_what_their_extras_declare() -> None:
+    for folder, allowed in (("tests", RUNTIME | EXTRAS["dev"]), ("bench", RUNTIME | EXTRAS["bench"])):
+        # bench/ borrows the tests' helpers (tests/pgserver.py) through sys.path
+        local = _local_modules(ROOT / folder) | _local_modules(ROOT / "tests") | {"rechub_store"}
+        for module, (dists, path) in _third_party(ROOT / folder, local).items():
+            assert dists & allowed, f"{path.relative_to(ROOT)} imports {module}, not declared for {folder}/"
+
+
+def test_version_has_one_source() -> None:
+    assert "version" in PYPROJECT["project"]["dynamic"] and "version" not in PYPROJECT["project"]
+    version = PYPROJECT["tool"]["setuptools"]["dynamic"]["version"]
+    assert version == {"attr": "rechub_store.__version__"}
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout == f"rechub-store {rechub_store.__version__}\n"
+
+
+def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
+    env = {**os.environ, "RECHUB_WAREHOUSE": str(tmp_path / "wh" / "rechub.duckdb")}
+    run = subprocess.run(
+        [sys.executable, "-m", "rechub_store", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (
+        "Usage: rechub-store" in run.stdout
+        and "build-features" in run.stdout
+        and "--models-dir" in run.stdout
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "rechub_store", "--version"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert run.returncode == 0 and run.stdout.strip() == f"rechub-store {rechub_store.__version__}"
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
+    assert build.returncode == 0, build.stderr
+    (path,) = out.glob("rechub_store-*.whl")
+    return path
+
+
+def test_wheel_ships_the_sql_models(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(n.removeprefix("rechub_store/sql/") for n in names if n.startswith("rechub_store/sql/"))
+    in_git = sorted(p.relative_to(ROOT / "sql").as_posix() for p in (ROOT / "sql").rglob("*") if p.is_file())
+    assert shipped == in_git and any(n.endswith(".sql") for n in shipped)
+    assert f"rechub_store-{rechub_store.__version__}.dist-info/METADATA" in names
+    assert not [
+        n for n in names if n.startswith(("sql/", "tests/", "jobs/", "bench/"))
+    ]  # nothing at top level
+
+
+def test_installed_package_finds_its_sql_inside_itself(wheel: Path, tmp_path: Path) -> None:
+    """Unpacked like an install (no checkout around it): the models come from the package folder."""
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = (
+        "from rechub_store.paths import SQL_DIR; from rechub_store.data.sqlmodels import discover; "
+        "print(SQL_DIR); print(len(discover()))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+    )
+    assert run.returncode == 0, run.stderr
+    sql_dir, count = run.stdout.split()
+    assert Path(sql_dir) == site / "rechub_store" / "sql"
+    assert int(count) == len([p for p in (ROOT / "sql").rglob("*.sql") if "audits" not in p.parts])
