@@ -81,6 +81,14 @@ def _int_list(value: Any, key: str) -> tuple[int, ...]:
     return tuple(_int(v, key) for v in value)
 
 
+def _path(value: Any, key: str, base_dir: Path) -> Path:
+    """A folder named in the job file: `~` expanded, relative paths against the job file's folder."""
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(f"{key}: expected a folder path, got {value!r}")
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else base_dir / path
+
+
 def expand_env(text: str, key: str) -> str:
     """Replace `${VAR}` with the environment variable (secrets stay out of the job file)."""
 
@@ -254,6 +262,7 @@ class JobConfig:
     name: str = "nightly"
     sources: tuple[Source, ...] = ()
     build: dict[str, Any] | None = None  # None: reuse the last successful build's parameters
+    models_dir: Path | None = None  # [build] models_dir: the user's own SQL models (absolute)
     train: TrainSettings = field(default_factory=TrainSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
@@ -279,10 +288,17 @@ class JobConfig:
         build = data.get("build")
         if build is not None and not isinstance(build, dict):
             raise UserError("build: expected a table")
+        models_dir = None
+        if build is not None and "models_dir" in build:
+            build = dict(build)
+            models_dir = _path(build.pop("models_dir"), "build.models_dir", base_dir or Path.cwd())
+            if not build:  # only a models folder: build parameters as the last build had them
+                build = None
         return cls(
             name=name,
             sources=tuple(Source.parse(s, f"ingest.sources[{i}]") for i, s in enumerate(raw_sources)),
             build=None if build is None else dict(build),
+            models_dir=models_dir,
             train=TrainSettings.parse(_table(data, "train", "")),
             score=ScoreSettings.parse(_table(data, "score", "")),
             evaluate=EvaluateSettings.parse(_table(data, "evaluate", "")),

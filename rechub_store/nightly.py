@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -394,17 +393,6 @@ def _raw_state(con: duckdb.DuckDBPyConnection) -> list[int] | None:
     return [int(count), int(last)]
 
 
-def _sql_fingerprint() -> str:
-    """Hash of the SQL models' text: upgraded models mean a rebuild."""
-    from rechub_store.paths import SQL_DIR
-
-    digest = hashlib.sha1()
-    for path in sorted(SQL_DIR.rglob("*.sql")):
-        digest.update(str(path.relative_to(SQL_DIR)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def _train_config(settings: TrainSettings) -> Any:
     from rechub_store.training.config import TrainConfig
 
@@ -428,6 +416,26 @@ def _build_params(con: duckdb.DuckDBPyConnection, job: JobConfig) -> Any:
     _, stored = latest_build(con)  # no [build] table: keep what the last build used
     known = {f.name for f in fields(BuildParams)}
     return BuildParams.from_mapping({k: v for k, v in stored.items() if k in known})
+
+
+def _user_sql_dir(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, job: JobConfig) -> Path | None:
+    """The user's SQL models folder for this run: `--models-dir`/RECHUB_MODELS_DIR, else the job
+    file's `[build] models_dir`, else (no `[build]` table: settings as last time) the folder the
+    last successful build used."""
+    if warehouse.user_sql_dir is not None:
+        if job.models_dir is not None and Path(warehouse.user_sql_dir).resolve() != job.models_dir.resolve():
+            log.warning(
+                "models folder %s (--models-dir / RECHUB_MODELS_DIR) overrides the job file's %s",
+                warehouse.user_sql_dir,
+                job.models_dir,
+            )
+        return Path(warehouse.user_sql_dir)
+    if job.models_dir is not None or job.build is not None:
+        return job.models_dir
+    from rechub_store.data.readers import latest_build
+
+    _, stored = latest_build(con)
+    return Path(stored["models_dir"]) if stored.get("models_dir") else None
 
 
 class Nightly:
@@ -488,9 +496,12 @@ class Nightly:
         """
         from rechub_store.data.build import build_features
         from rechub_store.data.readers import latest_build
+        from rechub_store.data.sqlmodels import fingerprint
+        from rechub_store.paths import SQL_DIR
 
         params = _build_params(con, self.job)
-        inputs = {"raw": _raw_state(con), "params": params.to_dict(), "sql": _sql_fingerprint()}
+        user_dir = _user_sql_dir(con, self.warehouse, self.job)
+        inputs = {"raw": _raw_state(con), "params": params.to_dict(), "sql": fingerprint(SQL_DIR, user_dir)}
         last_id, _ = latest_build(con)
         prev = con.execute(
             "SELECT details FROM meta.job_runs WHERE step = 'build' AND status IN ('success', 'skipped') "
@@ -501,10 +512,11 @@ class Nightly:
             raise _Skip(
                 {"reason": "no new data, same parameters and SQL", "build_id": last_id, "inputs": inputs}
             )
-        report = build_features(con, params)
+        report = build_features(con, params, user_dir=user_dir)
         samples = report.samples
         return sum(samples.values()), {
             "build_id": report.build_id,
+            "models_dir": None if user_dir is None else str(user_dir),
             "inputs": inputs,
             "samples": samples,
             "users_dropped_short": report.users_dropped_short,
@@ -714,6 +726,10 @@ def run_nightly(
         from rechub_store.data.build import BuildParams
 
         BuildParams.from_mapping(job.build)  # fail before taking the lock on a bad job file
+    if (warehouse.user_sql_dir or job.models_dir) is not None:
+        from rechub_store.data.sqlmodels import user_models_folder
+
+        user_models_folder(warehouse.user_sql_dir or job.models_dir)  # type: ignore[arg-type]
     if job.train.policy != "never":
         _train_config(job.train)
     return Nightly(warehouse, job, f"nightly-{run_date.isoformat()}", echo=echo).run()
@@ -755,7 +771,7 @@ def run_demo(
         say(f"generating {n_users} users x {n_items} items x {n_events} events into {data_dir}")
         generate_into(con, data_dir, n_users=n_users, n_items=n_items, n_events=n_events, seed=seed)
         say("building features")
-        build_features(con, BuildParams())
+        build_features(con, BuildParams(), user_dir=warehouse.user_sql_dir)
         say(f"training {model} ({epochs} epochs)")
         train(con, TrainConfig(model=model, epochs=epochs, seed=seed, progress=False))
     job = JobConfig(

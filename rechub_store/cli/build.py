@@ -55,9 +55,10 @@ def build_features_command(
         seed=seed,
     )
     console = Console(stderr=True)
-    with warehouse_of(ctx).session() as con:
+    warehouse = warehouse_of(ctx)
+    with warehouse.session() as con:
         if as_json:
-            report = build_features(con, params, select=select)
+            report = build_features(con, params, select=select, user_dir=warehouse.user_sql_dir)
         else:
             with Progress(
                 TextColumn("[bold]build-features[/] {task.description}"),
@@ -72,7 +73,9 @@ def build_features_command(
                 def progress(step: str, done: int, total: int) -> None:
                     bar.update(task, description=step, completed=done, total=total)
 
-                report = build_features(con, params, select=select, progress=progress)
+                report = build_features(
+                    con, params, select=select, progress=progress, user_dir=warehouse.user_sql_dir
+                )
     if as_json:
         print_json(report.to_dict())
     else:
@@ -88,7 +91,8 @@ def _print_report(report: BuildReport) -> None:
     table.add_column("rows", justify="right")
     table.add_column("seconds", justify="right")
     for m in report.models:
-        table.add_row(m.model, f"{m.rows:,}", f"{m.seconds:.2f}")
+        name = f"{m.model} (user)" if m.source == "user" else m.model
+        table.add_row(name, f"{m.rows:,}", f"{m.seconds:.2f}")
     console.print(table)
     split = report.split
     if split:

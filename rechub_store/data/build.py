@@ -1,8 +1,9 @@
 """`build-features` as a Python call: typed build parameters, the SQL models, the build report.
 
-`build_features(con, BuildParams(...))` runs every model under `sql/` (see sqlmodels.py),
-swaps the new tables in atomically, exposes one `features.vocab_<name>` view per sparse
-attribute and returns a `BuildReport` (also stored in `meta.builds.report`).
+`build_features(con, BuildParams(...))` runs every model under `sql/` (see sqlmodels.py) and
+those of the user's own models folder when one is given (`user_dir`), swaps the new tables in
+atomically, exposes one `features.vocab_<name>` view per sparse attribute and returns a
+`BuildReport` (also stored in `meta.builds.report`).
 """
 
 from __future__ import annotations
@@ -207,13 +208,15 @@ def build_features(
     progress: Progress | None = None,
     sql_dir: Path = SQL_DIR,
     partitions: Mapping[str, int] | None = None,
+    user_dir: Path | None = None,
 ) -> BuildReport:
     """Run the SQL models (all, or `select` and what depends on it) and swap the results in atomically.
 
     Big models (negatives_train) run in as many passes as their `-- partition:` header derives
     from the input size; `partitions` (model -> passes) overrides that, e.g. to test that a
     partitioned build equals a one-pass build. It never changes the result, so it is not a
-    build parameter.
+    build parameter. `user_dir`: the user's own SQL models (`--models-dir`), built with the
+    built-in ones; a file at a built-in model's path replaces it.
 
     Raises UserError (previous tables untouched) if a model or an audit fails, or if there is
     nothing to build.
@@ -248,6 +251,7 @@ def build_features(
         after_swap=after_swap,
         params_record=params.to_dict(),
         partitions=partitions,
+        user_dir=user_dir,
     )
     return BuildReport(
         build_id=result.build_id,

@@ -4,6 +4,12 @@ Each model is one SELECT; its path names its table (`sql/<schema>/[<stage>/]<tab
 Dependencies come from the model text itself (references to other models' `schema.table`
 names outside comments and strings), so nobody keeps an order by hand.
 
+A user's own models folder (`--models-dir`, laid out like `sql/`) joins the same DAG: its models
+become new tables, or replace the built-in model at the same relative path; its
+`audits/*.sql` run beside the built-in audits (same file name = replaces that audit). User
+models may create tables in `staging`, `features` or schemas of their own, never in `raw`,
+`meta` or `main` (ingested data, bookkeeping and published results).
+
 Every model of a build is first created as `<schema>.__tmp_<table>`, with references to the
 other models of the same build rewritten to their temporary names. Audits (`sql/audits/*.sql`,
 queries that must return no rows) then run against those new tables. Only when everything
@@ -26,6 +32,7 @@ inputs). Outside a partitioned model `partition` = 0 and `n_partitions` = 1.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -44,6 +51,16 @@ from rechub_store.warehouse import transaction
 
 TMP_PREFIX = "__tmp_"
 AUDIT_DIR = "audits"
+# Schemas a user model may not write: ingested data, bookkeeping, results, DuckDB's own.
+RESERVED_SCHEMAS = {
+    "raw": "ingested data",
+    "meta": "build, model and job bookkeeping",
+    "main": "published results",
+    "temp": "DuckDB's temporary objects",
+    "system": "DuckDB's catalog",
+    "information_schema": "DuckDB's catalog",
+    "pg_catalog": "DuckDB's catalog",
+}
 
 # progress(step, done, total): called before each model runs (step = model name) and at the end.
 Progress = Callable[[str, int, int], None]
@@ -83,6 +100,7 @@ class Model:
     self_columns: str | None = None  # "(value VARCHAR, code INTEGER)" from a `-- self:` header
     refs: frozenset[str] = frozenset()
     partition: Partitioning | None = None  # from a `-- partition:` header
+    user: bool = False  # from the user's models folder (a new table or an override of a built-in one)
 
     @property
     def schema(self) -> str:
@@ -103,6 +121,7 @@ class ModelRun:
     rows: int
     seconds: float
     partitions: int = 1
+    source: str = "builtin"  # builtin | user (the --models-dir folder)
 
 
 @dataclass
@@ -117,8 +136,9 @@ class RunResult:
 # ---------------------------------------------------------------- parsing
 
 
-def _code_only(sql: str) -> str:
-    """The text with comments and string literals blanked out (same length, so offsets still match)."""
+def _code_only(sql: str, string_fill: str = " ") -> str:
+    """The text with comments blanked out and string literals filled with `string_fill` (same
+    length, so offsets still match)."""
     out = list(sql)
     i, n = 0, len(sql)
     while i < n:
@@ -142,9 +162,10 @@ def _code_only(sql: str) -> str:
         else:
             i += 1
             continue
+        fill = string_fill if sql[i] == "'" else " "
         for k in range(i, end):
             if out[k] != "\n":
-                out[k] = " "
+                out[k] = fill
         i = end
     return "".join(out)
 
@@ -221,7 +242,9 @@ def _partition_header(path: Path, sql: str) -> Partitioning | None:
 def _model_name(path: Path, root: Path) -> str:
     parts = path.relative_to(root).parts
     if len(parts) < 2:
-        raise UserError(f"{path}: a model must live in a schema folder (sql/<schema>/[<stage>/]<table>.sql)")
+        raise UserError(
+            f"{path}: a model must live in a schema folder (<models folder>/<schema>/[<stage>/]<table>.sql)"
+        )
     name = f"{parts[0]}.{path.stem}".lower()
     if not re.fullmatch(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*", name) or path.stem.startswith(TMP_PREFIX):
         raise UserError(
@@ -231,7 +254,8 @@ def _model_name(path: Path, root: Path) -> str:
 
 
 def _check_single_select(path: Path, sql: str) -> str:
-    code = _code_only(sql).rstrip()
+    """The model's text without trailing comments and `;`; one statement only."""
+    code = _code_only(sql, string_fill="'").rstrip()  # a final string literal is code, not padding
     body = sql[: len(code)].rstrip()
     if code.endswith(";"):
         body = body[:-1]
@@ -243,20 +267,69 @@ def _check_single_select(path: Path, sql: str) -> str:
     return body
 
 
-def discover(sql_dir: Path = SQL_DIR) -> dict[str, Model]:
-    """All models under `sql_dir` (audits excluded), with their dependencies resolved."""
+def user_models_folder(path: Path | str) -> Path:
+    """The user's models folder, resolved; a one-line error when it is not a folder."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise UserError(
+            f"models folder {folder} not found (--models-dir, RECHUB_MODELS_DIR or [build] models_dir)"
+        )
+    return folder.resolve()
+
+
+def _model_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.sql") if p.relative_to(root).parts[0] != AUDIT_DIR)
+
+
+def _sources(sql_dir: Path, user_dir: Path | None) -> dict[str, tuple[Path, str, bool]]:
+    """schema.table -> (file, text, from the user's folder) for every model, overrides applied."""
     if not sql_dir.is_dir():
         raise UserError(f"SQL folder {sql_dir} not found")
-    sources: dict[str, tuple[Path, str]] = {}
-    for path in sorted(sql_dir.rglob("*.sql")):
-        if path.relative_to(sql_dir).parts[0] == AUDIT_DIR:
-            continue
+    sources: dict[str, tuple[Path, str, bool]] = {}
+    for path in _model_files(sql_dir):
         name = _model_name(path, sql_dir)
         if name in sources:
             raise UserError(f"{path}: table {name} is already defined by {sources[name][0]}")
-        sources[name] = (path, _check_single_select(path, path.read_text(encoding="utf-8")))
+        sources[name] = (path, _check_single_select(path, path.read_text(encoding="utf-8")), False)
+    if user_dir is None:
+        return sources
+    user_dir = user_models_folder(user_dir)
+    for path in _model_files(user_dir):
+        name = _model_name(path, user_dir)
+        schema, table = name.split(".")
+        if schema in RESERVED_SCHEMAS:
+            raise UserError(
+                f"{path}: a user model may not create {name} (schema {schema} holds "
+                f"{RESERVED_SCHEMAS[schema]}); use staging, features or a schema of your own"
+            )
+        if name in sources:
+            other, _, other_is_user = sources[name]
+            if other_is_user:
+                raise UserError(f"{path}: table {name} is already defined by {other}")
+            builtin_rel = other.relative_to(sql_dir).as_posix()
+            if path.relative_to(user_dir).as_posix().lower() != builtin_rel.lower():
+                raise UserError(
+                    f"{path}: {name} is a built-in model (sql/{builtin_rel}); to replace it, "
+                    f"put your version at the same path: {user_dir / builtin_rel}"
+                )
+        elif schema == "features" and table.startswith("vocab_"):
+            raise UserError(
+                f"{path}: features.vocab_* names are kept for the vocabulary views of sparse attributes; "
+                "choose another table name"
+            )
+        sources[name] = (path, _check_single_select(path, path.read_text(encoding="utf-8")), True)
+    return sources
+
+
+def discover(sql_dir: Path = SQL_DIR, user_dir: Path | None = None) -> dict[str, Model]:
+    """All models under `sql_dir` and the user's folder (audits excluded), dependencies resolved.
+
+    A user model at the same relative path as a built-in one replaces it; a user model with a
+    built-in model's table name at another path, or in a reserved schema, is a UserError.
+    """
+    sources = _sources(sql_dir, user_dir)
     models = {}
-    for name, (path, sql) in sources.items():
+    for name, (path, sql, user) in sources.items():
         header = _self_header(sql)
         refs = {r for _, _, r in _references(sql, sources)}
         if name in refs:
@@ -270,18 +343,41 @@ def discover(sql_dir: Path = SQL_DIR) -> dict[str, Model]:
             raise UserError(
                 f"{path}: the partition header sizes by {partition.sized_by}, which the model does not read"
             )
-        models[name] = Model(name, path, sql, header, frozenset(refs), partition)
+        models[name] = Model(name, path, sql, header, frozenset(refs), partition, user)
     return models
 
 
-def discover_audits(sql_dir: Path = SQL_DIR) -> dict[str, tuple[Path, str]]:
-    folder = sql_dir / AUDIT_DIR
+def _audit_files(root: Path) -> dict[str, Path]:
+    folder = root / AUDIT_DIR
     if not folder.is_dir():
         return {}
-    return {
-        p.stem: (p, _check_single_select(p, p.read_text(encoding="utf-8")))
-        for p in sorted(folder.glob("*.sql"))
-    }
+    nested = sorted(p for p in folder.rglob("*.sql") if p.parent != folder)
+    if nested:
+        raise UserError(f"{nested[0]}: audits are files directly in {folder}, not in sub-folders")
+    return {p.stem: p for p in sorted(folder.glob("*.sql"))}
+
+
+def discover_audits(sql_dir: Path = SQL_DIR, user_dir: Path | None = None) -> dict[str, tuple[Path, str]]:
+    """name -> (file, text) of the audits: the built-in ones, then the user's (same name replaces)."""
+    files = _audit_files(sql_dir)
+    if user_dir is not None:
+        files.update(_audit_files(user_models_folder(user_dir)))
+    return {name: (p, _check_single_select(p, p.read_text(encoding="utf-8"))) for name, p in files.items()}
+
+
+def fingerprint(sql_dir: Path = SQL_DIR, user_dir: Path | None = None) -> str:
+    """Hash of every model's and audit's file name and text, built-in and the user's: a changed
+    model means the feature store must be rebuilt."""
+    digest = hashlib.sha1()
+    for path in sorted(sql_dir.rglob("*.sql")):
+        digest.update(str(path.relative_to(sql_dir)).encode())
+        digest.update(path.read_bytes())
+    if user_dir is not None:
+        root = user_models_folder(user_dir)
+        for path in sorted(root.rglob("*.sql")):
+            digest.update(f"\0user\0{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- planning
@@ -334,12 +430,12 @@ def plan(models: Mapping[str, Model], select: str | None = None) -> list[Model]:
 # ---------------------------------------------------------------- running
 
 
-def _display(path: Path, sql_dir: Path) -> str:
-    """`sql/features/events.sql` rather than an absolute path, when the file is in the SQL folder."""
-    try:
-        return str(Path(sql_dir.name) / path.relative_to(sql_dir))
-    except ValueError:
-        return str(path)
+def _display(path: Path, *roots: Path) -> str:
+    """`sql/features/events.sql` rather than an absolute path, when the file is in a models folder."""
+    for root in roots:
+        if path.is_relative_to(root):
+            return str(Path(root.name) / path.relative_to(root))
+    return str(path)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -394,15 +490,20 @@ def run(
     after_swap: Callable[[duckdb.DuckDBPyConnection], dict[str, Any]] | None = None,
     params_record: Mapping[str, Any] | None = None,
     partitions: Mapping[str, int] | None = None,
+    user_dir: Path | None = None,
 ) -> RunResult:
     """Build the models (all, or `select` + downstream), audit them and swap them in; record meta.builds.
+
+    `user_dir` is the user's models folder: its models and audits join the build (see `discover`).
 
     `after_swap(con)` runs inside the swap transaction (new tables visible, not yet committed)
     and returns the build's summary stored as meta.builds.report; it may create views.
     `partitions` forces the number of passes of partitioned models (model name -> n), instead
     of the count their `-- partition:` header derives from the input size.
     """
-    models = discover(sql_dir)
+    if user_dir is not None:
+        user_dir = user_models_folder(user_dir)
+    models = discover(sql_dir, user_dir)
     forced: dict[str, int] = {}
     for key, n in (partitions or {}).items():
         name = resolve(models, key)
@@ -412,7 +513,8 @@ def run(
             raise UserError(f"partitions of {name}: expected an integer >= 1, got {n!r}")
         forced[name] = n
     todo = plan(models, select)
-    audits = discover_audits(sql_dir)
+    audits = discover_audits(sql_dir, user_dir)
+    roots = (sql_dir, *([user_dir] if user_dir else []))
     build_id = f"b{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     result = RunResult(build_id)
     started = time.perf_counter()
@@ -423,10 +525,14 @@ def run(
         "WHERE status = 'running'"
     )
     schemas = {m.schema for m in models.values()}
+    for schema in sorted(schemas):  # a user model may bring a schema of its own
+        con.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     _drop_tmp_tables(con, schemas)
     record = dict(params_record if params_record is not None else variables)
     if select is not None:
         record["select"] = select
+    if user_dir is not None:
+        record["models_dir"] = str(user_dir)
     con.execute(
         "INSERT INTO meta.builds (build_id, started_at, status, params) VALUES (?, now(), 'running', ?)",
         [build_id, json.dumps(record, default=str)],
@@ -445,7 +551,7 @@ def run(
         current = "setup"
         try:
             for i, model in enumerate(todo):
-                current = f"model {_display(model.path, sql_dir)}"
+                current = f"model {_display(model.path, *roots)}"
                 if progress:
                     progress(model.name, i, len(todo))
                 t0 = time.perf_counter()
@@ -456,7 +562,7 @@ def run(
                 n = forced.get(model.name) or _partition_count(con, model, targets)
                 for part in range(n):
                     if n > 1:
-                        current = f"model {_display(model.path, sql_dir)} (partition {part + 1} of {n})"
+                        current = f"model {_display(model.path, *roots)} (partition {part + 1} of {n})"
                         if progress:
                             progress(f"{model.name} (part {part + 1}/{n})", i, len(todo))
                     set_variables(con, {"partition": part, "n_partitions": n})
@@ -466,16 +572,24 @@ def run(
                         con.execute(f"INSERT INTO {model.tmp_name}\n{sql}\n")
                 set_variables(con, {"partition": 0, "n_partitions": 1})
                 (rows,) = con.execute(f"SELECT count(*) FROM {model.tmp_name}").fetchone()  # type: ignore[misc]
-                result.models.append(ModelRun(model.name, int(rows), round(time.perf_counter() - t0, 4), n))
+                result.models.append(
+                    ModelRun(
+                        model.name,
+                        int(rows),
+                        round(time.perf_counter() - t0, 4),
+                        n,
+                        "user" if model.user else "builtin",
+                    )
+                )
             if progress:
                 progress("audits", len(todo), len(todo))
             for audit, (path, sql) in audits.items():
-                current = f"audit {_display(path, sql_dir)}"
+                current = f"audit {_display(path, *roots)}"
                 sql = _rewrite(sql, _references(sql, models), targets)
                 row = con.execute(f"SELECT count(*), any_value(v::VARCHAR) FROM ({sql}) v").fetchone()
                 if row and row[0]:
                     raise UserError(
-                        f"audit {audit} failed ({_display(path, sql_dir)}): {row[0]} rows violate it, "
+                        f"audit {audit} failed ({_display(path, *roots)}): {row[0]} rows violate it, "
                         f"e.g. {row[1]}"
                     )
             current = "swapping the new tables in"
@@ -489,12 +603,7 @@ def run(
                     "UPDATE meta.builds SET status = 'success', finished_at = now(), models = ?, report = ? "
                     "WHERE build_id = ?",
                     [
-                        json.dumps(
-                            {
-                                m.model: {"rows": m.rows, "seconds": m.seconds, "partitions": m.partitions}
-                                for m in result.models
-                            }
-                        ),
+                        _models_json(result),
                         json.dumps(result.summary, default=str),
                         build_id,
                     ],
@@ -515,6 +624,16 @@ def run(
     return result
 
 
+def _models_json(result: RunResult) -> str:
+    """meta.builds.models: per model its rows, seconds, passes and source (builtin | user)."""
+    return json.dumps(
+        {
+            m.model: {"rows": m.rows, "seconds": m.seconds, "partitions": m.partitions, "source": m.source}
+            for m in result.models
+        }
+    )
+
+
 def _fail(
     con: duckdb.DuckDBPyConnection, build_id: str, message: str, result: RunResult, schemas: Iterable[str]
 ) -> None:
@@ -526,12 +645,7 @@ def _fail(
             "WHERE build_id = ?",
             [
                 message,
-                json.dumps(
-                    {
-                        m.model: {"rows": m.rows, "seconds": m.seconds, "partitions": m.partitions}
-                        for m in result.models
-                    }
-                ),
+                _models_json(result),
                 build_id,
             ],
         )
