@@ -34,7 +34,12 @@ RATIO_OPTION = typer.Option(
 DELIM_OPTION = typer.Option(
     None, "--delimiter", help="CSV field separator (default: sniffed from the header)."
 )
-ENCODING_OPTION = typer.Option("utf-8", "--encoding", help="CSV text encoding: utf-8, latin-1, utf-16.")
+ENCODING_OPTION = typer.Option(
+    "auto",
+    "--encoding",
+    help="Text encoding: auto (UTF-8, else latin-1; checked over the whole file before loading), "
+    "utf-8, latin-1, utf-16.",
+)
 
 
 def _print_results(results: Sequence[IngestResult], as_json: bool) -> None:
@@ -42,7 +47,7 @@ def _print_results(results: Sequence[IngestResult], as_json: bool) -> None:
         print_json([r.as_dict() for r in results])
         return
     table = Table(title="ingest")
-    for col in ("file", "kind", "batch_seq", "read", "accepted", "rejected", "status"):
+    for col in ("file", "kind", "batch_seq", "encoding", "read", "accepted", "rejected", "status"):
         table.add_column(
             col, justify="right" if col in ("read", "accepted", "rejected") else "left", overflow="fold"
         )
@@ -52,6 +57,7 @@ def _print_results(results: Sequence[IngestResult], as_json: bool) -> None:
             Path(r.path).name,
             r.kind,
             str(r.batch_seq),
+            r.encoding or "-",
             str(r.rows_read),
             str(r.rows_accepted),
             str(r.rows_rejected),
@@ -87,11 +93,19 @@ def movielens_cmd(
     directory: Path = typer.Argument(
         ..., help="Folder with ml-1m (ratings.dat, ...) or ml-100k (u.data, ...)."
     ),
+    encoding: str = ENCODING_OPTION,
     max_reject_ratio: float = RATIO_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Ingest a MovieLens ml-1m or ml-100k folder (ratings, users, movies with genres)."""
-    _run(ctx, as_json, lambda con: ingest_movielens(con, directory, max_reject_ratio=max_reject_ratio))
+    """Ingest a MovieLens ml-1m or ml-100k folder (ratings, users, movies with genres).
+
+    Every file is checked (encoding, format) before any is loaded.
+    """
+    _run(
+        ctx,
+        as_json,
+        lambda con: ingest_movielens(con, directory, encoding=encoding, max_reject_ratio=max_reject_ratio),
+    )
 
 
 @ingest_app.command("interactions")

@@ -26,6 +26,7 @@ from typing import Literal
 
 import duckdb
 
+from rechub_store.data.encodings import detect_encoding, python_codec
 from rechub_store.errors import UserError
 from rechub_store.warehouse import quote_ident, transaction
 
@@ -116,6 +117,7 @@ class IngestResult:
     rows_rejected: int
     duplicate_batch: bool = False
     batch_seq: int = 0
+    encoding: str = ""  # the text encoding the file was read with (detected or given); "" for Parquet
 
     @property
     def reject_ratio(self) -> float:
@@ -181,7 +183,7 @@ def _detect_format(path: Path) -> Literal["csv", "parquet"]:
 
 def _first_line(path: Path, encoding: str) -> str:
     try:
-        with path.open("r", encoding=encoding, newline="") as fh:
+        with path.open("r", encoding=python_codec(encoding), newline="") as fh:
             line = fh.readline()
     except UnicodeDecodeError:
         raise UserError(f"{path}: header is not valid {encoding} text (try --encoding latin-1)") from None
@@ -202,16 +204,19 @@ def open_spec(
     delimiter: str | None = None,
     header: bool = True,
     names: Sequence[str] = (),
-    encoding: str = "utf-8",
+    encoding: str = "auto",
     quote: bool = True,
 ) -> tuple[FileSpec, list[str]]:
-    """Work out how to read `path` and return the spec plus the file's column names."""
+    """Work out how to read `path` and return the spec plus the file's column names.
+
+    The encoding (`auto`: UTF-8, else latin-1; see encodings.py) is settled by reading the whole
+    file once here, before any of its rows is loaded.
+    """
     path = Path(path)
     fmt = _detect_format(path)
     if fmt == "parquet":
         return FileSpec(path, "parquet"), []  # columns come from the Parquet schema
-    if encoding.lower().replace("_", "-") in ("latin1", "iso-8859-1"):
-        encoding = "latin-1"
+    encoding = detect_encoding(path, encoding)
     first = _first_line(path, encoding)
     if delimiter is None:
         delimiter = _sniff_delimiter(path, first)
@@ -498,7 +503,15 @@ def run_batch(con: duckdb.DuckDBPyConnection, source: Source, plan: Plan) -> Ing
         con.execute(f"SET TimeZone = {_sql_str(settings[0])}")
         con.execute(f"SET preserve_insertion_order = {str(settings[1]).lower()}")
     return IngestResult(
-        batch_id, path_text, plan.kind, int(read), int(accepted), int(rejected), False, int(seq)
+        batch_id,
+        path_text,
+        plan.kind,
+        int(read),
+        int(accepted),
+        int(rejected),
+        False,
+        int(seq),
+        source.spec.encoding if source.spec.fmt == "csv" else "",
     )
 
 
@@ -558,7 +571,7 @@ def ingest_interactions(
     rating_col: str | None = None,
     time_format: TimeFormat = "auto",
     delimiter: str | None = None,
-    encoding: str = "utf-8",
+    encoding: str = "auto",
     max_reject_ratio: float | None = 0.05,
 ) -> IngestResult:
     """Load an interactions file (CSV with a header, or Parquet) into raw.interactions.
@@ -683,7 +696,7 @@ def ingest_users(
     sparse_cols: Sequence[str] | str = (),
     dense_cols: Sequence[str] | str = (),
     delimiter: str | None = None,
-    encoding: str = "utf-8",
+    encoding: str = "auto",
     max_reject_ratio: float | None = 0.05,
 ) -> IngestResult:
     """Load a user attribute file into raw.user_attributes (one row per user and attribute).
@@ -713,7 +726,7 @@ def ingest_items(
     tags_col: str | None = None,
     tags_sep: str = "|",
     delimiter: str | None = None,
-    encoding: str = "utf-8",
+    encoding: str = "auto",
     max_reject_ratio: float | None = 0.05,
 ) -> IngestResult:
     """Load an item attribute file into raw.item_attributes, and its tag lists into raw.item_tags."""

@@ -300,15 +300,16 @@ def test_invalid_utf8_fails_whole_file_atomically(warehouse: Warehouse, tmp_path
     good = "".join(f"u{k},i{k},{1_700_000_000 + k}\n" for k in range(5000))
     path.write_bytes(b"user,item,ts\n" + good.encode() + "Café,x,1\n".encode("latin-1"))
     with warehouse.session() as con:
-        with pytest.raises(UserError, match=r"not valid UTF-8.*--encoding latin-1"):
-            _ingest(con, path)
+        ensure_raw_tables(con)
+        with pytest.raises(UserError, match=r"not valid UTF-8 at line 5002 .*--encoding latin-1"):
+            _ingest(con, path, encoding="utf-8")
         counts = [
             con.execute(f"SELECT count(*) FROM raw.{t}").fetchone()[0]
             for t in ("interactions", "rejects", "batches")
         ]
         assert counts == [0, 0, 0]
-        r = _ingest(con, path, encoding="latin-1")
-        assert r.rows_accepted == 5001
+        r = _ingest(con, path)  # auto: not UTF-8, so latin-1
+        assert r.rows_accepted == 5001 and r.encoding == "latin-1"
         assert con.execute("SELECT count(*) FROM raw.interactions WHERE user_id = 'Café'").fetchone()[0] == 1
 
 
