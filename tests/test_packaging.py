@@ -10,6 +10,7 @@ import ast
 import importlib.metadata
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -127,17 +128,19 @@ def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
         and "build-features" in run.stdout
         and "--models-dir" in run.stdout
     )
-    run = subprocess.run(
-        [sys.executable, "-m", "rechub_store", "--version"], capture_output=True, text=True, cwd=tmp_path
-    )
-    assert run.returncode == 0 and run.stdout.strip() == f"rechub-store {rechub_store.__version__}"
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    """The wheel, built from a copy of what the build reads (so no stale build/ folder is reused
+    and the checkout is not written to)."""
+    src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("wheel")
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("rechub_store", "sql"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(src)],
         capture_output=True,
         text=True,
     )

@@ -3,6 +3,8 @@ the job-file key and the nightly fingerprint. The worked example is taken from t
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 import json
 import re
 from collections import Counter
@@ -12,6 +14,7 @@ import duckdb
 import pytest
 from typer.testing import CliRunner
 
+from rechub_store import nightly
 from rechub_store.cli import app
 from rechub_store.data import sqlmodels
 from rechub_store.data.build import BuildParams, build_features
@@ -212,7 +215,15 @@ def _nightly_build(wh: Warehouse, job: JobConfig, run: str) -> tuple[str, dict]:
     return step.status, step.details
 
 
-def test_job_file_models_dir_and_the_nightly_fingerprint(tmp_path: Path, warehouse: Warehouse) -> None:
+def test_job_file_models_dir_and_the_nightly_fingerprint(
+    tmp_path: Path, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # job_runs times have one-second resolution and these runs take less: a clock that ticks per
+    # call keeps "the previous run" well defined, as nightly runs days apart are
+    ticks = itertools.count()
+    monkeypatch.setattr(
+        nightly, "utcnow", lambda: dt.datetime(2026, 1, 1) + dt.timedelta(seconds=next(ticks))
+    )
     jobs = tmp_path / "jobs"
     readme_models(jobs / "my_models")
     write(jobs, "nightly.toml", '[build]\nmodels_dir = "my_models"\n')  # relative to the job file
