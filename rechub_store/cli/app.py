@@ -69,7 +69,7 @@ def _global(
         envvar=MODELS_DIR_ENV,
         show_envvar=False,
         help="Your own SQL models, built with the built-in ones (same path = override) "
-        f"[env {MODELS_DIR_ENV}; default: the job file's [build] models_dir, else none]",
+        f"[env {MODELS_DIR_ENV}; default: the job file's build.models_dir, else none]",
     ),
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
