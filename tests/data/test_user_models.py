@@ -136,7 +136,10 @@ def test_a_schema_of_your_own_is_created(tmp_path: Path, warehouse: Warehouse) -
     with warehouse.session() as con:
         ingest_ml1m(con)
         build_features(con, BuildParams(), user_dir=tmp_path)
-        assert con.execute("SELECT count(*) FROM marts.top_items").fetchone()[0] > 0
+        rows = con.execute("SELECT count(*) FROM marts.top_items").fetchone()[0]
+        assert rows > 0
+        build_features(con, BuildParams())  # without the folder: its tables stay as they are
+        assert con.execute("SELECT count(*) FROM marts.top_items").fetchone()[0] == rows
 
 
 @pytest.mark.parametrize(
@@ -175,6 +178,11 @@ def test_two_user_files_for_one_table_and_nested_audits_are_refused(tmp_path: Pa
     with pytest.raises(UserError, match="audits are files directly in"):
         write(tmp_path, "audits/more/check.sql", "select 1 where false")
         sqlmodels.discover_audits(SQL_DIR, tmp_path)
+    (tmp_path / "audits" / "more" / "check.sql").unlink()
+    write(tmp_path, "audits/vocab_unique.sql", "select 1 as x where false")  # replaces the built-in one
+    audits = sqlmodels.discover_audits(SQL_DIR, tmp_path)
+    assert audits["vocab_unique"][0] == tmp_path / "audits" / "vocab_unique.sql"
+    assert audits["point_in_time"][0] == SQL_DIR / "audits" / "point_in_time.sql"
     with pytest.raises(UserError, match=r"models folder .*missing not found"):
         sqlmodels.discover(SQL_DIR, tmp_path / "missing")
 
