@@ -298,6 +298,7 @@ class NightlyReport:
     seconds: float = 0.0
     steps: list[StepResult] = field(default_factory=list)
     model_run_id: str | None = None
+    report_path: str | None = None  # the run's HTML page (reports/<run_id>.html), None if not written
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -675,13 +676,46 @@ class Nightly:
                 }
                 rows = next((s.rows for s in report.steps if s.step == "score"), None)
                 rec.finish("whole", t_whole, report.status, rows, summary, failed.error if failed else None)
+                report.report_path = self._write_report(con)
             log.info("nightly %s %s in %.1fs", self.run_id, report.status, report.seconds)
         if failed is not None:
+            page = f", report: {report.report_path}" if report.report_path else ""
             raise UserError(
-                f"nightly {self.run_id} failed at step {failed.step}: {failed.error} (log: {log_path})",
+                f"nightly {self.run_id} failed at step {failed.step}: {failed.error} (log: {log_path}{page})",
                 exit_code=1,
             )
         return report
+
+    def _write_report(self, con: duckdb.DuckDBPyConnection) -> str | None:
+        """The run's HTML page and the reports index, once the run is recorded (failed runs too).
+
+        A report never changes the run's outcome: an error here is logged and noted in the `whole`
+        row's details (`report_error`); the run keeps its status and exit code.
+        """
+        from rechub_store.report import build_report
+
+        try:
+            path = build_report(
+                self.warehouse, self.run_id, con=con, trend_runs=self.job.publish.keep_runs
+            ).path
+            note: dict[str, Any] = {"report": path}
+        except Exception as exc:
+            log.error(
+                "report for %s not written (the run's status is unchanged):\n%s",
+                self.run_id,
+                traceback.format_exc(),
+            )
+            path, note = (
+                None,
+                {"report_error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"},
+            )
+        with contextlib.suppress(duckdb.Error):
+            con.execute(
+                "UPDATE meta.job_runs SET details = json_merge_patch(details, ?) "
+                "WHERE run_id = ? AND job = ? AND step = 'whole'",
+                [json.dumps(note), self.run_id, self.job.name],
+            )
+        return path
 
     def _run_step(self, con: duckdb.DuckDBPyConnection, rec: JobRecorder, step: str) -> StepResult:
         t0 = rec.start(step)

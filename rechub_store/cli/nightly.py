@@ -58,6 +58,7 @@ def nightly_command(
         f"nightly {report.run_id}: {report.status} in {report.seconds:.1f}s (model {report.model_run_id}; "
         f"log {report.log_path})"
     )
+    typer.echo(f"report: {report.report_path or 'not written (see the log)'}")
 
 
 @app.command("demo")
@@ -121,3 +122,4 @@ def demo_command(
         '"SELECT * FROM recommendations LIMIT 10"  (or duckdb -readonly '
         f"{wh.analytics_path})"
     )
+    typer.echo(f"report: {report.nightly.report_path or 'not written (see the log)'}")
