@@ -179,3 +179,10 @@ def test_installed_package_finds_its_sql_inside_itself(wheel: Path, tmp_path: Pa
     sql_dir, count = run.stdout.split()
     assert Path(sql_dir) == site / "rechub_store" / "sql"
     assert int(count) == len([p for p in (ROOT / "sql").rglob("*.sql") if "audits" not in p.parts])
+
+
+def test_wheel_ships_the_report_queries(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    folder = ROOT / "rechub_store" / "report" / "sql"
+    queries = {f"rechub_store/report/sql/{p.name}" for p in folder.glob("*.sql")}
+    assert queries and queries <= names

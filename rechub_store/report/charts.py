@@ -36,6 +36,9 @@ STEP_COLOURS = {
     "evaluate": "#7fb2e5",
     "publish": "#d6589f",
 }
+SCATTER_COLOURS = [  # matplotlib's tab10 minus grey (kept for "other")
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+]  # fmt: skip
 GOOD, BAD = "#1a7f37", "#cf222e"
 RC = {
     "svg.fonttype": "none",
@@ -480,7 +483,7 @@ def hbars(
     bars = ax.barh(y, vals, color=MODEL_COLOURS["exact"], height=0.7)
     c.mark(*[b for b, v in zip(bars.patches, vals, strict=True) if v > 0])
     ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlim(0, max(vals.max() if len(vals) else 1, 1) * 30)
+    ax.set_xlim(0, max(vals.max() if len(vals) else 1, 1) * 12)  # room for the notes
     ax.set_yticks(y)
     ax.set_yticklabels(labels)
     ax.invert_yaxis()
@@ -514,7 +517,7 @@ def scatter(
     i = 0
     for lab in order:
         sel = arr == lab
-        colour = "#b5b5b5" if lab in ("other", "unknown") else OTHER_COLOURS[i % len(OTHER_COLOURS)]
+        colour = "#b5b5b5" if lab in ("other", "unknown") else SCATTER_COLOURS[i % len(SCATTER_COLOURS)]
         if lab not in ("other", "unknown"):
             i += 1
         pts = ax.scatter(

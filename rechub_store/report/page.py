@@ -37,6 +37,7 @@ nav a { margin-right: 14px; color: #0969da; text-decoration: none; }
 main { max-width: 1060px; padding: 8px 24px 40px; }
 h2 { border-bottom: 1px solid var(--line); padding-bottom: 4px; margin-top: 28px; font-size: 17px; }
 h3 { font-size: 14px; margin: 16px 0 6px; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; margin: 6px 0 10px; font-size: 13px; }
 th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: var(--bg); font-weight: 600; }
@@ -132,7 +133,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") 
     """An HTML table; cells are HTML already (escape values before passing them)."""
     head = "".join(f"<th>{h}</th>" for h in headers)
     body = "".join("<tr>" + "".join(rows_cell(c) for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return (
+        f'<div class="table-wrap"><table class="{cls}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def rows_cell(cell: str) -> str:
