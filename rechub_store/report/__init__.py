@@ -25,7 +25,7 @@ from rechub_store.errors import UserError
 from rechub_store.publish.analytics import _file_stem, utcnow
 from rechub_store.report import page
 from rechub_store.report.charts import quiet_matplotlib
-from rechub_store.report.data import TREND_RUNS, gather, index_metrics, list_runs
+from rechub_store.report.data import TREND_RUNS, gather, index_metrics, list_runs, local_file
 from rechub_store.report.source import Source, attach, open_source
 from rechub_store.warehouse import Warehouse
 
@@ -114,8 +114,9 @@ def build_report(
             target = out / target.name if out.is_dir() else out
         in_reports = target.parent.resolve() == folder.resolve()
         links: dict[str, str | None] = {"index": INDEX_FILE if in_reports else None, "log": None}
-        if data.run.log_path and Path(data.run.log_path).exists():
-            links["log"] = page.href(data.run.log_path, target.parent)
+        log_file = local_file(Path(data.run.log_path), warehouse.logs_dir) if data.run.log_path else None
+        if log_file and log_file.exists():
+            links["log"] = page.href(log_file, target.parent)
         size = write_atomic(target, page.run_page(data, links, generated))
         index = write_index(src, folder, generated) if in_reports else None
     seconds = round(time.perf_counter() - t0, 3)
@@ -139,8 +140,9 @@ def write_index(src: Source, folder: Path, generated: dt.datetime | None = None)
         candidate = folder / f"{_file_stem(r.run_id)}.html"
         if candidate.exists():
             pages[r.run_id] = page.href(candidate, folder)
-        if r.log_path and Path(r.log_path).exists():
-            logs[r.run_id] = page.href(r.log_path, folder)
+        log_file = local_file(Path(r.log_path), src.warehouse.logs_dir) if r.log_path else None
+        if log_file and log_file.exists():
+            logs[r.run_id] = page.href(log_file, folder)
     metric, headline = index_metrics(src, runs)
     html = page.index_page(runs, headline, metric, pages, logs, src.path.name, generated or utcnow())
     path = folder / INDEX_FILE

@@ -42,6 +42,7 @@ SCATTER_COLOURS = [  # matplotlib's tab10 minus grey (kept for "other")
 GOOD, BAD = "#1a7f37", "#cf222e"
 RC = {
     "svg.fonttype": "none",
+    "text.parse_math": False,  # labels are data (categories, file names): a "$" must stay a "$"
     "font.size": 8.5,
     "font.family": "DejaVu Sans",  # ships with matplotlib; browsers without it fall back to their sans
     "axes.spines.top": False,

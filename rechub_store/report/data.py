@@ -162,6 +162,13 @@ class RunData:
         return s is not None and s.status == "success"
 
 
+def local_file(recorded: Path, folder: Path) -> Path:
+    """A file the warehouse recorded by absolute path, found in this warehouse's own `folder` when it
+    is there (a warehouse folder that was moved or restored from a backup), else the recorded path."""
+    here = folder / recorded.name
+    return here if here.exists() else recorded
+
+
 # ---------------------------------------------------------------------------- runs
 def list_runs(src: Source) -> list[Run]:
     """Every run, oldest first (nightly runs and runs that only left metrics)."""
@@ -363,8 +370,10 @@ def _embedding(src: Source, data: RunData) -> None:
     if model is None:
         data.unavailable["embedding"] = "no model run is recorded for this run"
         return
-    artifact = Path(model.get("artifact_path") or src.warehouse.models_dir / model["model_run_id"])
-    path = artifact / "item_embeddings.parquet"
+    path = local_file(
+        Path(model.get("artifact_path") or "") / "item_embeddings.parquet",
+        src.warehouse.models_dir / model["model_run_id"],
+    )
     if not path.exists():
         data.unavailable["embedding"] = f"no item vectors at {path} (they are written when a run scores)"
         return
@@ -410,7 +419,7 @@ def _annoy_trials(data: RunData) -> None:
     path = annoy.get("path")
     if not path:
         return
-    meta = Path(f"{path}.json")
+    meta = local_file(Path(f"{path}.json"), data.source.warehouse.models_dir / (data.run.model_run_id or ""))
     try:
         trials = json.loads(meta.read_text()).get("trials")
     except (OSError, ValueError):

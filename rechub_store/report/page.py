@@ -184,8 +184,8 @@ def _summary(d: RunData, links: dict[str, str | None]) -> str:
         )
         parts.append(
             f'<div class="banner failed-step" data-failed-step="{e(step)}"><strong>Step '
-            f'<code>{e(step)}</code> failed:</strong> <span class="error">{e(run.error)}</span>.{log_link} '
-            "Analysts still see the previous published run.</div>"
+            f'<code>{e(step)}</code> failed:</strong> <span class="error">{e(run.error)}</span>.'
+            f"{log_link}</div>"
         )
     if d.source.note:
         parts.append(f'<div class="note">{e(d.source.note)}</div>')
@@ -242,8 +242,8 @@ def _headline(d: RunData) -> str:
     protocol = ", ".join(f"{c} = {v}" for c, v in d.protocol.items())
     prev = d.previous.run_id if d.previous else None
     out.append(
-        f"<p>Split <code>{e(split)}</code>, {len({m.n_users for m in acc})} user sample(s) of "
-        f"{e(fmt_int(max((m.n_users or 0) for m in acc)))} users"
+        f"<p>Split <code>{e(split)}</code>, up to {e(fmt_int(max((m.n_users or 0) for m in acc)))} "
+        "evaluated users per row"
         + (f"; protocol {e(protocol)}" if protocol else "")
         + (
             f". Changes are against the previous published run <code>{e(prev)}</code> (green: better)."

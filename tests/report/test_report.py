@@ -134,3 +134,13 @@ def test_report_while_a_job_holds_the_warehouse_reads_the_analytics_file(
     assert "Built from the published analytics.duckdb" in html
     assert "ingest batches are not in analytics.duckdb" in html
     assert 'class="num headline"' in html  # metrics come from the published copy
+
+
+def test_chart_labels_are_data_not_markup() -> None:
+    """Category values, ids and file names reach the charts as text: no mathtext, escaped for SVG."""
+    from rechub_store.report import charts
+
+    svg = charts.grouped_bars("t", "price <$10 & $20>", ["$5-$10"], {"model · exact": [0.5], "a&b": [0.25]})
+    assert svg.startswith("<svg ") and 'data-chart="t"' in svg
+    assert "$5-$10" in svg and "&lt;$10 &amp; $20&gt;" in svg and "a&amp;b" in svg
+    assert svg.count('id="t-mark-') == 2
