@@ -700,15 +700,17 @@ class Nightly:
             ).path
             note: dict[str, Any] = {"report": path}
         except Exception as exc:
-            log.error(
-                "report for %s not written (the run's status is unchanged):\n%s",
-                self.run_id,
-                traceback.format_exc(),
-            )
-            path, note = (
-                None,
-                {"report_error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"},
-            )
+            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, UserError):  # e.g. a full disk: one line, as for a failed step
+                log.error("report for %s not written (the run's status is unchanged): %s", self.run_id, error)
+            else:
+                error = f"{type(exc).__name__}: {error}"
+                log.error(
+                    "report for %s not written (the run's status is unchanged):\n%s",
+                    self.run_id,
+                    traceback.format_exc(),
+                )
+            path, note = None, {"report_error": error}
         with contextlib.suppress(duckdb.Error):
             con.execute(
                 "UPDATE meta.job_runs SET details = json_merge_patch(details, ?) "

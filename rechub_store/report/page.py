@@ -284,9 +284,8 @@ def _headline(d: RunData) -> str:
             "headline",
             svg,
             f"Each bar is a {split}-split metric at k={k} for the model (ranked exactly and through the "
-            "annoy "
-            "index it serves from) and for each baseline; higher is better, and the model should clear every "
-            "baseline.",
+            "annoy index it serves from) and for each baseline; higher is better, and the model should "
+            "clear every baseline.",
         )
     )
     return "".join(out) + "</section>"
@@ -344,8 +343,7 @@ def _training(d: RunData) -> str:
         f"{'trained by this run' if trained_now else 'trained earlier'}, finished "
         f"{e(fmt_time(model.get('finished_at')))}"
         f" in {e(fmt_seconds(model.get('wall_seconds')))}; best epoch {e(model.get('best_epoch'))}, "
-        "validation "
-        f"NDCG@10 {e(fmt(model.get('best_metric')))}.</p>"
+        f"validation NDCG@10 {e(fmt(model.get('best_metric')))}.</p>"
     )
     params = model.get("params") or {}
     shown = {k: v for k, v in params.items() if not isinstance(v, dict | list)}
@@ -370,8 +368,7 @@ def _training(d: RunData) -> str:
             "training",
             svg,
             f"Left: training loss per epoch (should fall). Right: validation {valid_key} per epoch against "
-            "the "
-            "popularity baseline (dotted); the star marks the best epoch, the one the model keeps.",
+            "the popularity baseline (dotted); the star marks the best epoch, the one the model keeps.",
         )
     )
     return "".join(out) + "</section>"
@@ -441,8 +438,7 @@ def _retrieval(d: RunData) -> str:
                 "retrieval",
                 svg,
                 "Per k, the model's recall when the catalogue is ranked exactly and through annoy; the gap "
-                "is what "
-                "the approximate index "
+                "is what the approximate index "
                 f"costs{(' (' + ov + ': share of the exact top-k annoy returned)') if ov else ''}.",
             )
         )
@@ -455,8 +451,7 @@ def _retrieval(d: RunData) -> str:
                 "annoy-tuning",
                 svg,
                 "Each point is a search_k tried while tuning the index on a sample of users (recall against "
-                "the "
-                "exact top-k); the star is the setting used, the dotted line the target.",
+                "the exact top-k); the star is the setting used, the dotted line the target.",
             )
         )
     return "".join(out) + "</section>"
@@ -505,10 +500,8 @@ def _beyond(d: RunData) -> str:
                 "beyond",
                 svg,
                 "One panel per metric (scales differ), one bar per model/index and baseline; changes in the "
-                "table "
-                "are against the previous published run and are not coloured, since which way is better "
-                "depends "
-                "on the metric.",
+                "table are against the previous published run and are not coloured, since which way is "
+                "better depends on the metric.",
             )
         )
     else:
@@ -537,11 +530,9 @@ def _beyond(d: RunData) -> str:
                 "long-tail",
                 svg,
                 "Items ordered from most to least popular in training (x); each curve's height at x is the "
-                "share of "
-                "recommendation slots (blue) or training interactions (orange) that went to the top x% of "
-                "the "
-                "catalogue; the nearer blue runs to the dotted diagonal, the more evenly the catalogue is "
-                "recommended.",
+                "share of recommendation slots (blue) or training interactions (orange) that went to the "
+                "top x% of the catalogue; the nearer blue runs to the dotted diagonal, the more evenly the "
+                "catalogue is recommended.",
             )
         )
     return "".join(out) + "</section>"
@@ -586,8 +577,7 @@ def _slices(d: RunData) -> str:
             "slices",
             svg,
             f"NDCG@{k} per slice of users or targets (column {d.slice_column}); a model that wins overall "
-            "but "
-            "loses to a baseline on a slice (cold users, tail targets) shows it here.",
+            "but loses to a baseline on a slice (cold users, tail targets) shows it here.",
         )
     )
     return "".join(out) + "</section>"
@@ -612,8 +602,7 @@ def _pipeline(d: RunData) -> str:
                 "durations",
                 svg,
                 "Each bar is one run, stacked by step (seconds), oldest on the left; a step that suddenly "
-                "grows "
-                "stands out; red labels are failed runs.",
+                "grows stands out; red labels are failed runs.",
             )
         )
     else:
@@ -632,16 +621,14 @@ def _pipeline(d: RunData) -> str:
         mine = [b for b in d.batches if b["this_run"]]
         out.append(
             f"<p>{len(mine)} batch(es) ingested by this run: {sum(b['rows_accepted'] or 0 for b in mine):,} "
-            "rows "
-            f"accepted, {sum(b['rows_rejected'] or 0 for b in mine):,} rejected.</p>"
+            f"rows accepted, {sum(b['rows_rejected'] or 0 for b in mine):,} rejected.</p>"
         )
         out.append(
             figure(
                 "batches",
                 svg,
                 f"Per ingested file (the last {len(d.batches)}, oldest on the left): rows accepted (green) "
-                "and "
-                "rejected (red) on a log scale; the shaded files were ingested by this run.",
+                "and rejected (red) on a log scale; the shaded files were ingested by this run.",
             )
         )
         if d.reject_reasons:
@@ -717,9 +704,8 @@ def _embedding(d: RunData) -> str:
             "embedding",
             svg,
             f"A seeded sample of {emb['n']:,} of the model's {emb['dim']}-d item vectors projected to 2-D "
-            "by PCA, "
-            f"{colour}; items the model treats as similar sit close together, so categories should form "
-            "regions.",
+            f"by PCA, {colour}; items the model treats as similar sit close together, so categories "
+            "should form regions.",
         )
     )
     return "".join(out) + "</section>"
@@ -802,8 +788,7 @@ def index_page(
                 "index-trend",
                 svg,
                 f"{metric_name} of the model (per index) and the baselines for each run, oldest on the "
-                "left; dashed "
-                "verticals: a newly trained model; red ×: failed runs.",
+                "left; dashed verticals: a newly trained model; red ×: failed runs.",
             )
         )
     rows = []

@@ -25,9 +25,9 @@ _EMPTY = {
     "rpt_job_runs": "SELECT NULL::VARCHAR AS run_id, NULL::VARCHAR AS job, NULL::VARCHAR AS step, "
     "NULL::VARCHAR AS status, NULL::TIMESTAMP AS started_at, NULL::TIMESTAMP AS finished_at, "
     "NULL::DOUBLE AS seconds, NULL::BIGINT AS rows, NULL::JSON AS details, NULL::VARCHAR AS error",
-    "rpt_model_runs": "SELECT NULL::VARCHAR AS model_run_id, NULL::VARCHAR AS model, NULL::VARCHAR AS "
-    "status, "
-    "NULL::JSON AS params, NULL::VARCHAR AS build_id, NULL::JSON AS history, NULL::INTEGER AS best_epoch, "
+    "rpt_model_runs": "SELECT NULL::VARCHAR AS model_run_id, NULL::VARCHAR AS model, "
+    "NULL::VARCHAR AS status, NULL::JSON AS params, NULL::VARCHAR AS build_id, NULL::JSON AS history, "
+    "NULL::INTEGER AS best_epoch, "
     "NULL::DOUBLE AS best_metric, NULL::VARCHAR AS artifact_path, NULL::DOUBLE AS wall_seconds, "
     "NULL::TIMESTAMP AS created_at, NULL::TIMESTAMP AS finished_at",
     "rpt_metrics": "SELECT NULL::VARCHAR AS run_id, NULL::VARCHAR AS model_run_id, NULL::VARCHAR AS split, "
