@@ -20,7 +20,17 @@ from urllib.parse import quote
 import numpy as np
 
 from rechub_store.report import charts
-from rechub_store.report.data import ACCURACY, HEADLINE, RETRIEVAL_PREFIX, Metric, Run, RunData, is_overall
+from rechub_store.report.data import (
+    ACCURACY,
+    HEADLINE,
+    RETRIEVAL_PREFIX,
+    Metric,
+    Run,
+    RunData,
+    headline_k,
+    headline_split,
+    is_overall,
+)
 
 CSS = """
 :root { --good: #1a7f37; --bad: #cf222e; --muted: #57606a; --line: #d0d7de; --bg: #f6f8fa; }
@@ -293,7 +303,9 @@ def _headline(d: RunData) -> str:
 
 def _trend(d: RunData) -> str:
     out = ['<section id="trend"><h2>Trend over the kept runs</h2>']
-    k, split = d.headline_k, d.split
+    # a run without metrics (failed before evaluate) still shows the runs before it
+    k = d.headline_k or headline_k(d.trend_metrics)
+    split = d.split or headline_split(d.trend_metrics)
     runs = [r.run_id for r in d.runs]
     if k is None or len(runs) < 1 or not d.trend_metrics:
         return out[0] + na("no metrics over the kept runs") + "</section>"

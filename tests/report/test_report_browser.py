@@ -110,7 +110,7 @@ def test_failed_run_page_names_the_step_and_links_the_log(browser: Any, report_w
     assert "step evaluate failed" in log_file.read_text()
     # the run scored before failing: its pipeline and long tail show; metrics say why they are missing
     found = charts(v)
-    assert {"durations", "long-tail", "embedding"} <= set(found) and "headline" not in found
+    assert {"trend", "durations", "long-tail", "embedding"} <= set(found) and "headline" not in found
     assert_marks(found)
     v.page.click("a.log")  # and the browser opens it
     assert "step evaluate failed" in v.page.inner_text("body")
