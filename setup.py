@@ -12,5 +12,7 @@ SQL_PACKAGES = ["rechub_store.sql", *(f"rechub_store.sql.{p}" for p in find_name
 setup(
     packages=[*find_packages(include=["rechub_store", "rechub_store.*"]), *SQL_PACKAGES],
     package_dir={"rechub_store.sql": "sql"},
-    package_data={p: ["*.sql", "*.md"] for p in SQL_PACKAGES},
+    # + the run report's own queries (rechub_store/report/sql/*.sql); package data set in pyproject.toml
+    # would replace this mapping, so it lives here
+    package_data={**{p: ["*.sql", "*.md"] for p in SQL_PACKAGES}, "rechub_store.report": ["sql/*.sql"]},
 )
