@@ -144,7 +144,7 @@ def sql_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Query the published analytics database read-only (the warehouse if nothing is published yet)."""
-    from rechub_store.publish.analytics import query_readonly
+    from rechub_store.publish.readonly import query_readonly
 
     names, rows, path = query_readonly(warehouse_of(ctx), query, limit=limit)
     if as_json:

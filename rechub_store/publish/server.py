@@ -41,6 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from rechub_store.errors import UserError
+from rechub_store.redact import redact, register
 from rechub_store.warehouse import Warehouse, quote_ident, table_exists
 
 log = logging.getLogger(__name__)
@@ -74,29 +75,62 @@ def mask_url(url: str) -> str:
         if parsed.password is not None:
             text = parsed.render_as_string(hide_password=True)
     text = _URL_PASSWORD.sub(lambda m: m.group("head") + "***@", text)
-    return _PARAM_PASSWORD.sub(lambda m: m.group(1) + "=***", text)
+    return redact(_PARAM_PASSWORD.sub(lambda m: m.group(1) + "=***", text)) or ""
 
 
 def _mask_text(text: str, url: str) -> str:
-    """Mask the URL and its literal password wherever they appear in an error message."""
+    """Mask the URL, its password and any fragment of the password wherever they appear in a message."""
     out = text.replace(url, mask_url(url))
-    with contextlib.suppress(Exception):
-        password = sa.make_url(url).password
-        if password and len(str(password)) >= 3:  # shorter would garble the message
-            out = out.replace(str(password), "***")
-    return _PARAM_PASSWORD.sub(
+    out = _PARAM_PASSWORD.sub(
         lambda m: m.group(1) + "=***", _URL_PASSWORD.sub(lambda m: m.group("head") + "***@", out)
     )
+    return redact(out) or ""
 
 
-def _engine_url(url: str) -> sa.URL:
-    """Parse a SQLAlchemy URL; plain `postgresql://` / `postgres://` mean psycopg 3."""
+def _register_secrets(url: str, parsed: sa.URL | None) -> None:
+    """Make `redact` mask this URL's password from now on, however the URL was meant to be split.
+
+    Registered: the password SQLAlchemy parsed, `password=` parameters, and (for a URL with more
+    than one `@`) everything between the user name's `:` and the last `@`, the longest reading.
+    """
+    if parsed is not None:
+        register(parsed.password)
+        for key, value in parsed.query.items():
+            if key.lower() in ("password", "pass", "pwd"):
+                for item in value if isinstance(value, tuple) else (value,):
+                    register(item)
+    for match in _PARAM_PASSWORD.finditer(url):
+        register(match.group(2))
+    match = _URL_PASSWORD.search(url)
+    if match:
+        register(match.group("pw"))
+
+
+def parse_url(url: str, where: str = "database URL") -> sa.URL:
+    """Parse and check a SQLAlchemy URL; plain `postgresql://` / `postgres://` mean psycopg 3.
+
+    Its password is registered for masking first (see `rechub_store.redact`). A URL with more
+    than one `@` before its path (an unencoded `@` in the password) is ambiguous: drivers would
+    read part of the password as the host name and quote it in errors, so it is refused with a
+    hint to percent-encode. `where` names the option or job key in the message.
+    """
+    text = str(url)
+    parsed: sa.URL | None = None
     try:
-        parsed = sa.make_url(url)
+        parsed = sa.make_url(text)
     except Exception:
+        _register_secrets(text, None)
         raise UserError(
-            f"not a database URL: {mask_url(url)} (expected e.g. postgresql://user@host/db)"
+            f"{where}: not a database URL: {mask_url(text)} (expected e.g. postgresql://user@host/db)"
         ) from None
+    _register_secrets(text, parsed)
+    if (parsed.username is not None or parsed.password is not None) and (
+        "@" in (parsed.host or "") or "@" in (parsed.database or "")
+    ):
+        raise UserError(
+            f"{where}: ambiguous URL {mask_url(text)}: more than one '@' before the host "
+            "(percent-encode an '@' in the user name or password as %40)"
+        )
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
@@ -329,8 +363,11 @@ class _Source:
 
 
 # rows, model, newest timestamp and an order-independent checksum of the content: a rerun of the same
-# run_id that changed anything gets published again, the very same run is a no-op.
+# run_id that changed anything gets published again, the very same content is a no-op (the time
+# stamps are left out of the fingerprint, so a rerun that recomputed identical results publishes
+# only to the targets that do not have them yet).
 _STATS = "count(*), min(model_run_id), max(generated_at), sum(hash(user_id, item_id, rank, score))"
+_METRIC_STATS = 'count(*), sum(hash(model_run_id, split, metric, k, value, n_users, "index"))'
 
 
 def _open_source(con: duckdb.DuckDBPyConnection, run_id: str | None) -> _Source:
@@ -367,25 +404,24 @@ def _open_source(con: duckdb.DuckDBPyConnection, run_id: str | None) -> _Source:
     mstats = (0, None)
     if has_metrics:
         mstats = con.execute(
-            "SELECT count(*), max(created_at) FROM main.evaluation_metrics WHERE run_id = ?", [run_id]
+            f"SELECT {_METRIC_STATS} FROM main.evaluation_metrics WHERE run_id = ?", [run_id]
         ).fetchall()[0]
     rows, model_run_id, generated_at, checksum = stats
-    fingerprint = (
-        f"rows={rows};model={model_run_id};generated={generated_at};sum={checksum};"
-        f"metrics={mstats[0]}@{mstats[1]}"
-    )
+    fingerprint = f"rows={rows};model={model_run_id};sum={checksum};metrics={mstats[0]}:{mstats[1]}"
     return _Source(con, run_id, table, has_metrics, int(rows), model_run_id, generated_at, fingerprint)
 
 
 # ------------------------------------------------------------------------------------------ loading
 
 
-def _fault(point: str) -> None:
+def _fault(point: str, url: str = "") -> None:
     """Test hook: RECHUB_PUBLISH_FAULT=<point> raises here; `<point>:kill` dies like `kill -9`;
-    `<point>:sleep=<s>` pauses (a test restarts the server meanwhile). Points: loaded, before-swap."""
+    `<point>:sleep=<s>` pauses (a test restarts the server meanwhile). Points: loaded, before-swap.
+    `<point>@<text>[:action]` fires only for target URLs containing <text> (one of several targets)."""
     spec = os.environ.get(FAULT_ENV, "")
     where, _, action = spec.partition(":")
-    if where != point:
+    where, _, only = where.partition("@")
+    if where != point or (only and only not in url):
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -449,7 +485,40 @@ def _is_lock_timeout(exc: BaseException) -> bool:
 _RETRY_STATES = ("57P01", "57P02", "57P03", "53300")
 
 
+# A server that answered "no" at connection time (libpq gives these no SQLSTATE): bad password,
+# unknown role or database, no pg_hba.conf entry. Retrying cannot heal them.
+_PERMANENT_CONNECT_ERRORS = (
+    "authentication failed",
+    "password authentication",
+    "no password supplied",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "not permitted to log in",
+    "too many connections for role",
+    "ssl is not enabled",
+    "requires ssl",
+    "invalid connection option",
+    "invalid integer value",
+    "invalid sslmode",
+)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """A connection failure that a retry cannot fix (authentication, unknown role or database)."""
+    orig = getattr(exc, "orig", None) or exc
+    state = getattr(orig, "sqlstate", None) or ""
+    if state.startswith("28") or state == "3D000":  # invalid authorization / unknown database
+        return True
+    text = str(orig).lower()
+    return any(marker in text for marker in _PERMANENT_CONNECT_ERRORS)
+
+
 def _is_connection_error(exc: BaseException) -> bool:
+    """Worth a retry: the server could not be reached or was briefly unavailable (never an
+    authentication failure: a wrong password stays wrong)."""
+    if is_permanent(exc):
+        return False
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
     orig = getattr(exc, "orig", None) or exc
@@ -526,7 +595,7 @@ def _publish_once(
                     f"run {src.run_id}: read {n} rows, expected {src.rows} (the warehouse changed)"
                 )
             result.rows["recommendations"] = result.rows["recommendations_history"] = n
-            _fault("loaded")
+            _fault("loaded", url)
             t1 = time.perf_counter()
             if pg:  # keys after COPY: building an index once is much faster than maintaining it row by row
                 # (user_id, rank) is unique; (run_id, user_id, rank) becomes the primary key when the
@@ -622,7 +691,7 @@ def _publish_once(
                 for old, _ in stale:
                     conn.execute(hist.delete().where(hist.c.run_id == old))
             result.phases["metadata"] = time.perf_counter() - t1
-            _fault("before-swap")
+            _fault("before-swap", url)
             # PostgreSQL partitions to drop in the swap: dropped runs, and this run's previous copy.
             drop = [tbl for _, tbl in stale if tbl]
             if previous is not None and previous.in_history and previous.live_table:
@@ -716,6 +785,96 @@ def _env_number(name: str, default: Any, kind: type) -> Any:
     return result
 
 
+def _engine(url: str, where: str) -> tuple[sa.Engine, sa.URL, str]:
+    """(engine, parsed URL, masked URL) for a target; UserError naming `where` on a bad URL."""
+    eng_url = parse_url(url, where)
+    target = mask_url(url)
+    connect_args: dict[str, Any] = {}
+    if eng_url.get_backend_name() == "postgresql":
+        if eng_url.get_driver_name() != "psycopg":
+            raise UserError(
+                f"PostgreSQL needs the psycopg (3) driver: use postgresql:// or "
+                f"postgresql+psycopg:// ({target})"
+            )
+        connect_args = {"connect_timeout": 10, "application_name": "rechub-store publish"}
+    try:
+        engine = sa.create_engine(eng_url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+    except Exception as exc:  # a missing driver module, a bad dialect name
+        raise UserError(f"cannot use {target}: {_mask_text(_first_line(exc), url)}") from None
+    return engine, eng_url, target
+
+
+def _retry_policy(retries: int | None, backoff_s: float | None) -> tuple[int, float]:
+    if retries is None:
+        retries = _env_number("RECHUB_PUBLISH_RETRIES", 5, int)
+    if backoff_s is None:
+        backoff_s = _env_number("RECHUB_PUBLISH_BACKOFF_S", 1.0, float)
+    return retries, backoff_s
+
+
+def _with_retries(
+    action: Callable[[], Any],
+    url: str,
+    what: str,
+    retries: int,
+    backoff_s: float,
+    sleep: Callable[[float], None],
+) -> tuple[Any, int]:
+    """Run `action`, retrying connection errors with exponential backoff; (result, attempts).
+
+    Authentication failures and other permanent refusals fail at once; every message is masked.
+    """
+    target = mask_url(url)
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return action(), attempt
+        except (sa_exc.DBAPIError, psycopg.Error) as exc:  # COPY raises psycopg's own
+            msg = _mask_text(_first_line(exc), url)
+            if _is_connection_error(exc) and attempt <= retries:
+                delay = backoff_s * 2 ** (attempt - 1)
+                log.warning(
+                    "%s %s failed (%s); retry %d/%d in %.1fs", what, target, msg, attempt, retries, delay
+                )
+                sleep(delay)
+                continue
+            if is_permanent(exc):
+                raise UserError(f"cannot {what} {target}: {msg} (not retried: it will not heal)") from None
+            if _is_connection_error(exc):
+                raise UserError(f"cannot {what} {target}: {msg} (gave up after {attempt} tries)") from None
+            raise UserError(f"{what} {target} failed: {msg}") from None
+
+
+def check_target(
+    url: str,
+    where: str = "publish target",
+    *,
+    retries: int | None = None,
+    backoff_s: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Connect and run `SELECT 1` (the job checks its targets this way before any work starts).
+
+    Same retry policy as a publish; an authentication failure fails at once. Returns the masked
+    URL and the number of attempts; raises a one-line UserError naming `where`.
+    """
+    retries, backoff_s = _retry_policy(retries, backoff_s)
+    engine, _, target = _engine(url, where)
+
+    def probe() -> None:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1")).fetchall()
+
+    try:
+        _, attempts = _with_retries(probe, url, "connect to", retries, backoff_s, sleep)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    finally:
+        engine.dispose()
+    return {"target": target, "attempts": attempts}
+
+
 def publish_to_url(
     warehouse: Warehouse | duckdb.DuckDBPyConnection,
     url: str,
@@ -729,25 +888,25 @@ def publish_to_url(
     lock_wait_s: float = 300.0,
     record: bool | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    where: str | None = None,
 ) -> PublishResult:
     """Publish one run (default: the current one) from the warehouse to a SQLAlchemy URL.
 
     Copies the run's recommendations (to the `recommendations` view and `recommendations_history`),
     its evaluation_metrics, model_runs and job_runs rows. Connection errors are retried `retries` times
     (default: env RECHUB_PUBLISH_RETRIES, else 5) with exponential backoff from `backoff_s` (default:
-    env RECHUB_PUBLISH_BACKOFF_S, else 1 s), doubling; the last failure is a one-line UserError with
-    the URL masked. With `record` (default: when given a Warehouse rather than the nightly job's open
-    connection, which records its own step), a meta.job_runs row (job `publish`) records the outcome.
+    env RECHUB_PUBLISH_BACKOFF_S, else 1 s), doubling; authentication failures are not retried; the
+    last failure is a one-line UserError with the URL masked. With `record` (default: when given a
+    Warehouse rather than the nightly job's open connection, which records its own step), a
+    meta.job_runs row (job `publish`) records the outcome. `where` names the URL's origin in
+    messages (default `--to`).
     """
     if record is None:
         record = isinstance(warehouse, Warehouse)
-    if retries is None:
-        retries = _env_number("RECHUB_PUBLISH_RETRIES", 5, int)
-    if backoff_s is None:
-        backoff_s = _env_number("RECHUB_PUBLISH_BACKOFF_S", 1.0, float)
+    retries, backoff_s = _retry_policy(retries, backoff_s)
     if retention < 1:
         raise UserError(f"--retention must be at least 1, got {retention}")
-    eng_url = _engine_url(url)
+    engine, eng_url, target = _engine(url, where or "--to")
     pg = eng_url.get_backend_name() == "postgresql"
     if schema is None and pg:
         schema = "public"
@@ -758,53 +917,23 @@ def publish_to_url(
         names.name("recommendations_history")  # validate the prefix early
         if len(prefix) > 27:  # the longest derived name (an index of the live table) must fit 63 chars
             raise UserError(f"table prefix {prefix!r} is too long: at most 27 characters")
-    target = mask_url(url)
-    connect_args: dict[str, Any] = {}
-    if pg:
-        if eng_url.get_driver_name() != "psycopg":
-            raise UserError(
-                f"PostgreSQL needs the psycopg (3) driver: use postgresql:// or "
-                f"postgresql+psycopg:// ({target})"
-            )
-        connect_args = {"connect_timeout": 10, "application_name": "rechub-store publish"}
-    try:
-        engine = sa.create_engine(eng_url, poolclass=sa.pool.NullPool, connect_args=connect_args)
-    except Exception as exc:  # a missing driver module, a bad dialect name
-        raise UserError(f"cannot use {target}: {_mask_text(_first_line(exc), url)}") from None
 
     started_at = datetime.now(UTC).replace(tzinfo=None)
     with _warehouse_con(warehouse) as con:
         src = _open_source(con, run_id)
         log.info("publishing run %s (%d rows) to %s", src.run_id, src.rows, target)
-        attempt = 0
         result: PublishResult | None = None
         error: str | None = None
         try:
-            while True:
-                attempt += 1
-                try:
-                    result = _publish_once(engine, src, names, retention, url, lock_wait_s)
-                    result.attempts = attempt
-                    break
-                except (sa_exc.DBAPIError, psycopg.Error) as exc:  # COPY raises psycopg's own
-                    msg = _mask_text(_first_line(exc), url)
-                    if _is_connection_error(exc) and attempt <= retries:
-                        delay = backoff_s * 2 ** (attempt - 1)
-                        log.warning(
-                            "publish to %s failed (%s); retry %d/%d in %.1fs",
-                            target,
-                            msg,
-                            attempt,
-                            retries,
-                            delay,
-                        )
-                        sleep(delay)
-                        continue
-                    if _is_connection_error(exc):
-                        raise UserError(
-                            f"cannot publish to {target}: {msg} (gave up after {attempt} tries)"
-                        ) from None
-                    raise UserError(f"publish to {target} failed: {msg}") from None
+            result, attempts = _with_retries(
+                lambda: _publish_once(engine, src, names, retention, url, lock_wait_s),
+                url,
+                "publish to",
+                retries,
+                backoff_s,
+                sleep,
+            )
+            result.attempts = attempts
         except Exception as exc:
             error = _mask_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, url)
             raise
@@ -826,7 +955,7 @@ def _record(
 ) -> None:
     """One meta.job_runs row per publish (job `publish`); the URL in it is already masked."""
     with contextlib.suppress(duckdb.Error):  # a read-only connection cannot record; publishing still counts
-        details = result.as_dict() if result else {"target": target}
+        details = redact(json.dumps(result.as_dict() if result else {"target": target}, default=str))
         status = "failed" if result is None else ("skipped" if result.status == "unchanged" else "success")
         con.execute(
             "INSERT INTO meta.job_runs VALUES (?, 'publish', 'publish', ?, ?, ?, ?, ?, ?, ?)",
@@ -837,7 +966,7 @@ def _record(
                 datetime.now(UTC).replace(tzinfo=None),
                 result.seconds if result else None,
                 result.rows.get("recommendations", 0) if result else 0,
-                json.dumps(details, default=str),
-                error,
+                details,
+                redact(error),
             ],
         )

@@ -1,6 +1,7 @@
 """Reliability-suite fixtures: a real PostgreSQL server (shared with tests/publish), a baseline
-warehouse with one published nightly run, and the tally of faults / inputs / rows lost that the
-suite prints at the end (the lead copies it into bench/RESULTS.md)."""
+warehouse with one published nightly run, and the tally (rel_helpers.Tally) of hostile queries,
+malformed inputs and fault points tried and passed that the suite prints at the end (recorded in
+bench/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -11,28 +12,22 @@ from pathlib import Path
 
 import pytest
 from pgserver import LocalPostgres, new_database
-from rel_helpers import BASE_DATE, make_events, run_in_process, write_job
-
-TALLY = {"faults_injected": 0, "inputs_tried": 0, "rows_lost": 0}
+from rel_helpers import BASE_DATE, TALLY, Tally, make_events, run_in_process, write_job
 
 
 @pytest.fixture
-def tally() -> dict[str, int]:
+def tally() -> Tally:
     return TALLY
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    if not any(TALLY.values()):
+    if not any(TALLY.counts.values()):
         return
-    line = (
-        f"reliability: faults injected={TALLY['faults_injected']}, bad/edge inputs tried="
-        f"{TALLY['inputs_tried']}, rows lost={TALLY['rows_lost']}"
-    )
-    terminalreporter.write_line(line)
+    terminalreporter.write_line(TALLY.summary())
     out = os.environ.get("RECHUB_RELIABILITY_REPORT")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(TALLY, indent=2) + "\n")
+        Path(out).write_text(json.dumps(TALLY.counts, indent=2) + "\n")
 
 
 @pytest.fixture

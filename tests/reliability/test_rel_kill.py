@@ -59,14 +59,14 @@ def test_kill_at_every_step_keeps_published_results_and_the_rerun_completes(base
     base_run = before_analytics["recommendations"][0][4]
 
     for var, value, working_untouched in KILL_POINTS:
-        proc = run_process(wh, job, NEXT_DATE, env={**env, var: value})
-        tally["faults_injected"] += 1
-        assert proc.returncode == -9, (value, proc.returncode, proc.stderr[-2000:])
-        assert snapshot_server(pg_url) == before_server, value
-        if var == "RECHUB_FAULT":
-            assert snapshot_duckdb(analytics) == before_analytics, value
-        if working_untouched:
-            assert _working_copy(wh) == before_working, value
+        with tally.case("faults"):
+            proc = run_process(wh, job, NEXT_DATE, env={**env, var: value})
+            assert proc.returncode == -9, (value, proc.returncode, proc.stderr[-2000:])
+            assert snapshot_server(pg_url) == before_server, value
+            if var == "RECHUB_FAULT":
+                assert snapshot_duckdb(analytics) == before_analytics, value
+            if working_untouched:
+                assert _working_copy(wh) == before_working, value
 
     # The next run recovers the stale lock and whatever the kills left half-done, and completes.
     proc = run_process(wh, job, NEXT_DATE, env=env)
@@ -104,7 +104,7 @@ def test_kill_at_every_step_keeps_published_results_and_the_rerun_completes(base
         + max(0, len(base_hist) - len(kept_hist))
         + abs(len(after["recommendations"]) - len(server["recommendations"]))
     )
-    tally["rows_lost"] += lost
+    tally.counts["rows_lost"] += lost
     assert raw + rejected == expected_raw, "events ingested twice or lost across killed runs"
     assert kept_hist == base_hist
     assert lost == 0

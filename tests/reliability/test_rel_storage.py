@@ -82,19 +82,20 @@ def test_disk_full_fails_cleanly_and_keeps_the_published_run(baseline, tmp_path,
         shutil.copytree(baseline / "wh", mnt / "wh")
         wh = mnt / "wh" / "rechub.duckdb"
         before = snapshot_duckdb(mnt / "wh" / "analytics.duckdb")
-        proc = run_process(wh, data / "job.toml", NEXT_DATE, preexec_fn=preexec)
-        tally["faults_injected"] += 1
-        line = one_line_error(proc)
-        assert "space" in line.lower() or "too large" in line.lower() or "write" in line.lower(), line
-        assert snapshot_duckdb(mnt / "wh" / "analytics.duckdb") == before
+        with tally.case("faults"):
+            proc = run_process(wh, data / "job.toml", NEXT_DATE, preexec_fn=preexec)
+            line = one_line_error(proc)
+            assert "space" in line.lower() or "too large" in line.lower() or "write" in line.lower(), line
+            assert snapshot_duckdb(mnt / "wh" / "analytics.duckdb") == before
+            assert not list((mnt / "wh").glob("analytics.duckdb.tmp-*")), "temporary analytics file left"
 
-        grow()
-        proc = run_process(wh, data / "job.toml", NEXT_DATE)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        after = snapshot_duckdb(mnt / "wh" / "analytics.duckdb")
-        assert {r[4] for r in after["recommendations"]} == {f"nightly-{NEXT_DATE.isoformat()}"}
-        old = [r for r in after["recommendations_history"] if r not in before["recommendations_history"]]
-        assert len(after["recommendations_history"]) - len(old) == len(before["recommendations_history"])
+            grow()
+            proc = run_process(wh, data / "job.toml", NEXT_DATE)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            after = snapshot_duckdb(mnt / "wh" / "analytics.duckdb")
+            assert {r[4] for r in after["recommendations"]} == {f"nightly-{NEXT_DATE.isoformat()}"}
+            old = [r for r in after["recommendations_history"] if r not in before["recommendations_history"]]
+            assert len(after["recommendations_history"]) - len(old) == len(before["recommendations_history"])
 
 
 def _immutable(path: Path) -> bool:
@@ -112,23 +113,23 @@ def test_unwritable_warehouse_folder_fails_cleanly(baseline, tally):
     make_events(data / "events-2.csv", n_users=30, n_items=45, seed=4, t0=1_800_000_000)
     if not _immutable(folder):  # not root / no chattr: nothing else stops root from writing a folder
         pytest.skip("cannot make a folder unwritable here (needs root and chattr +i)")
-    try:
+    with tally.case("faults"):
+        try:
+            proc = run_process(folder / "rechub.duckdb", data / "job.toml", NEXT_DATE)
+        finally:
+            subprocess.run(["chattr", "-i", str(folder)], check=False)
+        one_line_error(proc)
+        assert snapshot_duckdb(folder / "analytics.duckdb") == before
         proc = run_process(folder / "rechub.duckdb", data / "job.toml", NEXT_DATE)
-    finally:
-        subprocess.run(["chattr", "-i", str(folder)], check=False)
-    tally["faults_injected"] += 1
-    one_line_error(proc)
-    assert snapshot_duckdb(folder / "analytics.duckdb") == before
-    proc = run_process(folder / "rechub.duckdb", data / "job.toml", NEXT_DATE)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_warehouse_path_under_a_file_fails_cleanly(tmp_path, baseline, tally):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the warehouse folder should be\n")
-    proc = run_process(blocker / "rechub.duckdb", baseline / "data" / "job.toml", NEXT_DATE)
-    tally["faults_injected"] += 1
-    one_line_error(proc)
+    with tally.case("faults"):
+        proc = run_process(blocker / "rechub.duckdb", baseline / "data" / "job.toml", NEXT_DATE)
+        one_line_error(proc)
 
 
 @pytest.mark.postgres

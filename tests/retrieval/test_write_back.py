@@ -15,12 +15,11 @@ import pytest
 from rechub_store.errors import UserError
 from rechub_store.publish.analytics import (
     RecommendationWriter,
-    check_read_only,
     publish_analytics,
     published_run,
-    query_readonly,
     write_metrics,
 )
+from rechub_store.publish.readonly import check_read_only, query_readonly
 from rechub_store.warehouse import Warehouse
 
 ODD_USERS = ["u1", "O'Brien", "名前", 'a,"b"', "18446744073709551616", " spaced "]
@@ -225,11 +224,14 @@ def test_history_view_reads_from_any_working_directory(
 
 def test_history_files_are_written_once_and_collected_a_publish_later(con, warehouse: Warehouse) -> None:
     def files_of_published() -> dict[str, str]:
+        """run_id -> file; the stored paths are relative to the warehouse folder."""
         reader = duckdb.connect(str(warehouse.analytics_path), read_only=True)
         try:
-            return dict(reader.execute("SELECT run_id, path FROM history_files").fetchall())
+            rows = reader.execute("SELECT run_id, path FROM history_files").fetchall()
         finally:
             reader.close()
+        assert all(not Path(path).is_absolute() for _, path in rows)
+        return {run_id: str(warehouse.root / path) for run_id, path in rows}
 
     history = warehouse.root / "analytics-history"
     write_run(con, "r1", 0)
