@@ -3,8 +3,10 @@
 cron runs unattended, so a typo in the job file must fail loudly before any work starts:
 every table is a frozen dataclass, unknown keys and bad values raise `UserError` naming the
 key (`score.annoy.target_recall: expected a number in (0, 1]`). Build and training
-parameters are kept as plain mappings here and validated by their owners
-(`BuildParams.from_mapping`, the trainer's config) when the job starts.
+parameters are kept as plain mappings here and checked by their owners (`BuildParams`, the
+trainer's `TrainConfig`) when the file is read, the model name too even when no retrain is due;
+`${VAR}`s in publish.targets are expanded and the URLs checked when the job starts (the nightly
+then also connects to each target before taking the lock).
 """
 
 from __future__ import annotations
@@ -101,6 +103,34 @@ def expand_env(text: str, key: str) -> str:
     return _ENV_REF.sub(sub, text)
 
 
+# Keyword options each source kind passes to its ingest function, and how each is checked.
+SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "interactions": ("time_format", "delimiter", "encoding", "max_reject_ratio", "min_time", "max_time"),
+    "movielens": ("max_reject_ratio",),
+}
+
+
+def _check_options(options: dict[str, Any], kind: str, where: str) -> dict[str, Any]:
+    """The source's `options` (and its time-window keys), checked by name and value before any work."""
+    from rechub_store.data.ingest import TIME_FORMATS, parse_time_bound
+
+    allowed = SOURCE_OPTIONS[kind]
+    _check_keys(options, set(allowed), f"{where}.options")
+    out = dict(options)
+    for key, value in options.items():
+        name = f"{where}.options.{key}"
+        if key == "time_format":
+            _choice(value, name, TIME_FORMATS)
+        elif key == "max_reject_ratio":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise UserError(f"{name}: expected a number in [0, 1], got {value!r}")
+        elif key in ("min_time", "max_time"):
+            parse_time_bound(value, name)
+        elif not isinstance(value, str) or not value:
+            raise UserError(f"{name}: expected a non-empty string, got {value!r}")
+    return out
+
+
 @dataclass(frozen=True)
 class Source:
     """One ingest source: files matching `path` (a glob; relative to the job file's folder)."""
@@ -111,6 +141,11 @@ class Source:
     item_col: str | None = None
     time_col: str | None = None
     rating_col: str | None = None
+    # the accepted time window (see `rechub-store ingest interactions --min-time/--max-time`):
+    # an ISO date or time (UTC unless an offset is given), or "none" for no bound;
+    # default: not before 1990-01-01, not after the ingest time + 1 day
+    min_time: Any = None
+    max_time: Any = None
     options: dict[str, Any] = field(default_factory=dict)  # passed to the ingest function as keywords
 
     @classmethod
@@ -135,7 +170,24 @@ class Source:
         options = data.get("options", {})
         if not isinstance(options, dict):
             raise UserError(f"{where}.options: expected a table")
-        return cls(kind=kind, path=path, options=dict(options), **cols)
+        options = _check_options(options, kind, where)
+        window = {}
+        for key in ("min_time", "max_time"):
+            if key in data:
+                if kind != "interactions":
+                    raise UserError(f"{where}.{key}: only interactions sources have a time window")
+                if key in options:
+                    raise UserError(f"{where}: {key} is given both as a key and in options")
+                window[key] = data[key]
+                from rechub_store.data.ingest import parse_time_bound
+
+                parse_time_bound(data[key], f"{where}.{key}")
+        return cls(kind=kind, path=path, options=options, **window, **cols)
+
+    def ingest_options(self) -> dict[str, Any]:
+        """Keyword arguments for the ingest function: `options` plus the time window keys."""
+        window = {k: getattr(self, k) for k in ("min_time", "max_time") if getattr(self, k) is not None}
+        return {**self.options, **window}
 
 
 @dataclass(frozen=True)
@@ -154,7 +206,7 @@ class TrainSettings:
         model = data.get("model", cls.model)
         if not isinstance(model, str):
             raise UserError(f"train.model: expected a model name, got {model!r}")
-        return cls(
+        settings = cls(
             policy=_choice(data.get("policy", cls.policy), "train.policy", RETRAIN_POLICIES),
             max_age_days=_float(
                 data.get("max_age_days", cls.max_age_days), "train.max_age_days", 0.0, 3650.0
@@ -162,6 +214,23 @@ class TrainSettings:
             model=model,
             params=dict(params),
         )
+        settings.config()  # checked now, even when no retrain is due tonight
+        return settings
+
+    def config(self) -> Any:
+        """The trainer's config (`TrainConfig`) for these settings; UserError naming the key."""
+        from rechub_store.training.config import MODEL_DEFAULTS, TrainConfig
+
+        if self.model not in MODEL_DEFAULTS:
+            raise UserError(
+                f"train.model: unknown model {self.model!r}; choose one of {', '.join(MODEL_DEFAULTS)}"
+            )
+        if "model" in self.params or "progress" in self.params:
+            raise UserError("train.params: set the model with train.model; progress is not a job option")
+        try:
+            return TrainConfig.from_dict({"model": self.model, **self.params, "progress": False}).validate()
+        except UserError as exc:
+            raise UserError(f"train.params: {str(exc).removeprefix('--')}") from None
 
 
 @dataclass(frozen=True)
@@ -239,20 +308,69 @@ class EvaluateSettings:
         )
 
 
+GATE_MODES = ("fail", "warn", "off")
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """Checks a run must pass before anything is published (`[publish.gates]`). Each gate is
+    `fail` (the run fails, nothing is published), `warn` (logged and recorded) or `off`."""
+
+    rows_per_user: str = "fail"  # every scored user got min(k, unseen candidates) rows
+    annoy_recall: str = "fail"  # annoy recall@k vs exact, measured this run, >= min_annoy_recall
+    min_annoy_recall: float = 0.9
+    metrics: str = "warn"  # no metric more than max_metric_drop below the previous published run
+    max_metric_drop: float = 0.2  # relative (0.2 = a 20 % drop), like-for-like rows only
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> GateSettings:
+        where = "publish.gates"
+        _check_keys(data, {f.name for f in fields(cls)}, where)
+
+        def mode(key: str) -> str:
+            return _choice(data.get(key, getattr(cls, key)), f"{where}.{key}", GATE_MODES)
+
+        def share(key: str) -> float:
+            return _float(data.get(key, getattr(cls, key)), f"{where}.{key}", 0.0, 1.0)
+
+        return cls(
+            rows_per_user=mode("rows_per_user"),
+            annoy_recall=mode("annoy_recall"),
+            min_annoy_recall=share("min_annoy_recall"),
+            metrics=mode("metrics"),
+            max_metric_drop=share("max_metric_drop"),
+        )
+
+
 @dataclass(frozen=True)
 class PublishSettings:
     analytics: bool = True  # write analytics.duckdb beside the warehouse
     keep_runs: int = 30  # recommendations_history retention (runs)
     targets: tuple[str, ...] = ()  # SQLAlchemy URLs; `${VAR}` expanded from the environment at run time
+    gates: GateSettings = field(default_factory=GateSettings)
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> PublishSettings:
-        _check_keys(data, {"analytics", "keep_runs", "targets"}, "publish")
+        _check_keys(data, {"analytics", "keep_runs", "targets", "gates"}, "publish")
         return cls(
             analytics=_bool(data.get("analytics", cls.analytics), "publish.analytics"),
             keep_runs=_int(data.get("keep_runs", cls.keep_runs), "publish.keep_runs"),
             targets=_str_list(data.get("targets", []), "publish.targets"),
+            gates=GateSettings.parse(_table(data, "gates", "publish.")),
         )
+
+    def resolved_targets(self) -> list[tuple[str, str]]:
+        """(key, URL) per target with `${VAR}` expanded and the URL checked (an unset variable or
+        an ambiguous URL is a one-line error naming the key, e.g. `publish.targets[1]`)."""
+        from rechub_store.publish.server import parse_url
+
+        out = []
+        for i, raw in enumerate(self.targets):
+            key = f"publish.targets[{i}]"
+            url = expand_env(raw, key)
+            parse_url(url, key)
+            out.append((key, url))
+        return out
 
 
 @dataclass(frozen=True)
@@ -294,6 +412,13 @@ class JobConfig:
             models_dir = _path(build.pop("models_dir"), "build.models_dir", base_dir or Path.cwd())
             if not build:  # only a models folder: build parameters as the last build had them
                 build = None
+        if build is not None:
+            from rechub_store.data.build import BuildParams
+
+            try:
+                BuildParams.from_mapping(build)
+            except UserError as exc:
+                raise UserError(f"build: {exc}") from None
         return cls(
             name=name,
             sources=tuple(Source.parse(s, f"ingest.sources[{i}]") for i, s in enumerate(raw_sources)),

@@ -12,15 +12,18 @@ What cron needs from it:
 
 Fault injection (tests, and rehearsing failures by hand): `RECHUB_FAULT=<point>:<action>` where
 point is a step name (`ingest`, `build`, `train`, `score`, `evaluate`, `publish`; fires when the
-step starts) or `publish-replace` (the new analytics file is complete, not yet renamed), and
-action is `sleep[=SECONDS]` (print "fault: pausing at <point>" to stderr, then sleep; default
-600 s), `fail` (raise an error) or `kill` (SIGKILL itself).
+step starts), `publish-replace` (the new analytics file is complete, not yet renamed) or
+`job-record` (writing a step's end to meta.job_runs), and action is `sleep[=SECONDS]` (print
+"fault: pausing at <point>" to the terminal, then sleep; default 600 s), `fail` (raise an error),
+`kill` (SIGKILL itself), `enospc` (fail as a full disk does) or `stderr=TEXT` (write TEXT to file
+descriptor 2 directly, as C code does).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import json
 import logging
@@ -43,9 +46,9 @@ from rechub_store.jobconfig import (
     JobConfig,
     ScoreSettings,
     TrainSettings,
-    expand_env,
 )
 from rechub_store.publish.analytics import publish_analytics, utcnow
+from rechub_store.redact import RedactingFilter, redact
 from rechub_store.warehouse import Warehouse, table_exists
 
 log = logging.getLogger(__name__)
@@ -64,15 +67,29 @@ def fault_point(point: str) -> None:
         return
     if action.startswith("sleep"):
         seconds = float(action.partition("=")[2] or 600)
-        print(f"fault: pausing at {point} for {seconds:g}s (pid {os.getpid()})", file=sys.stderr, flush=True)
+        _console(f"fault: pausing at {point} for {seconds:g}s (pid {os.getpid()})")
         time.sleep(seconds)
     elif action == "fail":
         raise RuntimeError(f"fault injected at {point} ({FAULT_ENV}={spec})")
     elif action == "kill":
-        print(f"fault: killing pid {os.getpid()} at {point}", file=sys.stderr, flush=True)
+        _console(f"fault: killing pid {os.getpid()} at {point}")
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "enospc":
+        raise OSError(errno.ENOSPC, f"No space left on device (fault injected at {point})")
+    elif action.startswith("stderr="):
+        os.write(2, action.partition("=")[2].encode() + b"\n")  # as a C library would: fd 2, no sys.stderr
     else:
-        raise UserError(f"{FAULT_ENV}={spec!r}: action must be sleep[=SECONDS], fail or kill")
+        raise UserError(
+            f"{FAULT_ENV}={spec!r}: action must be sleep[=SECONDS], fail, kill, enospc or stderr=TEXT"
+        )
+
+
+_console_fd: int | None = None  # the terminal's stderr while a quiet run sends fd 2 to its log
+
+
+def _console(message: str) -> None:
+    """Fault messages go to the terminal even when --quiet sends everything else to the log."""
+    os.write(_console_fd if _console_fd is not None else 2, (message + "\n").encode())
 
 
 # ---------------------------------------------------------------------------- the lock
@@ -228,22 +245,39 @@ def lock_status(warehouse: Warehouse) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------- meta.job_runs
+class BookkeepingFailed(UserError):
+    """meta.job_runs could not be written (a full disk, an I/O error): the run stops, exit code 1."""
+
+    def __init__(self, exc: BaseException) -> None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        super().__init__(f"cannot record the job run in meta.job_runs: {first}", exit_code=1)
+
+
 class JobRecorder:
-    """Rows of meta.job_runs for one run: inserted as `running`, updated when the step ends."""
+    """Rows of meta.job_runs for one run: inserted as `running`, updated when the step ends.
+
+    Every message stored is masked (`rechub_store.redact`); a failed write is a BookkeepingFailed."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, run_id: str, job: str) -> None:
         self.con, self.run_id, self.job = con, run_id, job
 
+    def _execute(self, sql: str, params: list[Any]) -> None:
+        try:
+            self.con.execute(sql, params)
+        except (duckdb.Error, OSError) as exc:
+            raise BookkeepingFailed(exc) from exc
+
     def reset(self) -> None:
         """Rerunning a run_id replaces its rows; rows left `running` by a killed run become failed."""
-        self.con.execute("DELETE FROM meta.job_runs WHERE run_id = ? AND job = ?", [self.run_id, self.job])
-        self.con.execute(
+        self._execute("DELETE FROM meta.job_runs WHERE run_id = ? AND job = ?", [self.run_id, self.job])
+        self._execute(
             "UPDATE meta.job_runs SET status = 'failed', "
-            "error = 'interrupted: the process died before finishing' WHERE status = 'running'"
+            "error = 'interrupted: the process died before finishing' WHERE status = 'running'",
+            [],
         )
 
     def start(self, step: str) -> float:
-        self.con.execute(
+        self._execute(
             "INSERT INTO meta.job_runs (run_id, job, step, status, started_at) "
             "VALUES (?, ?, ?, 'running', ?)",
             [self.run_id, self.job, step, utcnow()],
@@ -260,7 +294,11 @@ class JobRecorder:
         error: str | None = None,
     ) -> float:
         seconds = round(time.perf_counter() - t0, 3)
-        self.con.execute(
+        try:
+            fault_point("job-record")
+        except OSError as exc:
+            raise BookkeepingFailed(exc) from exc
+        self._execute(
             "UPDATE meta.job_runs SET status = ?, finished_at = ?, seconds = ?, rows = ?, details = ?, "
             "error = ? WHERE run_id = ? AND job = ? AND step = ? AND status = 'running'",
             [
@@ -268,8 +306,8 @@ class JobRecorder:
                 utcnow(),
                 seconds,
                 rows,
-                json.dumps(details or {}, default=str),
-                error,
+                redact(json.dumps(details or {}, default=str)),
+                redact(error),
                 self.run_id,
                 self.job,
                 step,
@@ -310,8 +348,12 @@ class _Skip(Exception):
         self.details = details
 
 
-class _StepFailed(Exception):
-    pass
+class _StepFailedWith(UserError):
+    """A step that failed part-way and says what it did (`details`, stored in meta.job_runs)."""
+
+    def __init__(self, message: str, details: dict[str, Any]) -> None:
+        super().__init__(message, exit_code=1)
+        self.details = details
 
 
 @dataclass
@@ -320,6 +362,7 @@ class _State:
 
     model_run_id: str | None = None
     ctx: Any = None  # ScoringContext, shared by score and evaluate
+    score: dict[str, Any] | None = None  # what score wrote (k, index, annoy recall), for the gates
 
 
 def _unwritable(folder: Path, exc: OSError) -> UserError:
@@ -347,6 +390,7 @@ def _log_to(path: Path, echo: bool) -> Iterator[None]:
     root.setLevel(logging.INFO)
     for h in handlers:
         h.setFormatter(fmt)
+        h.addFilter(RedactingFilter())  # passwords (and fragments) of publish URLs never reach a log
         root.addHandler(h)
     try:
         yield
@@ -355,6 +399,29 @@ def _log_to(path: Path, echo: bool) -> Iterator[None]:
             root.removeHandler(h)
             h.close()
         root.setLevel(old_level)
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path, enabled: bool) -> Iterator[None]:
+    """With `enabled` (--quiet, --json), file descriptor 2 itself goes to the run's log, so that what
+    C code writes there (annoy, DuckDB, a crashing library) stays out of cron's mail too."""
+    global _console_fd
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    _console_fd = saved
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        _console_fd = None
 
 
 class Terminated(Exception):
@@ -395,15 +462,8 @@ def _raw_state(con: duckdb.DuckDBPyConnection) -> list[int] | None:
 
 
 def _train_config(settings: TrainSettings) -> Any:
-    from rechub_store.training.config import TrainConfig
-
-    data = {"model": settings.model, **settings.params, "progress": False}
-    try:
-        return TrainConfig.from_dict(data)
-    except UserError as exc:
-        raise UserError(f"train.params: {exc}") from None
-    except TypeError as exc:
-        raise UserError(f"train.params: {exc}") from None
+    """The trainer's config for the job's [train] table (validated when the job file was read)."""
+    return settings.config()
 
 
 def _build_params(con: duckdb.DuckDBPyConnection, job: JobConfig) -> Any:
@@ -445,6 +505,7 @@ class Nightly:
     def __init__(self, warehouse: Warehouse, job: JobConfig, run_id: str, echo: bool = False) -> None:
         self.warehouse, self.job, self.run_id, self.echo = warehouse, job, run_id, echo
         self.state = _State()
+        self.targets: list[tuple[str, str]] | None = None  # (key, URL), checked before the lock
 
     # -- steps (each returns (rows, details) or raises _Skip) --------------------------------
     def ingest(self, con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, Any]]:
@@ -462,7 +523,7 @@ class Nightly:
             for path in paths:
                 try:
                     if source.kind == "movielens":
-                        results = ingest_movielens(con, path, **source.options)
+                        results = ingest_movielens(con, path, **source.ingest_options())
                     else:
                         results = ingest_interactions(
                             con,
@@ -471,7 +532,7 @@ class Nightly:
                             item_col=source.item_col,  # type: ignore[arg-type]
                             time_col=source.time_col,
                             rating_col=source.rating_col,
-                            **source.options,  # type: ignore[arg-type]
+                            **source.ingest_options(),  # type: ignore[arg-type]
                         )
                 except TypeError as exc:
                     raise UserError(f"ingest source {source.path}: bad options: {exc}") from None
@@ -581,6 +642,11 @@ class Nightly:
             annoy_settings=s.annoy,
             keep_runs=self.job.publish.keep_runs,
         )
+        self.state.score = {
+            "k": s.k,
+            "n_items": ctx.item_vecs.shape[0] - 1,
+            "annoy_recall": (report.annoy or {}).get("measured_recall") if index == "annoy" else None,
+        }
         return report.rows, report.as_dict()
 
     def evaluate(self, con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, Any]]:
@@ -609,37 +675,79 @@ class Nightly:
         return len(report.rows), {"seconds": report.seconds, "metrics": headline, "annoy": report.annoy}
 
     def publish(self, con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, Any]]:
+        """Gates first (a failed `fail` gate publishes nothing), then the analytics file, then every
+        server target; a target that fails does not stop the others, and the step then fails
+        naming which targets have the run (a rerun of the date publishes only to the others)."""
+        from rechub_store.publish.gates import check_gates
+        from rechub_store.publish.server import mask_url, publish_to_url
+
         p = self.job.publish
+        if not p.analytics and not p.targets:
+            raise _Skip({"reason": "publish.analytics = false and no publish.targets"})
         details: dict[str, Any] = {}
+        if self.state.score is not None:
+            gates = check_gates(
+                con,
+                self.warehouse.analytics_path,
+                self.run_id,
+                p.gates,
+                k=self.state.score["k"],
+                n_items=self.state.score["n_items"],
+                annoy_recall=self.state.score["annoy_recall"],
+            )
+            details["gates"] = [g.as_dict() for g in gates]
+        targets = self.targets if self.targets is not None else p.resolved_targets()
         rows = 0
+        done: list[str] = []
         if p.analytics:
             result = publish_analytics(
-                con, self.warehouse, self.run_id, before_replace=lambda: fault_point("publish-replace")
+                con,
+                self.warehouse,
+                self.run_id,
+                before_replace=lambda: fault_point("publish-replace"),
+                keep_runs=p.keep_runs,
+                pending_targets=[mask_url(url) for _, url in targets],
             )
             details["analytics"] = result
             rows = result["rows"]["recommendations"]
-        if p.targets:
-            from rechub_store.publish.server import mask_url, publish_to_url
-
+            done.append("analytics")
+        failed: list[str] = []
+        if targets:
             details["targets"] = []
-            for i, raw_url in enumerate(p.targets):
-                url = expand_env(raw_url, f"publish.targets[{i}]")
-                res = publish_to_url(con, url, run_id=self.run_id, retention=p.keep_runs)
-                details["targets"].append({"url": mask_url(url), **res.as_dict()})
-        if not details:
-            raise _Skip({"reason": "publish.analytics = false and no publish.targets"})
+            for key, url in targets:
+                entry: dict[str, Any] = {"key": key, "url": mask_url(url)}
+                try:
+                    res = publish_to_url(con, url, run_id=self.run_id, retention=p.keep_runs, where=key)
+                except Exception as exc:  # one target down must not keep the run from the others
+                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    entry.update(status="failed", error=redact(first))
+                    failed.append(f"{key} ({entry['url']}): {entry['error']}")
+                    log.error("publish to %s failed: %s", key, entry["error"])
+                else:
+                    entry.update(res.as_dict())
+                    done.append(f"{key} ({entry['url']})")
+                details["targets"].append(entry)
+        if failed:
+            raise _StepFailedWith(
+                f"published to {', '.join(done) or 'nothing'}; not to {'; '.join(failed)}; "
+                "rerun the date to publish to the missing target(s)",
+                details,
+            )
         return rows, details
 
     # -- driver ----------------------------------------------------------------------------
     def run(self) -> NightlyReport:
+        """Log, check the publish targets, take the lock, run the steps, record everything.
+
+        The log file and (for a quiet run) file descriptor 2 are set up first, so that even the
+        stale-lock warning and C-level output land in the log; the targets are checked (connect,
+        `SELECT 1`, with the retry policy) before the lock is taken and before any step runs.
+        """
         log_path = _run_dir_log(self.warehouse, self.run_id)
         report = NightlyReport(self.run_id, self.job.name, "running", str(log_path))
         t_all = time.perf_counter()
-        with (
-            NightlyLock(self.warehouse.root / LOCK_FILE, self.run_id) as lock,
-            _log_to(log_path, self.echo),
-            _sigterm_fails_the_step(),
-        ):
+        failed: StepResult | None = None
+        with _log_to(log_path, self.echo), _stderr_to(log_path, not self.echo), _sigterm_fails_the_step():
             log.info(
                 "nightly %s (job %s, file %s) starting, pid %d",
                 self.run_id,
@@ -647,36 +755,25 @@ class Nightly:
                 self.job.path or "-",
                 os.getpid(),
             )
-            if lock.recovered is not None:
-                log.warning(
-                    "took over a stale lock from pid %s (run %s, started %s): that run died",
-                    lock.recovered.get("pid"),
-                    lock.recovered.get("run_id"),
-                    lock.recovered.get("started_at"),
-                )
-            with self.warehouse.session() as con:
-                rec = JobRecorder(con, self.run_id, self.job.name)
-                rec.reset()
-                t_whole = rec.start("whole")
-                failed: StepResult | None = None
-                for step in STEPS:
-                    result = self._run_step(con, rec, step)
-                    report.steps.append(result)
-                    if result.status == "failed":
-                        failed = result
-                        break
-                report.model_run_id = self.state.model_run_id
-                report.seconds = round(time.perf_counter() - t_all, 3)
-                report.status = "failed" if failed else "success"
-                summary = {
-                    "steps": {s.step: s.status for s in report.steps},
-                    "log": str(log_path),
-                    "model_run_id": report.model_run_id,
-                    "job_file": str(self.job.path or ""),
-                }
-                rows = next((s.rows for s in report.steps if s.step == "score"), None)
-                rec.finish("whole", t_whole, report.status, rows, summary, failed.error if failed else None)
-                report.report_path = self._write_report(con)
+            try:
+                self.targets = self._check_targets()
+                with NightlyLock(self.warehouse.root / LOCK_FILE, self.run_id) as lock:
+                    if lock.recovered is not None:
+                        log.warning(
+                            "took over a stale lock from pid %s (run %s, started %s): that run died",
+                            lock.recovered.get("pid"),
+                            lock.recovered.get("run_id"),
+                            lock.recovered.get("started_at"),
+                        )
+                    failed = self._run_locked(report, log_path, t_all)
+            except (BookkeepingFailed, Terminated) as exc:
+                log.error("nightly %s stopped: %s\n%s", self.run_id, exc, traceback.format_exc())
+                raise UserError(
+                    f"nightly {self.run_id} failed: {redact(str(exc))} (log: {log_path})", exit_code=1
+                ) from None
+            except UserError as exc:
+                log.error("nightly %s did not start: %s", self.run_id, exc)
+                raise
             log.info("nightly %s %s in %.1fs", self.run_id, report.status, report.seconds)
         if failed is not None:
             page = f", report: {report.report_path}" if report.report_path else ""
@@ -705,11 +802,8 @@ class Nightly:
                 log.error("report for %s not written (the run's status is unchanged): %s", self.run_id, error)
             else:
                 error = f"{type(exc).__name__}: {error}"
-                log.error(
-                    "report for %s not written (the run's status is unchanged):\n%s",
-                    self.run_id,
-                    traceback.format_exc(),
-                )
+                log.error("report for %s not written (the run's status is unchanged): %s", self.run_id, error)
+                log.error("%s", traceback.format_exc(), extra=FILE_ONLY)
             path, note = None, {"report_error": error}
         with contextlib.suppress(duckdb.Error):
             con.execute(
@@ -718,6 +812,43 @@ class Nightly:
                 [json.dumps(note), self.run_id, self.job.name],
             )
         return path
+
+    def _check_targets(self) -> list[tuple[str, str]]:
+        """Every publish target, `${VAR}` expanded, reachable now (retried like a publish; an
+        authentication failure fails at once): (key, URL) pairs, or a one-line UserError."""
+        from rechub_store.publish.server import check_target
+
+        targets = self.job.publish.resolved_targets()
+        for key, url in targets:
+            info = check_target(url, key)
+            log.info("%s %s is reachable (%d attempt(s))", key, info["target"], info["attempts"])
+        return targets
+
+    def _run_locked(self, report: NightlyReport, log_path: Path, t_all: float) -> StepResult | None:
+        failed: StepResult | None = None
+        with self.warehouse.session() as con:
+            rec = JobRecorder(con, self.run_id, self.job.name)
+            rec.reset()
+            t_whole = rec.start("whole")
+            for step in STEPS:
+                result = self._run_step(con, rec, step)
+                report.steps.append(result)
+                if result.status == "failed":
+                    failed = result
+                    break
+            report.model_run_id = self.state.model_run_id
+            report.seconds = round(time.perf_counter() - t_all, 3)
+            report.status = "failed" if failed else "success"
+            summary = {
+                "steps": {s.step: s.status for s in report.steps},
+                "log": str(log_path),
+                "model_run_id": report.model_run_id,
+                "job_file": str(self.job.path or ""),
+            }
+            rows = next((s.rows for s in report.steps if s.step == "score"), None)
+            rec.finish("whole", t_whole, report.status, rows, summary, failed.error if failed else None)
+            report.report_path = self._write_report(con)
+        return failed
 
     def _run_step(self, con: duckdb.DuckDBPyConnection, rec: JobRecorder, step: str) -> StepResult:
         t0 = rec.start(step)
@@ -736,13 +867,35 @@ class Nightly:
                 log.error("step %s failed:\n%s", step, traceback.format_exc())
             else:
                 log.error("step %s failed: %s", step, error)
+            error = redact(error) or error
+            details = getattr(exc, "details", None) or {}
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")  # leave no half-open transaction behind a failed step
-            seconds = rec.finish(step, t0, "failed", None, {}, error)
-            return StepResult(step, "failed", seconds, None, {}, error)
+            seconds = rec.finish(step, t0, "failed", None, details, error)
+            return StepResult(step, "failed", seconds, None, details, error)
         seconds = rec.finish(step, t0, "success", rows, details)
         log.info("step %s done in %.1fs (%s rows)", step, seconds, rows)
         return StepResult(step, "success", seconds, rows, details)
+
+
+def validate_job(job: JobConfig, warehouse: Warehouse) -> None:
+    """Everything about the job that can be checked without the warehouse, before the lock: build
+    and train parameters (train.model even when no retrain is due), `${VAR}`s in publish.targets
+    and the URLs themselves, the user's SQL models folder. The job file loader checks most of it
+    already; a JobConfig built in Python is checked here."""
+    if job.build is not None:
+        from rechub_store.data.build import BuildParams
+
+        try:
+            BuildParams.from_mapping(job.build)
+        except UserError as exc:
+            raise UserError(f"build: {exc}") from None
+    job.train.config()
+    job.publish.resolved_targets()
+    if (warehouse.user_sql_dir or job.models_dir) is not None:
+        from rechub_store.data.sqlmodels import user_models_folder
+
+        user_models_folder(warehouse.user_sql_dir or job.models_dir)  # type: ignore[arg-type]
 
 
 def run_nightly(
@@ -754,20 +907,13 @@ def run_nightly(
 ) -> NightlyReport:
     """Run the job (default: the warehouse's own data, latest model, default settings) for a date.
 
-    Raises AlreadyRunning (exit 3) if another run holds the lock, UserError (exit 1) if a step failed.
+    The whole job is validated and its publish targets are checked reachable before the lock is
+    taken. Raises AlreadyRunning (exit 3) if another run holds the lock, UserError (exit 2) for a
+    bad job or an unreachable target, UserError (exit 1) if a step failed.
     """
     job = job or JobConfig()
     run_date = run_date or dt.datetime.now(dt.UTC).date()
-    if job.build is not None:
-        from rechub_store.data.build import BuildParams
-
-        BuildParams.from_mapping(job.build)  # fail before taking the lock on a bad job file
-    if (warehouse.user_sql_dir or job.models_dir) is not None:
-        from rechub_store.data.sqlmodels import user_models_folder
-
-        user_models_folder(warehouse.user_sql_dir or job.models_dir)  # type: ignore[arg-type]
-    if job.train.policy != "never":
-        _train_config(job.train)
+    validate_job(job, warehouse)
     return Nightly(warehouse, job, f"nightly-{run_date.isoformat()}", echo=echo).run()
 
 

@@ -36,4 +36,10 @@ def default_warehouse() -> Path:
 def thread_count() -> int:
     """Threads for DuckDB and torch: `RECHUB_THREADS`, else every core (2 on the CI machine)."""
     value = os.environ.get("RECHUB_THREADS")
-    return max(1, int(value)) if value else max(1, os.cpu_count() or 1)
+    if not value:
+        return max(1, os.cpu_count() or 1)
+    if not value.strip().isdigit() or int(value) < 1:
+        from rechub_store.errors import UserError
+
+        raise UserError(f"RECHUB_THREADS={value!r}: expected an integer >= 1")
+    return int(value)

@@ -83,6 +83,22 @@ class Warehouse:
     # ones; not to be confused with `models_dir`, where trained model artifacts live.
     user_sql_dir: Path | None = None
 
+    def __post_init__(self) -> None:
+        """Bad settings are one-line errors here, not DuckDB tracebacks at the first connect."""
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise UserError(f"--threads: expected an integer >= 1, got {self.threads}")
+        if self.memory_limit is not None:
+            try:
+                duckdb.connect().execute("SET memory_limit = ?", [str(self.memory_limit)]).close()
+            except duckdb.Error as exc:
+                first = str(exc).strip().splitlines()[0]
+                raise UserError(
+                    f"--memory-limit: expected a size such as 8GB or 500MiB, "
+                    f"got {self.memory_limit!r} ({first})"
+                ) from None
+
     @classmethod
     def at(cls, path: Path | str | None = None, **kwargs: object) -> Warehouse:
         return cls(Path(path) if path is not None else default_warehouse(), **kwargs)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 from rechub_store import __version__
 from rechub_store.errors import UserError
 from rechub_store.paths import MODELS_DIR_ENV, default_warehouse
+from rechub_store.redact import redact
 from rechub_store.warehouse import Warehouse
 
 
@@ -28,7 +29,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {redact(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             typer.echo("error: interrupted", err=True)
@@ -75,19 +76,29 @@ def _global(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    if threads is not None:
-        # one setting for every component: DuckDB, torch and annoy all read thread_count()
-        os.environ["RECHUB_THREADS"] = str(max(1, threads))
-    ctx.obj = Warehouse(
+    wh = Warehouse(
         warehouse or default_warehouse(),
         threads=threads,
         memory_limit=memory_limit,
         user_sql_dir=models_dir or None,
     )
+    if threads is not None:
+        # one setting for every component: DuckDB, torch and annoy all read thread_count()
+        os.environ["RECHUB_THREADS"] = str(threads)
+    ctx.obj = wh
 
 
-def warehouse_of(ctx: typer.Context) -> Warehouse:
-    return ctx.find_root().obj
+def warehouse_of(ctx: typer.Context, *, create: bool = False) -> Warehouse:
+    """The `--warehouse`. Only the commands that make one (`ingest`, `generate --ingest`, `demo`)
+    pass `create`: for every other command a path that does not exist is a typo, not a new
+    warehouse, and a one-line error instead of an empty warehouse folder."""
+    wh: Warehouse = ctx.find_root().obj
+    if not create and not wh.exists():
+        raise UserError(
+            f"no warehouse at {wh.path}: check --warehouse / RECHUB_WAREHOUSE, or create one with "
+            "`rechub-store ingest` or `rechub-store demo`"
+        )
+    return wh
 
 
 def print_json(payload: Any) -> None:

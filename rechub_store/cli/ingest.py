@@ -76,7 +76,7 @@ def _print_results(results: Sequence[IngestResult], as_json: bool) -> None:
 
 def _run(ctx: typer.Context, as_json: bool, work: Callable[..., IngestResult | list[IngestResult]]) -> None:
     """Open the warehouse, ingest, print counts; on too many rejects print them, then fail."""
-    with warehouse_of(ctx).session() as con:
+    with warehouse_of(ctx, create=True).session() as con:
         con.execute("SET enable_progress_bar = false")  # our spinner instead; stdout stays clean for --json
         try:
             with Console(stderr=True).status("ingesting ...", spinner="dots"):
@@ -222,7 +222,7 @@ def generate_cmd(
 ) -> None:
     """Write seeded synthetic logs (heavy tails, sequential structure, ties, odd ids)."""
     if ingest:
-        with warehouse_of(ctx).session() as con:
+        with warehouse_of(ctx, create=True).session() as con:
             results = generate_into(
                 con,
                 out_dir,

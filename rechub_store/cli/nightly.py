@@ -83,7 +83,7 @@ def demo_command(
 
     err = Console(stderr=True)
     report = run_demo(
-        warehouse_of(ctx),
+        warehouse_of(ctx, create=True),
         n_users=users,
         n_items=items,
         n_events=events,
@@ -116,7 +116,7 @@ def demo_command(
     console.print("sample recommendations (top 5 of 2 users):")
     for row in report.sample:
         console.print(f"  user {row['user_id']}  #{row['rank']}  item {row['item_id']}  score {row['score']}")
-    wh = warehouse_of(ctx)
+    wh = warehouse_of(ctx, create=True)
     console.print(
         f"done in {report.seconds:.0f}s. Query the results: rechub-store --warehouse {wh.path} sql "
         '"SELECT * FROM recommendations LIMIT 10"  (or duckdb -readonly '

@@ -83,7 +83,8 @@ def score_command(
         a = report.annoy
         typer.echo(
             f"annoy: {a['metric']}, n_trees={a['n_trees']}, search_k={a['search_k']} (for k={a['tuned_k']}), "
-            f"recall@{a['tuned_k']} vs exact {a['recall']:.4f} (target {a['target_recall']})"
+            f"recall@{a['measured_k']} vs exact this run {a['measured_recall']:.4f} "
+            f"(at tuning: recall@{a['tuned_k']} {a['recall']:.4f}, target {a['target_recall']})"
         )
     typer.echo(
         "publish to analysts with `rechub-store nightly` (or copy to a server with `rechub-store publish`)"

@@ -16,13 +16,14 @@ Why it is built this way:
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import io
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import duckdb
 
@@ -37,6 +38,13 @@ MS_THRESHOLD = 1e11
 # A 4-byte separator that never occurs in text, so DuckDB hands us each physical line whole.
 _LINE_DELIM = "chr(31) || chr(30) || chr(29) || chr(28)"
 _DELIM_CANDIDATES = (",", "\t", ";", "|")
+MAX_HEADER_CHARS = 1 << 20  # a longer first line is not a header: one-line error
+MAX_LINE_BYTES = 16 << 20  # a longer data line is a reject (DuckDB's max_line_size)
+DEFAULT_MIN_TIME = dt.datetime(1990, 1, 1)  # events before this are rejected unless --min-time says otherwise
+MAX_AHEAD = dt.timedelta(days=1)  # ... and events later than now + this
+MAX_REJECT_RAW = 1 << 16  # characters of an over-long or unreadable line kept in raw.rejects
+# C0 and C1 control characters and DEL (RE2 syntax): never part of an id.
+_CONTROL_CHARS = r"[\x{00}-\x{1F}\x{7F}-\x{9F}]"
 # DuckDB errors caused by the input file (bad encoding, unreadable, too long a line) or memory.
 _FILE_ERRORS = (
     duckdb.IOException,
@@ -182,11 +190,16 @@ def _detect_format(path: Path) -> Literal["csv", "parquet"]:
 
 
 def _first_line(path: Path, encoding: str) -> str:
-    try:
-        with path.open("r", encoding=python_codec(encoding), newline="") as fh:
-            line = fh.readline()
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: header is not valid {encoding} text (try --encoding latin-1)") from None
+    # surrogateescape: a bad byte further down the first block must not fail the header
+    with path.open("r", encoding=python_codec(encoding), errors="surrogateescape", newline="") as fh:
+        line = fh.readline(MAX_HEADER_CHARS + 1)
+    if any("\udc80" <= ch <= "\udcff" for ch in line):
+        raise UserError(f"{path}: header is not valid {encoding} text (try --encoding latin-1)")
+    if len(line) > MAX_HEADER_CHARS:
+        raise UserError(
+            f"{path}: the header line is longer than {MAX_HEADER_CHARS:,} characters "
+            "(not a CSV file with a header line naming the columns?)"
+        )
     return line.rstrip("\r\n").lstrip("\ufeff")
 
 
@@ -230,56 +243,172 @@ def open_spec(
     elif header:
         if not first.strip():
             raise UserError(f"{path}: empty file, expected a header line naming the columns")
-        cols = next(csv.reader(io.StringIO(first), delimiter=delimiter)) if quote else first.split(delimiter)
+        try:
+            cols = (
+                next(csv.reader(io.StringIO(first), delimiter=delimiter)) if quote else first.split(delimiter)
+            )
+        except csv.Error as exc:
+            raise UserError(f"{path}: cannot read the header line: {exc}") from None
         cols = [c.strip() for c in cols]
     else:
         raise UserError(f"{path}: a file without a header needs column names")
     return FileSpec(path, "csv", delimiter, quote, header, tuple(cols), encoding), cols
 
 
-def _csv_rows_sql(spec: FileSpec) -> str:
-    """SELECT line, raw, _err, f1..fN (VARCHAR) for a CSV file, one row per non-blank data line."""
-    n = len(spec.names)
+def _fields_sql(spec: FileSpec) -> str:
+    """SQL for the fields (VARCHAR[]) of one CSV record `raw`; NULL when its quoting is malformed."""
     d = spec.delimiter
+    if not spec.quote:
+        return f"string_split(raw, {_sql_str(d)})"
+    dq = re.escape(d)
+    extract_re = f'("(?:[^"]|"")*"|[^"{dq}]*){dq}'
+    # Fields quoted without a delimiter or quote inside (the usual "quote every string"
+    # export) can still be split cheaply; only the rest needs the slower regexp extraction.
+    simple_re = f'(?:"[^"{dq}]*"|[^"{dq}]*)'
+    simple_line_re = f"(?:{simple_re}{dq})*{simple_re}"
+    return (
+        f"CASE WHEN NOT contains(raw, '\"') THEN string_split(raw, {_sql_str(d)}) "
+        f"WHEN regexp_full_match(raw, {_sql_str(simple_line_re)}) THEN list_transform("
+        f"string_split(raw, {_sql_str(d)}), "
+        "lambda f: CASE WHEN starts_with(f, '\"') THEN f[2:-2] ELSE f END) "
+        f"WHEN regexp_full_match(raw, {_sql_str(_record_re(spec))}) THEN list_transform("
+        f"regexp_extract_all(raw || {_sql_str(d)}, {_sql_str(extract_re)}, 1), "
+        "lambda f: CASE WHEN starts_with(f, '\"') THEN replace(f[2:-2], '\"\"', '\"') ELSE f END) "
+        "END"
+    )
+
+
+def _record_re(spec: FileSpec) -> str:
+    """A whole RFC 4180 record: fields, each quoted (\"\" inside; newlines allowed) or quote-free."""
+    dq = re.escape(spec.delimiter)
+    field_re = f'(?:"(?:[^"]|"")*"|[^"{dq}]*)'
+    return f"(?:{field_re}{dq})*{field_re}"
+
+
+_READ_ERRORS = "_ingest_read_errors"
+
+
+def _read_lines(con: duckdb.DuckDBPyConnection, spec: FileSpec) -> None:
+    """TEMP TABLE _ingest_lines (line, raw, _rerr): every physical line of the file, numbered from 1.
+
+    DuckDB's reader hands each line over whole (a separator that never occurs, no quoting); a line
+    it cannot read (not valid text in the file's encoding, longer than MAX_LINE_BYTES) is kept as a
+    row with `_rerr` set, its number taken from the reader's rejects table, and the other lines
+    renumbered around it. Line ends are \\n, \\r\\n and a lone \\r, as the reader counts them.
+    """
+    con.execute(f"DROP TABLE IF EXISTS {_READ_ERRORS}; DROP TABLE IF EXISTS {_READ_ERRORS}_scans")
     reader = (
         f"read_csv({_sql_str(str(spec.path))}, columns={{'raw': 'VARCHAR'}}, header=false, "
-        f"delim={_LINE_DELIM}, quote='', escape='', auto_detect=false, "
-        f"encoding={_sql_str(spec.encoding)}, max_line_size=16777216)"
+        f"delim={_LINE_DELIM}, quote='', escape='', auto_detect=false, strict_mode=false, "
+        f"encoding={_sql_str(spec.encoding)}, max_line_size={MAX_LINE_BYTES}, "
+        f"store_rejects=true, rejects_table='{_READ_ERRORS}', rejects_scan='{_READ_ERRORS}_scans')"
     )
-    if spec.quote:
-        dq = re.escape(d)
-        field_re = f'(?:"(?:[^"]|"")*"|[^"{dq}]*)'
-        line_re = f"(?:{field_re}{dq})*{field_re}"
-        extract_re = f'("(?:[^"]|"")*"|[^"{dq}]*){dq}'
-        # Fields quoted without a delimiter or quote inside (the usual "quote every string"
-        # export) can still be split cheaply; only the rest needs the slower regexp extraction.
-        simple_re = f'(?:"[^"{dq}]*"|[^"{dq}]*)'
-        simple_line_re = f"(?:{simple_re}{dq})*{simple_re}"
-        fields = (
-            f"CASE WHEN NOT contains(raw, '\"') THEN string_split(raw, {_sql_str(d)}) "
-            f"WHEN regexp_full_match(raw, {_sql_str(simple_line_re)}) THEN list_transform("
-            f"string_split(raw, {_sql_str(d)}), "
-            "lambda f: CASE WHEN starts_with(f, '\"') THEN f[2:-2] ELSE f END) "
-            f"WHEN regexp_full_match(raw, {_sql_str(line_re)}) THEN list_transform("
-            f"regexp_extract_all(raw || {_sql_str(d)}, {_sql_str(extract_re)}, 1), "
-            "lambda f: CASE WHEN starts_with(f, '\"') THEN replace(f[2:-2], '\"\"', '\"') ELSE f END) "
-            "END"
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _ingest_lines AS "
+        f"SELECT row_number() OVER () AS line, raw, NULL::VARCHAR AS _rerr FROM {reader}"
+    )
+    (n_errors,) = con.execute(f"SELECT count(*) FROM {_READ_ERRORS}").fetchone()  # type: ignore[misc]
+    if not n_errors:
+        return
+    unreadable = f"not valid {spec.encoding} text" + (
+        " (pass --encoding latin-1 if that is its encoding)" if spec.encoding == "utf-8" else ""
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _ingest_lines AS
+        WITH errors AS (
+            SELECT line, any_value(error_type)::VARCHAR AS kind, any_value(csv_line) AS raw
+            FROM {_READ_ERRORS} GROUP BY line
+        ),
+        -- error i (in line order) has line - i readable lines before it: readable line n moves
+        -- down by the number of errors with fewer readable lines before them than n
+        shift AS (
+            SELECT before, max(n) AS n FROM (
+                SELECT line - row_number() OVER (ORDER BY line) AS before,
+                       row_number() OVER (ORDER BY line) AS n
+                FROM errors)
+            GROUP BY before
         )
-    else:
-        fields = f"string_split(raw, {_sql_str(d)})"
-    picks = ", ".join(f"fields[{i + 1}] AS f{i + 1}" for i in range(n))
+        SELECT l.line + coalesce(s.n, 0) AS line, l.raw, l._rerr
+        FROM _ingest_lines l ASOF LEFT JOIN shift s ON l.line > s.before
+        UNION ALL
+        SELECT line, left(raw, {MAX_REJECT_RAW}),
+               CASE kind WHEN 'INVALID ENCODING' THEN {_sql_str(unreadable)}
+                         WHEN 'LINE SIZE OVER MAXIMUM' THEN 'line longer than {MAX_LINE_BYTES} bytes'
+                         ELSE 'unreadable line: ' || lower(kind) END
+        FROM errors
+        """
+    )
+
+
+def _prepare_csv(con: duckdb.DuckDBPyConnection, spec: FileSpec) -> None:
+    """TEMP TABLE _ingest_records (line, raw, _err, f1..fN): one row per CSV record.
+
+    A record is one line, except that a quoted field may span lines (RFC 4180): a line with an
+    odd number of quote characters opens such a field and the next one closes it, and the lines
+    between are joined with \\n into one record numbered by its first line. If the joined text is
+    not well-formed (an unbalanced quote), its lines are read one by one instead, so a stray
+    quote costs its own line, never the rest of the file. Blank records are not rows.
+    """
+    n = len(spec.names)
     skip = 1 if spec.header else 0
-    return f"""
+    _read_lines(con, spec)
+    records = f"SELECT line, raw, _rerr FROM _ingest_lines WHERE line > {skip}"
+    if spec.quote:
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE _ingest_groups AS
+            WITH odd AS (
+                SELECT line FROM _ingest_lines
+                WHERE line > {skip} AND contains(raw, '"')
+                  AND (length(raw) - length(replace(raw, '"', ''))) % 2 = 1
+            ),
+            paired AS (
+                SELECT line, row_number() OVER (ORDER BY line) AS k, lead(line) OVER (ORDER BY line) AS next
+                FROM odd
+            )
+            SELECT line AS first, coalesce(next, (SELECT max(line) FROM _ingest_lines)) AS last
+            FROM paired WHERE k % 2 = 1
+            """
+        )
+        (n_groups,) = con.execute("SELECT count(*) FROM _ingest_groups").fetchone()  # type: ignore[misc]
+        if n_groups:
+            con.execute(
+                f"""
+                CREATE OR REPLACE TEMP TABLE _ingest_joined AS
+                SELECT first, last, raw, _rerr FROM (
+                    SELECT g.first, g.last, string_agg(coalesce(l.raw, ''), chr(10) ORDER BY l.line) AS raw,
+                           min(l._rerr) AS _rerr
+                    FROM _ingest_groups g JOIN _ingest_lines l ON l.line BETWEEN g.first AND g.last
+                    GROUP BY g.first, g.last)
+                WHERE regexp_full_match(raw, {_sql_str(_record_re(spec))})
+                """
+            )
+            records = f"""
+                SELECT l.line, l.raw, l._rerr
+                FROM _ingest_lines l ASOF LEFT JOIN _ingest_joined j ON l.line >= j.first
+                WHERE l.line > {skip} AND (j.first IS NULL OR l.line > j.last)
+                UNION ALL
+                SELECT first, raw, _rerr FROM _ingest_joined"""
+    picks = ", ".join(f"fields[{i + 1}] AS f{i + 1}" for i in range(n))
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _ingest_records AS
         SELECT line, raw,
-               CASE WHEN fields IS NULL THEN 'malformed quoting'
+               CASE WHEN _rerr IS NOT NULL THEN _rerr
+                    WHEN fields IS NULL THEN 'malformed quoting'
                     WHEN len(fields) <> {n}
                     THEN 'wrong field count: expected {n}, got ' || len(fields) END AS _err,
                {picks}
         FROM (
-            SELECT line, raw, {fields} AS fields
-            FROM (SELECT row_number() OVER () AS line, raw FROM {reader})
-            WHERE line > {skip} AND raw IS NOT NULL AND trim(raw, ' \t\r') <> ''
-        )"""
+            SELECT line, raw, _rerr, CASE WHEN _rerr IS NULL THEN {_fields_sql(spec)} END AS fields
+            FROM ({records})
+            WHERE _rerr IS NOT NULL OR (raw IS NOT NULL AND trim(raw, ' \t\r') <> '')
+        )
+        ORDER BY line"""
+    )
+    con.execute("DROP TABLE IF EXISTS _ingest_lines; DROP TABLE IF EXISTS _ingest_groups")
+    con.execute("DROP TABLE IF EXISTS _ingest_joined")
 
 
 def _parquet_rows_sql(spec: FileSpec, names: Sequence[str], casts: dict[str, str]) -> str:
@@ -328,9 +457,20 @@ class Source:
             return f"f{self.columns.index(column) + 1}"
         return f"f{self.used.index(column) + 1}"
 
-    def rows_sql(self) -> str:
+    def prepare(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Read a CSV file once into a temporary table of records (Parquet is read in place)."""
         if self.spec.fmt == "csv":
-            return _csv_rows_sql(self.spec)
+            _prepare_csv(con, self.spec)
+
+    def release(self, con: duckdb.DuckDBPyConnection) -> None:
+        if self.spec.fmt == "csv":
+            con.execute("DROP TABLE IF EXISTS _ingest_records")
+            con.execute(f"DROP TABLE IF EXISTS {_READ_ERRORS}; DROP TABLE IF EXISTS {_READ_ERRORS}_scans")
+
+    def rows_sql(self) -> str:
+        """SELECT line, raw, _err, f1..fN: the file's rows as text (after `prepare`)."""
+        if self.spec.fmt == "csv":
+            return "SELECT * FROM _ingest_records"
         return _parquet_rows_sql(self.spec, self.used, self.casts)
 
     def is_list(self, column: str) -> bool:
@@ -460,6 +600,7 @@ def run_batch(con: duckdb.DuckDBPyConnection, source: Source, plan: Plan) -> Ing
     if source.spec.fmt == "csv":  # row_number() OVER () numbers lines in file order
         con.execute("SET preserve_insertion_order = true")
     try:
+        source.prepare(con)
         with transaction(con):
             seq = con.execute("SELECT coalesce(max(batch_seq), 0) + 1 FROM raw.batches").fetchone()[0]
             batch_id = f"{plan.kind}-{seq:06d}-{sha[:12]}"
@@ -500,6 +641,7 @@ def run_batch(con: duckdb.DuckDBPyConnection, source: Source, plan: Plan) -> Ing
             raise UserError(_read_error(path, exc)) from None
         raise
     finally:
+        source.release(con)
         con.execute(f"SET TimeZone = {_sql_str(settings[0])}")
         con.execute(f"SET preserve_insertion_order = {str(settings[1]).lower()}")
     return IngestResult(
@@ -534,6 +676,51 @@ def check_reject_ratio(results: Sequence[IngestResult], max_reject_ratio: float 
 # --------------------------------------------------------------------------- public API
 
 
+def parse_time_bound(value: Any, key: str) -> dt.datetime | None:
+    """A time-window bound: an ISO 8601 date or date-time (UTC unless it has an offset), a TOML
+    date/datetime, or "none" (no bound). Returns naive UTC; UserError naming `key` otherwise."""
+    if isinstance(value, str) and value.strip().lower() in ("none", "off"):
+        return None
+    if isinstance(value, dt.datetime):
+        stamp = value
+    elif isinstance(value, dt.date):
+        stamp = dt.datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        try:
+            stamp = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise UserError(
+                f"{key}: expected an ISO date or time (e.g. 1990-01-01) or none, got {value!r}"
+            ) from None
+    else:
+        raise UserError(f"{key}: expected an ISO date or time (e.g. 1990-01-01) or none, got {value!r}")
+    if stamp.tzinfo is not None:
+        stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
+    return stamp
+
+
+def time_window(min_time: Any = None, max_time: Any = None) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The accepted event times: default not before DEFAULT_MIN_TIME and not after now + MAX_AHEAD
+    (a clock or unit error far in the past or future is a reject, not a training signal)."""
+    lo = DEFAULT_MIN_TIME if min_time is None else parse_time_bound(min_time, "--min-time")
+    if max_time is None:
+        hi: dt.datetime | None = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0) + MAX_AHEAD
+    else:
+        hi = parse_time_bound(max_time, "--max-time")
+    if lo is not None and hi is not None and lo >= hi:
+        raise UserError(f"time window: --min-time {lo} is not before --max-time {hi}")
+    return lo, hi
+
+
+def _id_checks(expr: str, name: str) -> list[tuple[str, str]]:
+    """An id is non-blank text without control characters (they break exports and server databases;
+    invalid UTF-8 never gets this far: such a line is rejected when read)."""
+    return [
+        (_blank(expr), f"empty id: {name}"),
+        (f"regexp_matches({expr}, {_sql_str(_CONTROL_CHARS)})", f"control character in id: {name}"),
+    ]
+
+
 def interactions_plan(
     *,
     user: str,
@@ -542,17 +729,30 @@ def interactions_plan(
     rating: str | None,
     time_format: str,
     names: tuple[str, str, str, str | None],
+    window: tuple[dt.datetime | None, dt.datetime | None] | None = None,
 ) -> Plan:
-    """Plan for raw.interactions from SQL expressions over the source's text columns."""
+    """Plan for raw.interactions from SQL expressions over the source's text columns.
+
+    `window` (default: `time_window()`) bounds the accepted event times; outside it is a reject.
+    """
     user_name, item_name, time_name, rating_name = names
     d = Derived()
     ts_col = parse_time(d, ts, time_format, "ts")
+    lo, hi = window if window is not None else time_window()
     checks = [
-        (_blank(user), f"empty id: {user_name}"),
-        (_blank(item), f"empty id: {item_name}"),
+        *_id_checks(user, user_name),
+        *_id_checks(item, item_name),
         (_blank(ts), f"empty time: {time_name}"),
         (f"{ts_col} IS NULL", f"unparsable time: {time_name}"),
     ]
+    if lo is not None:
+        checks.append(
+            (f"{ts_col} < TIMESTAMP '{lo.isoformat()}'", f"time out of range: {time_name} before {lo}")
+        )
+    if hi is not None:
+        checks.append(
+            (f"{ts_col} > TIMESTAMP '{hi.isoformat()}'", f"time out of range: {time_name} after {hi}")
+        )
     rating_col = "NULL::DOUBLE"
     if rating is not None:
         rating_col, bad = parse_number(d, rating, "rating")
@@ -573,15 +773,20 @@ def ingest_interactions(
     delimiter: str | None = None,
     encoding: str = "auto",
     max_reject_ratio: float | None = 0.05,
+    min_time: Any = None,
+    max_time: Any = None,
 ) -> IngestResult:
     """Load an interactions file (CSV with a header, or Parquet) into raw.interactions.
 
     `time_format` `auto` reads numbers as epoch seconds (milliseconds above 1e11) and text as
-    ISO 8601 (UTC unless it carries an offset). Raises `RejectRatioExceeded` (a UserError)
-    after committing when more than `max_reject_ratio` of the rows were rejected.
+    ISO 8601 (UTC unless it carries an offset). Events outside [`min_time`, `max_time`]
+    (default 1990-01-01 .. now + 1 day; "none" = no bound) are rejected. Raises
+    `RejectRatioExceeded` (a UserError) after committing when more than `max_reject_ratio` of
+    the rows were rejected.
     """
     if time_format not in TIME_FORMATS:
         raise UserError(f"--time-format: expected one of {', '.join(TIME_FORMATS)}, got {time_format!r}")
+    window = time_window(min_time, max_time)
     spec, cols = open_spec(path, delimiter=delimiter, encoding=encoding)
     source = Source(con, spec, cols)
     user = source.ref(user_col, "--user-col")
@@ -595,6 +800,7 @@ def ingest_interactions(
         rating=rating,
         time_format=time_format,
         names=(user_col, item_col, time_col, rating_col),
+        window=window,
     )
     result = run_batch(con, source, plan)
     check_reject_ratio([result], max_reject_ratio)
@@ -621,7 +827,7 @@ def attributes_plan(
 ) -> Plan:
     """Plan for raw.user_attributes / raw.item_attributes (+ raw.item_tags) in long form."""
     d = Derived()
-    checks = [(_blank(id_expr), f"empty id: {id_name}")]
+    checks = _id_checks(id_expr, id_name)
     values = []
     for k, a in enumerate(attributes):
         if a.kind == "dense":
@@ -629,7 +835,13 @@ def attributes_plan(
             checks.append((bad, f"unparsable number: {a.source_col}"))
             values.append(f"CAST({number} AS VARCHAR)")
         else:
+            # a NUL byte is text to DuckDB but refused by PostgreSQL: it would block every publish
+            checks.append((f"contains({a.expr}, chr(0))", f"NUL character in value: {a.source_col}"))
             values.append(a.expr)
+    if tags_expr is not None:
+        checks.append(
+            (f"len(list_filter({tags_expr}, lambda t: contains(t, chr(0)))) > 0", "NUL character in tags")
+        )
     outputs: list[tuple[str, str]] = []
     table = f"raw.{entity}_attributes"
     if attributes:

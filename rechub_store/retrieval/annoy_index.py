@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from annoy import AnnoyIndex
 
+from rechub_store.data.ingest import file_sha256
 from rechub_store.paths import thread_count
 from rechub_store.retrieval.exact import NO_ITEM, Seen, exact_topk
 
@@ -70,6 +71,7 @@ class Tuning:
     tune_seconds: float = 0.0
     trials: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: str = ""
+    sha256: str = ""  # of items.ann as saved: a reused index is verified against it before loading
 
 
 class AnnoyItems:
@@ -351,6 +353,34 @@ def sample_rows(n_rows: int, n_sample: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_rows, size=n_sample, replace=False))
 
 
+def _verified(path: Path, meta_path: Path, wanted: str) -> Tuning | None:
+    """The saved tuning if the index at `path` is the one it describes, else None (log why).
+
+    The checksum is checked before annoy touches the file: annoy trusts its input, and a damaged
+    body can make it return too few neighbours, or abort the process."""
+    if not (path.exists() and meta_path.exists()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") != wanted:
+            return None  # other vectors or settings: rebuilt without a warning
+        tuning = Tuning(**meta)
+        if not tuning.sha256:
+            log.warning("annoy index %s has no checksum (saved by an older version): rebuilding", path)
+            return None
+        actual = file_sha256(path)
+        if actual != tuning.sha256:
+            log.warning(
+                "annoy index %s is damaged (sha256 %s, saved as %s): rebuilding", path, actual[:12],
+                tuning.sha256[:12],
+            )  # fmt: skip
+            return None
+        return tuning
+    except (ValueError, TypeError, OSError) as exc:  # unreadable sidecar or index: rebuild
+        log.warning("ignoring annoy index %s: %s", path, exc)
+        return None
+
+
 def load_or_build(
     path: Path,
     item_vecs: np.ndarray,
@@ -359,8 +389,9 @@ def load_or_build(
     k: int,
     **tune_kwargs: Any,
 ) -> tuple[AnnoyItems, Tuning, bool]:
-    """The model run's index at `path` if it was tuned for the same vectors, k and target;
-    otherwise build, tune and save it. Returns (index, tuning, built)."""
+    """The model run's index at `path` if it was tuned for the same vectors, k and target and its
+    checksum matches; otherwise build, tune and save it (with its checksum). Returns
+    (index, tuning, built)."""
     meta_path = path.with_name(path.name + ".json")
     target = float(tune_kwargs.get("target_recall", 0.95))
     wanted = fingerprint(
@@ -371,17 +402,28 @@ def load_or_build(
         int(tune_kwargs.get("max_trees", DEFAULT_MAX_TREES)),
         int(tune_kwargs.get("seed", 0)),
     )
-    if path.exists() and meta_path.exists() and tune_kwargs.get("search_k") is None:
+    tuning = _verified(path, meta_path, wanted) if tune_kwargs.get("search_k") is None else None
+    if tuning is not None:
         try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("fingerprint") == wanted:
-                tuning = Tuning(**meta)
-                return AnnoyItems.load(path, item_vecs, metric, tuning.search_k, tuning.k), tuning, False
-        except (ValueError, TypeError, OSError) as exc:  # corrupt or stale: rebuild
+            return AnnoyItems.load(path, item_vecs, metric, tuning.search_k, tuning.k), tuning, False
+        except (ValueError, OSError) as exc:
             log.warning("ignoring annoy index %s: %s", path, exc)
     items, tuning = build_tuned(item_vecs, sample_user_vecs, metric, k, **tune_kwargs)
     items.save(path)
+    tuning.sha256 = file_sha256(path)
     tmp = meta_path.with_name(meta_path.name + f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(asdict(tuning), indent=2))
     os.replace(tmp, meta_path)
     return items, tuning, True
+
+
+def measure_recall(
+    items: AnnoyItems, user_vecs: np.ndarray, k: int, seen: Seen | None = None, n_threads: int | None = None
+) -> float:
+    """Recall@k of the index against the exact top-k for these users (seen items removed from both):
+    measured every run on a sample, so a degraded index cannot hide behind its tuning-time number."""
+    if len(user_vecs) == 0:
+        return 1.0
+    truth, _ = exact_topk(user_vecs, items.item_vecs, k, seen)
+    found, _ = items.topk(user_vecs, k, seen, n_threads=n_threads)
+    return overlap_at_k(found, truth, k)

@@ -25,7 +25,13 @@ from rechub_store.errors import UserError
 from rechub_store.jobconfig import AnnoySettings
 from rechub_store.paths import thread_count
 from rechub_store.publish.analytics import RecommendationWriter
-from rechub_store.retrieval.annoy_index import AnnoyItems, Tuning, load_or_build, sample_rows
+from rechub_store.retrieval.annoy_index import (
+    AnnoyItems,
+    Tuning,
+    load_or_build,
+    measure_recall,
+    sample_rows,
+)
 from rechub_store.retrieval.embeddings import annoy_metric, encode_items, encode_users, normalize_for_index
 from rechub_store.retrieval.exact import Seen, exact_topk
 from rechub_store.training.registry import LoadedModel, load_model, models_dir
@@ -49,6 +55,7 @@ class ScoringContext:
     annoy: AnnoyItems | None = None
     tuning: Tuning | None = None
     annoy_built: bool = False
+    measured_recall: dict[int, float] = field(default_factory=dict)  # k -> annoy recall@k this run
 
     @property
     def model_run_id(self) -> str:
@@ -130,6 +137,24 @@ def ensure_annoy(ctx: ScoringContext, k: int, settings: AnnoySettings | None = N
         t.target_recall,
     )
     return ctx.annoy
+
+
+def annoy_recall_now(ctx: ScoringContext, k: int, settings: AnnoySettings | None = None) -> float:
+    """annoy's recall@k against exact on this run's seeded sample of users (seen items removed, as
+    in production), measured every run whether the index was just built or reused."""
+    if k in ctx.measured_recall:
+        return ctx.measured_recall[k]
+    settings = settings or AnnoySettings()
+    items = ensure_annoy(ctx, k, settings)
+    users = ctx.production_users()
+    sample = users[sample_rows(len(users), settings.sample_users, settings.seed)]
+    ends = ctx.store.history_length(sample)
+    recall = measure_recall(
+        items, ctx.user_vectors(sample, ends), k, Seen(*ctx.store.seen(sample, ends)), thread_count()
+    )
+    ctx.measured_recall[k] = recall
+    log.info("annoy recall@%d against exact this run: %.4f (%d sampled users)", k, recall, len(sample))
+    return recall
 
 
 def topk(
@@ -270,6 +295,7 @@ def score_run(
     t0 = time.perf_counter()
     if index == "annoy":
         ensure_annoy(ctx, k, annoy_settings)
+        annoy_recall_now(ctx, k, annoy_settings)
     index_seconds = time.perf_counter() - t0
     users = ctx.production_users()
     emb = None
@@ -312,24 +338,27 @@ def score_run(
         rows=rows,
         seconds=round(time.perf_counter() - t0, 3),
         seconds_by_phase={name: round(v, 3) for name, v in phases.items()},
-        annoy=_annoy_summary(ctx) if index == "annoy" else None,
+        annoy=_annoy_summary(ctx, k) if index == "annoy" else None,
     )
     log.info("scored %d users -> %d rows in %.1fs (%s)", report.users, rows, report.seconds, index)
     return report
 
 
-def _annoy_summary(ctx: ScoringContext) -> dict[str, Any] | None:
+def _annoy_summary(ctx: ScoringContext, k: int) -> dict[str, Any] | None:
     if ctx.tuning is None:
         return None
     t = ctx.tuning
+    measured = ctx.measured_recall.get(k)
     return {
+        "measured_recall": None if measured is None else round(measured, 5),  # this run, at k
+        "measured_k": k,
         "path": str(ctx.model_dir / ANNOY_FILE),
         "built": ctx.annoy_built,
         "metric": t.metric,
         "n_trees": t.n_trees,
         "search_k": t.search_k,
         "tuned_k": t.k,
-        "recall": round(t.recall, 5),
+        "recall": round(t.recall, 5),  # at tuning time, recall@tuned_k
         "target_recall": t.target_recall,
         "met_target": t.met_target,
         "sample_users": t.sample_users,

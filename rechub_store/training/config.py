@@ -6,6 +6,9 @@ config is what gets stored in `meta.model_runs.params` and in the artifact.
 
 from __future__ import annotations
 
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -116,10 +119,61 @@ class TrainConfig:
         data.pop("progress")
         return data
 
+    def validate(self) -> TrainConfig:
+        """Check every value without a feature store (a job file is checked before any work starts):
+        the model name, the ranges `resolve` checks (for any catalogue size) and the rest."""
+        self.resolve(FULL_SOFTMAX_MAX_ITEMS)
+        if self.neg_mode is None:
+            self.resolve(FULL_SOFTMAX_MAX_ITEMS + 1)  # the other default objective
+        checks = [
+            ("weight_decay", self.weight_decay, 0.0),
+            ("neg_alpha", self.neg_alpha, 0.0),
+            ("grad_clip", self.grad_clip, 0.0),
+        ]
+        for name, value, low in checks:
+            if not math.isfinite(value) or value < low:
+                raise UserError(f"{name}: expected a finite number >= {low:g}, got {value}")
+        for name, value in (("neg_ratio", self.neg_ratio), ("seed", self.seed)):
+            if value is not None and value < 0:
+                raise UserError(f"{name}: expected an integer >= 0, got {value}")
+        if self.valid_users is not None and self.valid_users < 1:
+            raise UserError(f"valid_users: expected an integer >= 1, got {self.valid_users}")
+        return self
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """From a mapping (a job file's `[train.params]`): unknown keys and values of the wrong type
+        are a UserError naming the key."""
         names = {f.name for f in fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise UserError(f"train config: unknown keys {', '.join(sorted(unknown))}")
+            raise UserError(f"unknown keys {', '.join(sorted(unknown))} (known: {', '.join(sorted(names))})")
+        hints = typing.get_type_hints(cls)
+        for key, value in data.items():
+            _check_type(key, value, hints[key])
         return cls(**data)
+
+
+def _check_type(key: str, value: Any, hint: Any) -> None:
+    """`value` fits the field's annotation (int / float / bool / str / dict, optionally None)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return
+    for kind in options:
+        origin = typing.get_origin(kind) or kind
+        if origin is bool and isinstance(value, bool):
+            return
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if origin is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return
+        if origin in (str, dict) and isinstance(value, origin):
+            return
+    expected = " or ".join(
+        {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}.get(
+            typing.get_origin(k) or k, str(k)
+        )
+        for k in options
+        if k is not type(None)
+    )
+    raise UserError(f"{key}: expected {expected}, got {value!r}")

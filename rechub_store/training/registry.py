@@ -74,7 +74,11 @@ def finish_run(
     wall_seconds: float,
     params: dict[str, Any] | None = None,
 ) -> None:
-    """Mark a run successful; `params` (the fully resolved config) replaces the starting ones."""
+    """Mark a run successful; `params` (the fully resolved config) replaces the starting ones.
+
+    `artifact_path` is stored relative to the warehouse folder (`models/<run id>`), so a copied,
+    moved or restored warehouse loads its own artifacts, never the original's."""
+    artifact_path = _relative_to_warehouse(con, artifact_path)
     con.execute(
         "UPDATE meta.model_runs SET status = 'success', history = ?, best_epoch = ?, best_metric = ?, "
         "artifact_path = ?, wall_seconds = ?, finished_at = ?, params = coalesce(?, params) "
@@ -90,6 +94,26 @@ def finish_run(
             run_id,
         ],
     )
+
+
+def _relative_to_warehouse(con: duckdb.DuckDBPyConnection, path: str) -> str:
+    root = models_dir(con).parent.resolve()
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:  # outside the warehouse folder: keep it as given
+        return path
+
+
+def artifact_location(con: duckdb.DuckDBPyConnection, model_run_id: str, stored: str) -> Path:
+    """Where a run's artifact is now: a relative path (the norm) is relative to this warehouse's
+    folder; an absolute one (older runs) is used only if it still exists, else this warehouse's
+    `models/<run id>` (a copied warehouse must not read the original's files)."""
+    path = Path(stored)
+    if not path.is_absolute():
+        return models_dir(con).parent / path
+    if path.exists() and path.parent.resolve() == models_dir(con).resolve():
+        return path
+    return models_dir(con) / model_run_id
 
 
 def fail_run(con: duckdb.DuckDBPyConnection, run_id: str, error: str, wall_seconds: float) -> None:
@@ -227,4 +251,4 @@ def load_model(target: Warehouse | duckdb.DuckDBPyConnection, model_run_id: str 
         raise UserError(f"model run {run_id!r} not found: see `rechub-store runs`")
     if row[0] != "success" or not row[1]:
         raise UserError(f"model run {run_id!r} has status {row[0]} and no usable artifact")
-    return load_artifact(row[1])
+    return load_artifact(artifact_location(con, run_id, row[1]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from pathlib import Path
 
 import pytest
@@ -21,10 +23,9 @@ def test_example_job_file_loads() -> None:
     assert job.sources[0].kind == "interactions" and job.sources[0].user_col == "user_id"
     assert job.base_dir == JOBS_DIR.resolve()
     from rechub_store.data.build import BuildParams
-    from rechub_store.nightly import _train_config
 
     BuildParams.from_mapping(job.build)  # the example's [build] and [train.params] are valid for their owners
-    _train_config(job.train)
+    job.train.config()
 
 
 def test_defaults_without_a_job_file() -> None:
@@ -70,15 +71,82 @@ def test_missing_job_file() -> None:
         JobConfig.load(Path("/nonexistent/job.toml"))
 
 
-def test_unknown_build_and_train_params_are_rejected_by_their_owners(tmp_path: Path) -> None:
-    from rechub_store.data.build import BuildParams
-    from rechub_store.nightly import _train_config
+def test_unknown_build_and_train_params_are_rejected_when_the_file_is_read() -> None:
+    with pytest.raises(UserError, match=r"build: unknown build parameter.*max_seq_length"):
+        JobConfig.from_mapping({"build": {"max_seq_length": 5}})
+    with pytest.raises(UserError, match=r"train\.params: unknown keys epoch"):
+        JobConfig.from_mapping({"train": {"params": {"epoch": 2}}})
 
-    job = JobConfig.from_mapping({"build": {"max_seq_length": 5}, "train": {"params": {"epoch": 2}}})
-    with pytest.raises(UserError, match="max_seq_length"):
-        BuildParams.from_mapping(job.build)
-    with pytest.raises(UserError, match="epoch"):
-        _train_config(job.train)
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[train.params]\nepochs = 0", "train.params: epochs: expected an integer >= 1, got 0"),
+        ("[train.params]\nepochs = 'ten'", "train.params: epochs: expected an integer, got 'ten'"),
+        ("[train.params]\nlr = -1.0", "train.params: lr: expected a positive number"),
+        ("[train.params]\nin_batch = 1", "train.params: in_batch: expected true or false"),
+        ("[train.params]\nneg_mode = 'fancy'", "train.params: neg-mode: expected one of"),
+        ("[train.params]\nmodel_params = 3", "train.params: model_params: expected a table"),
+        # a misspelled model fails now, not on the night a retrain finally comes due
+        ("[train]\npolicy = 'never'\nmodel = 'sasrek'", "train.model: unknown model 'sasrek'"),
+        ("[build]\nmin_seq_len = 1", "build: build parameter min_seq_len"),
+        ("[[ingest.sources]]\npath='x'\nuser_col='u'\nitem_col='i'\ntime_col='t'\noptions={typo=1}",
+         "ingest.sources[0].options: unknown key(s) typo"),
+        ("[[ingest.sources]]\npath='x'\nuser_col='u'\nitem_col='i'\ntime_col='t'\n"
+         "options={max_reject_ratio=2}", "ingest.sources[0].options.max_reject_ratio"),
+        ("[[ingest.sources]]\npath='x'\nuser_col='u'\nitem_col='i'\ntime_col='t'\nmin_time='yesterday'",
+         "ingest.sources[0].min_time: expected an ISO date"),
+        ("[publish.gates]\nrows_per_user = 'maybe'",
+         "publish.gates.rows_per_user: expected one of fail, warn, off"),
+        ("[publish.gates]\nmin_annoy_recall = 2", "publish.gates.min_annoy_recall"),
+    ],
+)  # fmt: skip
+def test_train_params_and_other_values_are_checked_when_the_file_is_read(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "job.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)):
+        JobConfig.load(path)
+
+
+def test_time_window_keys_reach_the_ingest_call() -> None:
+    job = JobConfig.from_mapping(
+        {
+            "ingest": {
+                "sources": [
+                    {"path": "x", "user_col": "u", "item_col": "i", "time_col": "t", "min_time": "none",
+                     "max_time": dt.date(2030, 1, 1), "options": {"time_format": "seconds"}},
+                ]
+            }
+        }
+    )  # fmt: skip
+    assert job.sources[0].ingest_options() == {
+        "time_format": "seconds",
+        "min_time": "none",
+        "max_time": dt.date(2030, 1, 1),
+    }
+
+
+def test_targets_are_expanded_and_checked_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rechub_store.nightly import run_nightly
+    from rechub_store.warehouse import Warehouse
+
+    monkeypatch.delenv("NO_SUCH_PG_URL", raising=False)
+    wh = Warehouse(tmp_path / "wh" / "rechub.duckdb")
+    job = JobConfig.from_mapping({"publish": {"targets": ["postgresql://u@h/db", "${NO_SUCH_PG_URL}"]}})
+    with pytest.raises(
+        UserError, match=r"publish.targets\[1\]: environment variable NO_SUCH_PG_URL is not set"
+    ):
+        run_nightly(wh, job)
+    monkeypatch.setenv("NO_SUCH_PG_URL", "postgresql://rechub:retPw9@x@127.0.0.1:1/db")
+    with pytest.raises(UserError) as err:
+        run_nightly(wh, job)
+    assert "publish.targets[1]: ambiguous URL" in str(err.value) and "%40" in str(err.value)
+    assert "retPw9" not in str(err.value)
+    assert not wh.root.exists(), "nothing was created: the job never started"
 
 
 def test_source_globs_resolve_against_the_job_folder(tmp_path: Path) -> None:

@@ -340,6 +340,9 @@ def test_cli_publish_json_and_sqlite_target(warehouse, fill_results, tmp_path):
 
 def test_nothing_to_publish_is_a_clear_error(warehouse, pg_url):
     res = CliRunner().invoke(app, ["--warehouse", str(warehouse.path), "publish", "--to", pg_url])
+    assert res.exit_code == 2 and "no warehouse at" in res.output, "a --warehouse typo is not a new warehouse"
+    warehouse.connect().close()
+    res = CliRunner().invoke(app, ["--warehouse", str(warehouse.path), "publish", "--to", pg_url])
     assert res.exit_code == 2 and "nothing to publish" in res.output
 
 

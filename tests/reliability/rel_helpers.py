@@ -64,6 +64,7 @@ user_col = "user_id"
 item_col = "item_id"
 time_col = "ts"
 options = {{ time_format = "{time_format}" }}
+{source_keys}
 
 [build]
 max_seq_len = 10
@@ -90,11 +91,24 @@ keep_runs = 5
 
 
 def write_job(
-    path: Path, *, targets: Sequence[str] = (), time_format: str = "seconds", min_seq_len: int = 3
+    path: Path,
+    *,
+    targets: Sequence[str] = (),
+    time_format: str = "seconds",
+    min_seq_len: int = 3,
+    source_keys: str = "",
+    extra: str = "",
 ) -> Path:
+    """The reliability job; `source_keys` go into the ingest source, `extra` at the end of the file."""
     quoted = ", ".join(f'"{t}"' for t in targets)
-    text = JOB.format(
-        time_format=time_format, min_seq_len=min_seq_len, targets=f"targets = [{quoted}]" if targets else ""
+    text = (
+        JOB.format(
+            time_format=time_format,
+            min_seq_len=min_seq_len,
+            targets=f"targets = [{quoted}]" if targets else "",
+            source_keys=source_keys,
+        )
+        + extra
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

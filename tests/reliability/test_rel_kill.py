@@ -52,7 +52,7 @@ def test_kill_at_every_step_keeps_published_results_and_the_rerun_completes(base
     job = write_job(data / "job-pg.toml", targets=["${REL_PG_URL}"])
     env = {"REL_PG_URL": pg_url, "RECHUB_PUBLISH_RETRIES": "0"}
 
-    make_events(data / "events-2.csv", n_users=70, n_items=45, seed=2, t0=1_800_000_000, per_user=(1, 4))
+    make_events(data / "events-2.csv", n_users=70, n_items=45, seed=2, t0=1_750_000_000, per_user=(1, 4))
     before_analytics = snapshot_duckdb(analytics)
     before_server = snapshot_server(pg_url)
     before_working = _working_copy(wh)
@@ -78,7 +78,8 @@ def test_kill_at_every_step_keeps_published_results_and_the_rerun_completes(base
     server = snapshot_server(pg_url)
     run_id = f"nightly-{NEXT_DATE.isoformat()}"
     assert {r[4] for r in after["recommendations"]} == {run_id}
-    assert after["recommendations"] == sorted(server["recommendations"], key=repr)
+    # the same content: the second run found the server up to date (its generated_at is the first's)
+    assert sorted(r[:6] for r in after["recommendations"]) == sorted(r[:6] for r in server["recommendations"])
     for rows in (after["recommendations_history"], server["recommendations_history"]):
         keys = [(r[4], r[0], r[2]) for r in rows]
         assert len(keys) == len(set(keys)), "a run stored twice in history"

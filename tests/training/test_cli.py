@@ -57,4 +57,7 @@ def test_cli_errors_are_one_line(planted_warehouse: Warehouse) -> None:
 
 def test_cli_train_without_features_says_what_to_run(warehouse: Warehouse) -> None:
     res = runner.invoke(app, ["--warehouse", str(warehouse.path), "train", "--model", "sasrec"])
+    assert res.exit_code == 2 and "no warehouse at" in res.output and not warehouse.root.exists()
+    warehouse.connect().close()
+    res = runner.invoke(app, ["--warehouse", str(warehouse.path), "train", "--model", "sasrec"])
     assert res.exit_code == 2 and "build-features" in res.output
