@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 FAULT_ENV = "RECHUB_FAULT"
 LOCK_FILE = "nightly.lock"
 STEPS = ("ingest", "build", "train", "score", "evaluate", "publish")
+FILE_ONLY = {"file_only": True}  # a log record for the run's log file, not the terminal (tracebacks)
 
 
 # ---------------------------------------------------------------------------- fault injection
@@ -385,7 +386,9 @@ def _log_to(path: Path, echo: bool) -> Iterator[None]:
     fmt.converter = time.gmtime
     handlers: list[logging.Handler] = [logging.FileHandler(path, encoding="utf-8")]
     if echo:
-        handlers.append(logging.StreamHandler(sys.stderr))
+        console = logging.StreamHandler(sys.stderr)
+        console.addFilter(lambda record: not getattr(record, "file_only", False))  # tracebacks: log only
+        handlers.append(console)
     old_level = root.level
     root.setLevel(logging.INFO)
     for h in handlers:
@@ -767,7 +770,8 @@ class Nightly:
                         )
                     failed = self._run_locked(report, log_path, t_all)
             except (BookkeepingFailed, Terminated) as exc:
-                log.error("nightly %s stopped: %s\n%s", self.run_id, exc, traceback.format_exc())
+                log.error("nightly %s stopped: %s", self.run_id, exc)
+                log.error("%s", traceback.format_exc(), extra=FILE_ONLY)
                 raise UserError(
                     f"nightly {self.run_id} failed: {redact(str(exc))} (log: {log_path})", exit_code=1
                 ) from None
@@ -864,7 +868,8 @@ class Nightly:
             error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if not isinstance(exc, UserError):
                 error = f"{type(exc).__name__}: {error}"
-                log.error("step %s failed:\n%s", step, traceback.format_exc())
+                log.error("step %s failed: %s", step, error)
+                log.error("%s", traceback.format_exc(), extra=FILE_ONLY)
             else:
                 log.error("step %s failed: %s", step, error)
             error = redact(error) or error

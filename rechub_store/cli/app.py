@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 
 from rechub_store import __version__
 from rechub_store.errors import UserError
-from rechub_store.paths import MODELS_DIR_ENV, default_warehouse
+from rechub_store.paths import MODELS_DIR_ENV, default_warehouse, thread_count
 from rechub_store.redact import redact
 from rechub_store.warehouse import Warehouse
 
@@ -82,6 +82,7 @@ def _global(
         memory_limit=memory_limit,
         user_sql_dir=models_dir or None,
     )
+    thread_count()  # a bad RECHUB_THREADS is a one-line error for every command
     if threads is not None:
         # one setting for every component: DuckDB, torch and annoy all read thread_count()
         os.environ["RECHUB_THREADS"] = str(threads)

@@ -77,7 +77,9 @@ params = {{ epochs = 1, batch_size = 256, embed_dim = 8 }}
 
 [score]
 k = 5
-index = "exact"
+index = "{index}"
+[score.annoy]
+sample_users = 60
 
 [evaluate]
 ks = [5]
@@ -98,6 +100,7 @@ def write_job(
     min_seq_len: int = 3,
     source_keys: str = "",
     extra: str = "",
+    index: str = "exact",
 ) -> Path:
     """The reliability job; `source_keys` go into the ingest source, `extra` at the end of the file."""
     quoted = ", ".join(f'"{t}"' for t in targets)
@@ -107,6 +110,7 @@ def write_job(
             min_seq_len=min_seq_len,
             targets=f"targets = [{quoted}]" if targets else "",
             source_keys=source_keys,
+            index=index,
         )
         + extra
     )
