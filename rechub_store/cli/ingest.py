@@ -122,6 +122,12 @@ def interactions_cmd(
     delimiter: str = DELIM_OPTION,
     encoding: str = ENCODING_OPTION,
     max_reject_ratio: float = RATIO_OPTION,
+    min_time: str = typer.Option(
+        None, "--min-time", help="Reject events before this ISO date/time (UTC) [default 1990-01-01; none]"
+    ),
+    max_time: str = typer.Option(
+        None, "--max-time", help="Reject events after this ISO date/time (UTC) [default now + 1 day; none]"
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Ingest an interactions file (user, item, time, optional rating) into raw.interactions."""
@@ -139,6 +145,8 @@ def interactions_cmd(
             delimiter=delimiter,
             encoding=encoding,
             max_reject_ratio=max_reject_ratio,
+            min_time=min_time,
+            max_time=max_time,
         ),
     )
 

@@ -1,13 +1,19 @@
 """Load raw logs (CSV or Parquet) into the `raw.*` tables, one validated batch per file.
 
 Why it is built this way:
-- Exact line numbers and raw text for every bad row: a CSV file is read by DuckDB as whole
-  lines (one VARCHAR column, no quoting), numbered in file order, then split into fields in
-  SQL (a fast `string_split` when the line has no quote, an RFC 4180 regexp otherwise).
-  Every value stays text until SQL `TRY_CAST`s validate it, so a bad row becomes a row of
-  `raw.rejects` (line, raw text, reason) instead of an error. Nothing is looped in Python.
+- Exact line numbers and raw text for every bad row: a CSV file is read once by DuckDB as
+  whole lines (one VARCHAR column, no quoting), numbered in file order; a line DuckDB cannot
+  read (not valid text in the encoding, too long) comes back from its rejects table as a row
+  with a reason, in its place. Lines become RFC 4180 records in SQL (a quoted field may span
+  lines; see `_prepare_csv`) and records are split into fields (a fast `string_split` when
+  there is no quote, an RFC 4180 regexp otherwise). Every value stays text until SQL checks
+  and `TRY_CAST`s validate it, so a bad row becomes a row of `raw.rejects` (line, raw text,
+  reason) instead of an error. Nothing is looped in Python.
 - Nothing lost: rows read = rows accepted + rows rejected, recorded per file in `raw.batches`.
   Blank lines carry no data and are not rows.
+- What a warehouse must never hold is rejected here, with a reason: ids with control characters
+  (they break exports and server databases), NUL bytes in attribute values and tags (PostgreSQL
+  refuses them), times outside a sanity window (default 1990-01-01 .. now + 1 day).
 - Idempotent: a file whose content (sha256) was already ingested as the same kind adds nothing.
 - Atomic: each file is written in one transaction, so a killed ingest leaves no half batch.
 - Raw ids stay text exactly as written (unicode, quotes, separators, huge numbers).

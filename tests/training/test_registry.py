@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,7 +37,8 @@ def test_train_registers_a_successful_run(planted_warehouse: Warehouse) -> None:
     assert row["history"]["popularity_valid"]["ndcg@10"] == result.popularity_metric > 0
     assert row["best_epoch"] == result.best_epoch and row["best_metric"] == pytest.approx(result.best_metric)
     assert row["wall_seconds"] > 0 and row["finished_at"] >= row["created_at"]
-    path = Path(row["artifact_path"])
+    assert row["artifact_path"] == f"models/{result.model_run_id}", "relative to the warehouse folder"
+    path = planted_warehouse.root / row["artifact_path"]
     assert path == planted_warehouse.models_dir / result.model_run_id
     assert (path / "model.pt").exists() and json.loads((path / "meta.json").read_text())["max_seq_len"] == 8
 
