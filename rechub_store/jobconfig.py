@@ -106,12 +106,13 @@ def expand_env(text: str, key: str) -> str:
 # Keyword options each source kind passes to its ingest function, and how each is checked.
 SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
     "interactions": ("time_format", "delimiter", "encoding", "max_reject_ratio", "min_time", "max_time"),
-    "movielens": ("max_reject_ratio",),
+    "movielens": ("encoding", "max_reject_ratio"),
 }
 
 
 def _check_options(options: dict[str, Any], kind: str, where: str) -> dict[str, Any]:
     """The source's `options` (and its time-window keys), checked by name and value before any work."""
+    from rechub_store.data.encodings import normalize_encoding
     from rechub_store.data.ingest import TIME_FORMATS, parse_time_bound
 
     allowed = SOURCE_OPTIONS[kind]
@@ -126,6 +127,11 @@ def _check_options(options: dict[str, Any], kind: str, where: str) -> dict[str, 
                 raise UserError(f"{name}: expected a number in [0, 1], got {value!r}")
         elif key in ("min_time", "max_time"):
             parse_time_bound(value, name)
+        elif key == "encoding":
+            try:
+                normalize_encoding(value)
+            except UserError as exc:
+                raise UserError(f"{name}: {str(exc).removeprefix('--encoding: ')}") from None
         elif not isinstance(value, str) or not value:
             raise UserError(f"{name}: expected a non-empty string, got {value!r}")
     return out
