@@ -348,26 +348,37 @@ def _read_lines(con: duckdb.DuckDBPyConnection, spec: FileSpec) -> None:
 
 
 def _prepare_csv(con: duckdb.DuckDBPyConnection, spec: FileSpec) -> None:
-    """TEMP TABLE _ingest_records (line, raw, _err, f1..fN): one row per CSV record.
+    """TEMP TABLE _ingest_records (line, raw, _rerr, fields): one row per CSV record.
 
     A record is one line, except that a quoted field may span lines (RFC 4180): a line with an
     odd number of quote characters opens such a field and the next one closes it, and the lines
     between are joined with \\n into one record numbered by its first line. If the joined text is
     not well-formed (an unbalanced quote), its lines are read one by one instead, so a stray
     quote costs its own line, never the rest of the file. Blank records are not rows.
+
+    A line with an odd number of quotes never parses as a record on its own, so only lines whose
+    fields came out NULL are counted: a file without quoted line breaks pays for one parse.
     """
-    n = len(spec.names)
     skip = 1 if spec.header else 0
     _read_lines(con, spec)
-    records = f"SELECT line, raw, _rerr FROM _ingest_lines WHERE line > {skip}"
+    fields = _fields_sql(spec)
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _ingest_records AS
+        SELECT line, raw, _rerr, CASE WHEN _rerr IS NULL THEN {fields} END AS fields
+        FROM _ingest_lines
+        WHERE line > {skip} AND (_rerr IS NOT NULL OR (raw IS NOT NULL AND trim(raw, ' \t\r') <> ''))
+        """
+    )
+    groups = 0
     if spec.quote:
         con.execute(
-            f"""
+            """
             CREATE OR REPLACE TEMP TABLE _ingest_groups AS
             WITH odd AS (
-                SELECT line FROM _ingest_lines
-                WHERE line > {skip} AND contains(raw, '"')
-                  AND (length(raw) - length(replace(raw, '"', ''))) % 2 = 1
+                SELECT line FROM _ingest_records
+                WHERE fields IS NULL AND contains(raw, '"')
+                  AND (strlen(raw) - strlen(replace(raw, '"', ''))) % 2 = 1
             ),
             paired AS (
                 SELECT line, row_number() OVER (ORDER BY line) AS k, lead(line) OVER (ORDER BY line) AS next
@@ -377,44 +388,42 @@ def _prepare_csv(con: duckdb.DuckDBPyConnection, spec: FileSpec) -> None:
             FROM paired WHERE k % 2 = 1
             """
         )
-        (n_groups,) = con.execute("SELECT count(*) FROM _ingest_groups").fetchone()  # type: ignore[misc]
-        if n_groups:
-            con.execute(
-                f"""
-                CREATE OR REPLACE TEMP TABLE _ingest_joined AS
-                SELECT first, last, raw, _rerr FROM (
-                    SELECT g.first, g.last, string_agg(coalesce(l.raw, ''), chr(10) ORDER BY l.line) AS raw,
-                           min(l._rerr) AS _rerr
-                    FROM _ingest_groups g JOIN _ingest_lines l ON l.line BETWEEN g.first AND g.last
-                    GROUP BY g.first, g.last)
-                WHERE regexp_full_match(raw, {_sql_str(_record_re(spec))})
-                """
-            )
-            records = f"""
-                SELECT l.line, l.raw, l._rerr
-                FROM _ingest_lines l ASOF LEFT JOIN _ingest_joined j ON l.line >= j.first
-                WHERE l.line > {skip} AND (j.first IS NULL OR l.line > j.last)
-                UNION ALL
-                SELECT first, raw, _rerr FROM _ingest_joined"""
+        (groups,) = con.execute("SELECT count(*) FROM _ingest_groups").fetchone()  # type: ignore[misc]
+    if groups:
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE _ingest_joined AS
+            SELECT first, last, raw, _rerr FROM (
+                SELECT g.first, g.last, string_agg(coalesce(l.raw, ''), chr(10) ORDER BY l.line) AS raw,
+                       min(l._rerr) AS _rerr
+                FROM _ingest_groups g JOIN _ingest_lines l ON l.line BETWEEN g.first AND g.last
+                GROUP BY g.first, g.last)
+            WHERE regexp_full_match(raw, {_sql_str(_record_re(spec))})
+            """
+        )
+        con.execute(
+            "DELETE FROM _ingest_records r USING _ingest_joined j WHERE r.line BETWEEN j.first AND j.last"
+        )
+        con.execute(
+            "INSERT INTO _ingest_records "
+            f"SELECT first, raw, _rerr, CASE WHEN _rerr IS NULL THEN {fields} END FROM _ingest_joined"
+        )
+    con.execute("DROP TABLE IF EXISTS _ingest_lines; DROP TABLE IF EXISTS _ingest_groups")
+    con.execute("DROP TABLE IF EXISTS _ingest_joined")
+
+
+def _csv_rows_sql(spec: FileSpec) -> str:
+    """SELECT line, raw, _err, f1..fN over the prepared records."""
+    n = len(spec.names)
     picks = ", ".join(f"fields[{i + 1}] AS f{i + 1}" for i in range(n))
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE _ingest_records AS
+    return f"""
         SELECT line, raw,
                CASE WHEN _rerr IS NOT NULL THEN _rerr
                     WHEN fields IS NULL THEN 'malformed quoting'
                     WHEN len(fields) <> {n}
                     THEN 'wrong field count: expected {n}, got ' || len(fields) END AS _err,
                {picks}
-        FROM (
-            SELECT line, raw, _rerr, CASE WHEN _rerr IS NULL THEN {_fields_sql(spec)} END AS fields
-            FROM ({records})
-            WHERE _rerr IS NOT NULL OR (raw IS NOT NULL AND trim(raw, ' \t\r') <> '')
-        )
-        ORDER BY line"""
-    )
-    con.execute("DROP TABLE IF EXISTS _ingest_lines; DROP TABLE IF EXISTS _ingest_groups")
-    con.execute("DROP TABLE IF EXISTS _ingest_joined")
+        FROM _ingest_records"""
 
 
 def _parquet_rows_sql(spec: FileSpec, names: Sequence[str], casts: dict[str, str]) -> str:
@@ -476,7 +485,7 @@ class Source:
     def rows_sql(self) -> str:
         """SELECT line, raw, _err, f1..fN: the file's rows as text (after `prepare`)."""
         if self.spec.fmt == "csv":
-            return "SELECT * FROM _ingest_records"
+            return _csv_rows_sql(self.spec)
         return _parquet_rows_sql(self.spec, self.used, self.casts)
 
     def is_list(self, column: str) -> bool:
@@ -718,13 +727,14 @@ def time_window(min_time: Any = None, max_time: Any = None) -> tuple[dt.datetime
     return lo, hi
 
 
+def _has_control(expr: str) -> str:
+    return f"regexp_matches({expr}, {_sql_str(_CONTROL_CHARS)})"
+
+
 def _id_checks(expr: str, name: str) -> list[tuple[str, str]]:
-    """An id is non-blank text without control characters (they break exports and server databases;
-    invalid UTF-8 never gets this far: such a line is rejected when read)."""
-    return [
-        (_blank(expr), f"empty id: {name}"),
-        (f"regexp_matches({expr}, {_sql_str(_CONTROL_CHARS)})", f"control character in id: {name}"),
-    ]
+    """An id is non-blank text without control characters: they break exports and server databases
+    (text that is not valid in the file's encoding never gets this far: it is refused when read)."""
+    return [(_blank(expr), f"empty id: {name}"), (_has_control(expr), f"control character in id: {name}")]
 
 
 def interactions_plan(
@@ -745,9 +755,13 @@ def interactions_plan(
     d = Derived()
     ts_col = parse_time(d, ts, time_format, "ts")
     lo, hi = window if window is not None else time_window()
+    # one regexp over both ids per row; which id it was is asked only where it matched
+    ids_cc = d.add(0, "_ids_cc", f"regexp_matches(concat({user}, {item}), {_sql_str(_CONTROL_CHARS)})")
     checks = [
-        *_id_checks(user, user_name),
-        *_id_checks(item, item_name),
+        (_blank(user), f"empty id: {user_name}"),
+        (_blank(item), f"empty id: {item_name}"),
+        (f"{ids_cc} AND {_has_control(user)}", f"control character in id: {user_name}"),
+        (ids_cc, f"control character in id: {item_name}"),
         (_blank(ts), f"empty time: {time_name}"),
         (f"{ts_col} IS NULL", f"unparsable time: {time_name}"),
     ]
