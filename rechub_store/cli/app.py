@@ -89,11 +89,15 @@ def _global(
     ctx.obj = wh
 
 
-def warehouse_of(ctx: typer.Context, *, create: bool = False) -> Warehouse:
+def warehouse_of(ctx: typer.Context, *, create: bool = False, analytics_ok: bool = False) -> Warehouse:
     """The `--warehouse`. Only the commands that make one (`ingest`, `generate --ingest`, `demo`)
     pass `create`: for every other command a path that does not exist is a typo, not a new
-    warehouse, and a one-line error instead of an empty warehouse folder."""
+    warehouse, and a one-line error instead of an empty warehouse folder. Commands that can read
+    the published analytics file alone (`sql`, `status`) pass `analytics_ok`: analysts may be given
+    only that file."""
     wh: Warehouse = ctx.find_root().obj
+    if analytics_ok and wh.analytics_path.exists():
+        return wh
     if not create and not wh.exists():
         raise UserError(
             f"no warehouse at {wh.path}: check --warehouse / RECHUB_WAREHOUSE, or create one with "

@@ -147,7 +147,7 @@ def sql_command(
     """Query the published analytics database read-only (the warehouse if nothing is published yet)."""
     from rechub_store.publish.readonly import query_readonly
 
-    names, rows, path = query_readonly(warehouse_of(ctx), query, limit=limit)
+    names, rows, path = query_readonly(warehouse_of(ctx, analytics_ok=True), query, limit=limit)
     if as_json:
         print_json([dict(zip(names, row, strict=True)) for row in rows])
         return
@@ -159,7 +159,7 @@ def status_command(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Last nightly runs, the latest model run, the published run, and whether a job is running now."""
     from rechub_store.nightly import job_status
 
-    status = job_status(warehouse_of(ctx))
+    status = job_status(warehouse_of(ctx, analytics_ok=True))
     if as_json:
         print_json(status)
         return

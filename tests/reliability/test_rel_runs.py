@@ -231,6 +231,20 @@ def test_a_missing_warehouse_is_an_error_not_a_new_one(tmp_path: Path, args: lis
         assert not wh.parent.exists(), "nothing was created"
 
 
+def test_sql_and_status_read_an_analytics_file_alone(baseline: Path, tmp_path: Path) -> None:
+    """Analysts may be given only analytics.duckdb (and its history folder): sql and status work."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shutil.copy(baseline / "wh" / "analytics.duckdb", shared / "analytics.duckdb")
+    res = _cli(
+        shared / "rechub.duckdb", "sql", "SELECT count(DISTINCT run_id) AS n FROM recommendations", "--json"
+    )
+    assert res.exit_code == 0 and json.loads(res.output) == [{"n": 1}], res.output
+    assert _cli(shared / "rechub.duckdb", "status").exit_code == 0
+    assert _cli(shared / "rechub.duckdb", "score").exit_code == 2, "scoring needs the warehouse itself"
+    assert not (shared / "rechub.duckdb").exists()
+
+
 def test_ingest_creates_a_warehouse(tmp_path: Path) -> None:
     events = tmp_path / "e.csv"
     make_events(events, n_users=3, n_items=4, seed=0, t0=1_700_000_000)
