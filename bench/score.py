@@ -55,7 +55,7 @@ class World:
         self.item_vecs[1:] = items
 
     def users(self, codes: np.ndarray, hist_mean: float) -> tuple[np.ndarray, object]:
-        from rechub_store.retrieval.exact import Seen
+        from rechub_store.ranking.exact import Seen
 
         rng = np.random.default_rng([self.seed, int(codes[0]) if len(codes) else 0])
         n = len(codes)
@@ -80,7 +80,7 @@ def _chunks(n: int, size: int):
 
 
 def mode_exact(a: argparse.Namespace, world: World) -> dict:
-    from rechub_store.retrieval.exact import exact_topk
+    from rechub_store.ranking.exact import exact_topk
 
     chunk = max(64, min(4096, (1 << 26) // world.item_vecs.shape[0]))
     t0 = time.perf_counter()
@@ -101,8 +101,8 @@ def _tuned_index(a: argparse.Namespace, world: World):
 
 
 def mode_annoy(a: argparse.Namespace, world: World) -> dict:
+    from rechub_store.ranking.exact import exact_topk
     from rechub_store.retrieval.annoy_index import overlap_at_k
-    from rechub_store.retrieval.exact import exact_topk
 
     t0 = time.perf_counter()
     index, tuning = _tuned_index(a, world)
@@ -140,7 +140,7 @@ def mode_annoy(a: argparse.Namespace, world: World) -> dict:
 
 def mode_e2e(a: argparse.Namespace, world: World) -> dict:
     from rechub_store.publish.analytics import publish_analytics
-    from rechub_store.retrieval.exact import exact_topk
+    from rechub_store.ranking.exact import exact_topk
     from rechub_store.retrieval.scoring import write_topk
     from rechub_store.warehouse import Warehouse
 

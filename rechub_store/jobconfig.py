@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rechub_store.errors import UserError
+from rechub_store.ranking.options import BASELINE_NAMES, DEFAULT_SEEN_FILTER, SEEN_FILTERS
 
 RETRAIN_POLICIES = ("never", "always", "if-older-than", "if-missing")
 INDEX_KINDS = ("annoy", "exact", "auto")
@@ -272,17 +273,19 @@ class ScoreSettings:
     k: int = 100
     index: str = "annoy"  # annoy | exact | auto (exact up to exact_max_items items, else annoy)
     exact_max_items: int = 20_000
+    exclude_seen: bool = True  # false: re-consumption domains (repeats may be recommended)
     annoy: AnnoySettings = field(default_factory=AnnoySettings)
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> ScoreSettings:
-        _check_keys(data, {"k", "index", "exact_max_items", "annoy"}, "score")
+        _check_keys(data, {"k", "index", "exact_max_items", "exclude_seen", "annoy"}, "score")
         return cls(
             k=_int(data.get("k", cls.k), "score.k", hi=10_000),
             index=_choice(data.get("index", cls.index), "score.index", INDEX_KINDS),
             exact_max_items=_int(
                 data.get("exact_max_items", cls.exact_max_items), "score.exact_max_items", lo=0
             ),
+            exclude_seen=_bool(data.get("exclude_seen", cls.exclude_seen), "score.exclude_seen"),
             annoy=AnnoySettings.parse(_table(data, "annoy", "score.")),
         )
 
@@ -298,19 +301,31 @@ class EvaluateSettings:
     ks: tuple[int, ...] = (10, 20, 50)
     splits: tuple[str, ...] = ("test",)
     indexes: tuple[str, ...] = ("annoy", "exact")
-    popularity: bool = True
+    popularity: bool = True  # kept for older job files: false = leave popularity out of `baselines`
+    baselines: tuple[str, ...] = BASELINE_NAMES
+    seen_filter: str = DEFAULT_SEEN_FILTER  # except-target | all | none (ranking.protocol)
     max_users: int | None = 100_000  # evaluate a seeded sample of this many users per split (None = all)
+    list_users: int = 10_000  # users whose production lists get beyond-accuracy metrics (0 = none)
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> EvaluateSettings:
         _check_keys(data, {f.name for f in fields(cls)}, "evaluate")
+        popularity = _bool(data.get("popularity", cls.popularity), "evaluate.popularity")
+        baselines = _str_list(
+            data.get("baselines", list(cls.baselines)), "evaluate.baselines", BASELINE_NAMES
+        )
         return cls(
             enabled=_bool(data.get("enabled", cls.enabled), "evaluate.enabled"),
             ks=_int_list(data.get("ks", list(cls.ks)), "evaluate.ks"),
             splits=_str_list(data.get("splits", list(cls.splits)), "evaluate.splits", SPLITS),
             indexes=_str_list(data.get("indexes", list(cls.indexes)), "evaluate.indexes", ("annoy", "exact")),
-            popularity=_bool(data.get("popularity", cls.popularity), "evaluate.popularity"),
+            popularity=popularity,
+            baselines=tuple(b for b in baselines if popularity or b != "popularity"),
+            seen_filter=_choice(
+                data.get("seen_filter", cls.seen_filter), "evaluate.seen_filter", SEEN_FILTERS
+            ),
             max_users=_int(data["max_users"], "evaluate.max_users") if "max_users" in data else cls.max_users,
+            list_users=_int(data.get("list_users", cls.list_users), "evaluate.list_users", lo=0),
         )
 
 

@@ -48,6 +48,7 @@ from rechub_store.jobconfig import (
     TrainSettings,
 )
 from rechub_store.publish.analytics import publish_analytics, utcnow
+from rechub_store.ranking.options import BASELINE_NAMES
 from rechub_store.redact import RedactingFilter, redact
 from rechub_store.warehouse import Warehouse, table_exists
 
@@ -644,6 +645,7 @@ class Nightly:
             index=index,
             annoy_settings=s.annoy,
             keep_runs=self.job.publish.keep_runs,
+            exclude_seen=s.exclude_seen,
         )
         self.state.score = {
             "k": s.k,
@@ -666,14 +668,17 @@ class Nightly:
             ks=e.ks,
             splits=e.splits,
             indexes=e.indexes,
-            popularity=e.popularity,
+            baselines=e.baselines,
+            seen_filter=e.seen_filter,
             annoy_settings=self.job.score.annoy,
             max_users=e.max_users,
+            list_users=e.list_users,
+            exclude_seen=self.job.score.exclude_seen,
         )
         headline = {
             f"{r['model_run_id']}/{r['index']}/{r['metric']}@{r['k']}": round(r["value"], 5)
             for r in report.rows
-            if r["split"] == "test" and r["k"] == min(e.ks)
+            if r["split"] == "test" and r["k"] == min(e.ks) and r["slice"] == "all"
         }
         return len(report.rows), {"seconds": report.seconds, "metrics": headline, "annoy": report.annoy}
 
@@ -974,11 +979,11 @@ def run_demo(
         cur = con.execute(
             """
             PIVOT (SELECT model_run_id, "index", k, metric, value FROM evaluation_metrics
-                   WHERE run_id = ? AND split = 'test')
+                   WHERE run_id = ? AND split = 'test' AND slice = 'all')
             ON metric IN ('recall', 'hit', 'ndcg', 'mrr', 'precision', 'annoy_recall') USING first(value)
-            ORDER BY k, model_run_id = 'popularity', "index"
+            ORDER BY k, list_contains(?, model_run_id), model_run_id, "index"
             """,
-            [report.run_id],
+            [report.run_id, list(BASELINE_NAMES)],
         )
         names = [d[0] for d in cur.description]
         metrics = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

@@ -109,7 +109,7 @@ def demo_command(
     for name in ("model", "index", "k", "recall@k", "ndcg@k", "mrr@k", "annoy_recall@k"):
         table.add_column(name, justify="left" if name in ("model", "index") else "right")
     for m in report.metrics:
-        label = "popularity" if m["model_run_id"] == "popularity" else "model"
+        label = "model" if m["model_run_id"] == model_id else m["model_run_id"]
         cells = [m.get(x) for x in ("recall", "ndcg", "mrr", "annoy_recall")]
         table.add_row(label, m["index"], str(m["k"]), *["" if v is None else f"{v:.4f}" for v in cells])
     console.print(table)

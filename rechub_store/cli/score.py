@@ -9,6 +9,7 @@ from rich.table import Table
 from rechub_store.cli.app import JSON_OPTION, app, parse_int_list, print_json, warehouse_of
 from rechub_store.errors import UserError
 from rechub_store.jobconfig import AnnoySettings
+from rechub_store.ranking.options import BASELINE_NAMES, SEEN_FILTERS, check_seen_filter
 
 INDEX_HELP = "annoy (approximate, auto-tuned to recall 0.95 vs exact) or exact (brute force)"
 
@@ -36,13 +37,20 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+ACCURACY = ["recall", "hit", "ndcg", "mrr", "precision", "annoy_recall"]
+BEYOND = ["coverage", "gini", "popularity_percentile", "novelty", "diversity", "personalisation", "overlap"]
+
+
 def print_metrics(rows: list[dict], title: str) -> None:
-    """The metrics table: one line per (model run, split, index, k), metrics as columns."""
-    metrics = ["recall", "hit", "ndcg", "mrr", "precision", "annoy_recall"]
-    names = ["model_run_id", "split", "index", "k", *metrics, "n_users"]
-    shown = [m for m in metrics if any(m in r for r in rows)]
-    names = ["model_run_id", "split", "index", "k", *shown, "n_users"]
-    _print_rows(title, names, [[r.get(n) for n in names] for r in rows])
+    """The metrics tables: one line per (model run, split, index, slice, k), metrics as columns;
+    accuracy and beyond-accuracy (split `production`) apart."""
+    for part, metrics in ((" accuracy", ACCURACY), (" beyond accuracy", BEYOND)):
+        chosen = [r for r in rows if any(m in r for m in metrics)]
+        if not chosen:
+            continue
+        shown = [m for m in metrics if any(m in r for r in chosen)]
+        names = ["model_run_id", "split", "index", "slice", "k", *shown, "n_users"]
+        _print_rows(title + part, names, [[r.get(n) for n in names] for r in chosen])
 
 
 @app.command("score")
@@ -58,9 +66,14 @@ def score_command(
         0.95, "--target-recall", help="annoy auto-tuning target (recall@k vs exact)"
     ),
     keep_runs: int = typer.Option(30, "--keep-runs", min=1, help="Runs kept in recommendations_history"),
+    exclude_seen: bool = typer.Option(
+        True,
+        "--exclude-seen/--include-seen",
+        help="Remove items the user interacted with (--include-seen: re-consumption domains)",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Write every user's top-k unseen items to the warehouse's `recommendations` (working copy)."""
+    """Write every user's top-k items to the warehouse's `recommendations` (working copy)."""
     from rechub_store.retrieval.scoring import score
 
     report = score(
@@ -71,6 +84,7 @@ def score_command(
         index=_index(index),
         annoy_settings=AnnoySettings(target_recall=target_recall),
         keep_runs=keep_runs,
+        exclude_seen=exclude_seen,
     )
     if as_json:
         print_json(report.as_dict())
@@ -101,8 +115,18 @@ def evaluate_command(
     index: str = typer.Option(None, "--index", help=INDEX_HELP + " [default: both, plus annoy_recall]"),
     split: str = typer.Option("test", "--split", help="test, valid, or test,valid"),
     run_id: str = typer.Option(None, "--run-id", help="Run id to write [default: manual-<model run>]"),
+    seen_filter: str = typer.Option(
+        "except-target",
+        "--seen-filter",
+        help=f"What is removed from the ranking before the target is ranked: {' | '.join(SEEN_FILTERS)}",
+    ),
+    baselines: str = typer.Option(
+        ",".join(BASELINE_NAMES),
+        "--baselines",
+        help="Baselines beside the model, comma-separated ('' = none)",
+    ),
     popularity: bool = typer.Option(
-        True, "--popularity/--no-popularity", help="Also the most-popular baseline"
+        True, "--popularity/--no-popularity", help="--no-popularity: leave popularity out of --baselines"
     ),
     max_users: int = typer.Option(
         None,
@@ -110,9 +134,18 @@ def evaluate_command(
         min=1,
         help="Evaluate a seeded sample of this many users per split [default: all]",
     ),
+    list_users: int = typer.Option(
+        10_000, "--list-users", min=0, help="Users whose lists get beyond-accuracy metrics (0 = none)"
+    ),
+    exclude_seen: bool = typer.Option(
+        True, "--exclude-seen/--include-seen", help="The production rule of those lists (as `score`)"
+    ),
+    slices: bool = typer.Option(False, "--slices", help="Print every slice, not only `all`"),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Leave-one-out Recall/Hit/NDCG/MRR/Precision@k into the warehouse's `evaluation_metrics`."""
+    """Leave-one-out Recall/Hit/NDCG/MRR/Precision@k (and beyond-accuracy metrics of production lists)
+    into the warehouse's `evaluation_metrics`, with every baseline beside the model."""
+    from rechub_store.ranking.options import SLICES
     from rechub_store.retrieval.evaluate import evaluate
 
     ks = parse_int_list(k, "--k")
@@ -121,6 +154,10 @@ def evaluate_command(
         if s not in ("test", "valid"):
             raise UserError(f"--split: expected test or valid, got {s!r}")
     indexes = [_index(index)] if index else ["annoy", "exact"]
+    names = [b.strip() for b in baselines.split(",") if b.strip()]
+    for name in names:
+        if name not in BASELINE_NAMES:
+            raise UserError(f"--baselines: expected names from {', '.join(BASELINE_NAMES)}, got {name!r}")
     report = evaluate(
         warehouse_of(ctx),
         model_run_id=model_run,
@@ -128,13 +165,17 @@ def evaluate_command(
         ks=ks,
         splits=splits,
         indexes=indexes,
-        popularity=popularity,
+        baselines=[b for b in names if popularity or b != "popularity"],
+        seen_filter=check_seen_filter(seen_filter),
         max_users=max_users,
+        list_users=list_users,
+        exclude_seen=exclude_seen,
     )
     if as_json:
         print_json(report.as_dict())
         return
-    print_metrics(report.table(), f"evaluation {report.run_id} ({report.seconds:.1f}s)")
+    title = f"evaluation {report.run_id}, seen filter {report.seen_filter} ({report.seconds:.1f}s)"
+    print_metrics(report.table(SLICES if slices else ("all",)), title)
 
 
 @app.command("sql")

@@ -47,6 +47,11 @@ def train_command(
     valid_users: int = typer.Option(
         None, help="Validate on a seeded sample of this many users (default: all)."
     ),
+    seen_filter: str = typer.Option(
+        "except-target",
+        "--seen-filter",
+        help="Validation: history removed from the ranking: except-target | all | none.",
+    ),
     streaming: bool = typer.Option(False, "--streaming", help="Stream training samples from DuckDB."),
     seq_train: bool = typer.Option(
         None,
@@ -73,6 +78,7 @@ def train_command(
         patience=patience,
         seed=seed,
         valid_users=valid_users,
+        seen_filter=seen_filter,
         streaming=streaming,
         seq_train=seq_train,
         progress=not as_json,

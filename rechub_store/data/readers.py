@@ -21,6 +21,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal, TypeVar
 
 import duckdb
@@ -41,19 +42,97 @@ BITMAP_MAX_BYTES = 64 << 20  # negative sampling: user x item positives as a bit
 
 @dataclass(frozen=True)
 class Samples:
-    """Positive training/evaluation targets: the history of row i is user_history[:pos[i]]."""
+    """Positive training/evaluation targets: the history of row i is user_history[:pos[i]].
+
+    The point-in-time columns of the samples tables come along (None for hand-made samples):
+    `event_ts` (epoch microseconds), `user_count` (= user_event_count_scaled) and `item_pop`
+    (= item_popularity_scaled), both computed in SQL from events strictly before event_ts.
+    """
 
     user_code: np.ndarray  # int64 [S]
     target: np.ndarray  # int64 [S]
     pos: np.ndarray  # int64 [S]
     negatives: np.ndarray | None = None  # int64 [S, R] static negatives (0 = missing)
+    event_ts: np.ndarray | None = None  # int64 [S] epoch microseconds of the target event
+    user_count: np.ndarray | None = None  # float32 [S] user_event_count_scaled
+    item_pop: np.ndarray | None = None  # float32 [S] item_popularity_scaled
 
     def __len__(self) -> int:
         return int(self.user_code.shape[0])
 
     def take(self, idx: np.ndarray | slice) -> Samples:
-        negs = self.negatives[idx] if self.negatives is not None else None
-        return Samples(self.user_code[idx], self.target[idx], self.pos[idx], negs)
+        def cut(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[idx]
+
+        return Samples(
+            self.user_code[idx],
+            self.target[idx],
+            self.pos[idx],
+            cut(self.negatives),
+            cut(self.event_ts),
+            cut(self.user_count),
+            cut(self.item_pop),
+        )
+
+    @cached_property
+    def _keys(self) -> tuple[np.ndarray, int]:
+        width = int(self.pos.max(initial=0)) + 1
+        return self.user_code * width + self.pos, width
+
+    def lookup(self, user_codes: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Row indices of the samples (user, pos); rows must be sorted by (user_code, pos) as loaded.
+        Raises KeyError if one is not a sample."""
+        keys, width = self._keys
+        want = np.asarray(user_codes, dtype=np.int64) * width + np.asarray(pos, dtype=np.int64)
+        idx = np.minimum(np.searchsorted(keys, want), max(len(keys) - 1, 0))
+        if len(keys) == 0 or not np.array_equal(keys[idx], want):
+            raise KeyError("some (user, pos) pairs are not samples of this split")
+        return idx
+
+
+POINT_IN_TIME_COLUMNS = "epoch_us(event_ts) AS event_us, user_event_count_scaled, item_popularity_scaled"
+
+
+def _point_in_time(table: pa.Table) -> dict[str, np.ndarray]:
+    return {
+        "event_ts": _np(table, "event_us"),
+        "user_count": _np(table, "user_event_count_scaled", np.float32),
+        "item_pop": _np(table, "item_popularity_scaled", np.float32),
+    }
+
+
+class ItemPopularityIndex:
+    """Point-in-time item popularity for any (item, time): the item's events (all users) strictly
+    before that time, the definition of `features.samples.item_popularity`. Events are held once,
+    sorted by (item, time rank), so a batch of lookups is two binary searches (no Python loop)."""
+
+    def __init__(self, item_codes: np.ndarray, ts: np.ndarray, n_items: int) -> None:
+        self.times = np.unique(ts)  # distinct event times, ascending
+        self.stride = len(self.times) + 1
+        items = np.asarray(item_codes, dtype=np.int64)
+        self.keys = np.sort(items * self.stride + np.searchsorted(self.times, ts))
+        self.start = np.searchsorted(self.keys, np.arange(n_items + 1, dtype=np.int64) * self.stride)
+        self.n_items = n_items
+
+    @classmethod
+    def load(cls, con: duckdb.DuckDBPyConnection, n_items: int) -> ItemPopularityIndex:
+        events = _fetch(
+            con,
+            "SELECT unnest(item_codes) AS item_code, epoch_us(unnest(ts_list)) AS ts "
+            "FROM features.user_history",
+        )
+        items = _np(events, "item_code")
+        ok = (items >= 0) & (items < n_items)
+        return cls(items[ok], _np(events, "ts")[ok], n_items)
+
+    def count_before(self, item_codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """[N] int64: events of item_codes[j] with time < ts[j] (0 for codes outside the store)."""
+        items = np.asarray(item_codes, dtype=np.int64)
+        ok = (items >= 0) & (items < self.n_items)
+        safe = np.where(ok, items, 0)
+        rank = np.searchsorted(self.times, np.asarray(ts, dtype=np.int64), side="left")
+        count = np.searchsorted(self.keys, safe * self.stride + rank, side="left") - self.start[safe]
+        return np.where(ok, count, 0)
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
@@ -142,8 +221,18 @@ class FeatureStore:
     n_tags: int
     item_train_count: np.ndarray  # float64 [n_items]: training positives per item (logQ, popularity)
     samples: dict[str, Samples]
-    # scaling (transform, min, max) of the user's `event_count`: recomputed from hist_end per batch
+    # scaling (transform, min, max) of the user's `event_count`, for windows cut without a sample
     event_count_scaling: tuple[str, float, float] | None = None
+    # scaling of the item's `popularity`, for point-in-time values of items that are not the target
+    popularity_scaling: tuple[str, float, float] | None = None
+    # item `popularity` from training positions only, scaled: what evaluation encodes items with
+    # (no validation/test target is counted); `item_dense["popularity"]` is the current value
+    train_popularity: np.ndarray | None = None
+    # per-(item, time) popularity for the training step (loaded with the train split)
+    popularity_index: ItemPopularityIndex | None = None
+    # per user: the exclusive end of its training events in the history (before the valid/test
+    # targets; the whole history for users left out of the splits): what baselines learn from
+    train_end: np.ndarray | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -153,8 +242,11 @@ class FeatureStore:
         max_seq_len: int | None = None,
         splits: tuple[str, ...] = SPLITS,
         static_negatives: bool = False,
+        popularity_index: bool | None = None,
     ) -> FeatureStore:
-        """Read every feature table once. `splits` selects which samples tables to load."""
+        """Read every feature table once. `splits` selects which samples tables to load;
+        `popularity_index` (default: when the train split is loaded) also reads every event's
+        (item, time) for point-in-time item popularity in training."""
         for table in ("features.vocab_item_id", "features.vocab_user_id", "features.user_history"):
             require_table(con, table, BUILD_HINT)
         build_id, params = latest_build(con)
@@ -180,6 +272,21 @@ class FeatureStore:
         per_user = np.zeros(n_users, dtype=np.int64)
         per_user[np.sort(codes)] = lengths
         offsets = np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64)
+
+        train_end = per_user.copy()
+        held_out = [
+            f"SELECT user_code, pos FROM features.samples_{split}"
+            for split in ("valid", "test")
+            if table_exists(con, f"features.samples_{split}")
+        ]
+        if held_out:
+            first = _fetch(
+                con,
+                f"SELECT user_code, min(pos) AS pos FROM ({' UNION ALL '.join(held_out)}) GROUP BY user_code",
+            )
+            users, first_pos = _np(first, "user_code"), _np(first, "pos")
+            ok = (users >= 0) & (users < n_users)
+            train_end[users[ok]] = np.minimum(first_pos[ok], per_user[users[ok]])
 
         attr_vocab = cls._attribute_vocab(con)
         user_sparse, user_sparse_vocab = cls._wide_sparse(con, "user", n_users, attr_vocab)
@@ -218,15 +325,25 @@ class FeatureStore:
             train_count[codes[ok]] = _np(pop, "n_train", np.float64)[ok]
         elif "train" in samples:
             train_count += np.bincount(samples["train"].target, minlength=n_items)[:n_items]
-        # Event-derived dense columns are point-in-time here (DESIGN.md): the user's event_count is
-        # recomputed per batch from hist_end; item popularity counts training positions only, so
-        # no validation/test event leaks into training or evaluation.
+        # Event-derived dense columns: user_dense / item_dense hold the current values (all events:
+        # production scoring). Samples carry their point-in-time values from SQL (training and
+        # evaluation encode users with them), other items in a training step get theirs from the
+        # popularity index, and evaluation encodes items with training-position popularity, so no
+        # validation/test event leaks into training or evaluation.
         scaling = cls._dense_scaling(con)
-        if "popularity" in item_dense and ("item", "popularity") in scaling:
-            item_dense["popularity"] = _scale(train_count, *scaling[("item", "popularity")])
+        pop_scaling = scaling.get(("item", "popularity")) if "popularity" in item_dense else None
         count_scaling = scaling.get(("user", "event_count")) if "event_count" in user_dense else None
+        index = None
+        if pop_scaling is not None and (
+            popularity_index if popularity_index is not None else "train" in splits
+        ):
+            index = ItemPopularityIndex.load(con, n_items)
         return cls(
             event_count_scaling=count_scaling,
+            popularity_scaling=pop_scaling,
+            train_popularity=None if pop_scaling is None else _scale(train_count, *pop_scaling),
+            popularity_index=index,
+            train_end=train_end,
             build_id=build_id,
             build_params=params,
             max_seq_len=seq_len,
@@ -312,7 +429,7 @@ class FeatureStore:
             data = _fetch(
                 con,
                 f"""
-                SELECT s.user_code, s.target_item_code, s.pos, n.negs
+                SELECT s.user_code, s.target_item_code, s.pos, n.negs, {POINT_IN_TIME_COLUMNS}
                 FROM {table} s LEFT JOIN (
                     SELECT user_code, pos, list(neg_item_code ORDER BY neg_rank) AS negs
                     FROM features.negatives_train GROUP BY ALL) n USING (user_code, pos)
@@ -322,16 +439,20 @@ class FeatureStore:
             negs = list_to_matrix(values, lengths, int(lengths.max(initial=0)))
         else:
             data = _fetch(
-                con, f"SELECT user_code, target_item_code, pos FROM {table} ORDER BY user_code, pos"
+                con,
+                f"SELECT user_code, target_item_code, pos, {POINT_IN_TIME_COLUMNS} FROM {table} "
+                "ORDER BY user_code, pos",
             )
             negs = None
         users, pos = _np(data, "user_code"), _np(data, "pos")
         order = np.lexsort((pos, users))  # never trust result order (see `_fetch`)
+        pit = {name: values[order] for name, values in _point_in_time(data).items()}
         return Samples(
             users[order],
             _np(data, "target_item_code")[order],
             pos[order],
             None if negs is None else negs[order],
+            **pit,
         )
 
     # ------------------------------------------------------------------ metadata
@@ -393,10 +514,19 @@ class FeatureStore:
         return indptr, indices
 
     def user_batch(
-        self, user_codes: np.ndarray, hist_end: np.ndarray, max_seq_len: int, trim: bool = True
+        self,
+        user_codes: np.ndarray,
+        hist_end: np.ndarray,
+        max_seq_len: int,
+        trim: bool = True,
+        event_count: np.ndarray | None = None,
     ) -> dict[str, torch.Tensor]:
         """User-tower inputs for users with histories cut at `hist_end` (exclusive).
 
+        `event_count`: the scaled point-in-time event count per row (a sample's
+        `user_event_count_scaled`); training and evaluation pass it. Without it, a row whose
+        window is the whole history gets the current value (`features.user_dense`), and a shorter
+        window the number of events in it (what a caller without a sample knows).
         `trim`: drop window columns that are padding in every row (the models are padding-invariant,
         so this only saves compute: with length-bucketed batches most padding disappears).
         """
@@ -415,15 +545,25 @@ class FeatureStore:
             batch[f"u.{name}"] = torch.from_numpy(arr[safe])
         for name, arr in self.user_dense.items():
             batch[f"ud.{name}"] = torch.from_numpy(arr[safe])
-        if self.event_count_scaling is not None:
-            ends = np.minimum(np.asarray(hist_end, dtype=np.int64), self.history_length(u))
-            batch["ud.event_count"] = torch.from_numpy(
-                _scale(ends.astype(np.float64), *self.event_count_scaling)
-            )
+        if "event_count" in self.user_dense:
+            if event_count is not None:
+                batch["ud.event_count"] = torch.from_numpy(np.asarray(event_count, dtype=np.float32))
+            elif self.event_count_scaling is not None:
+                length = self.history_length(u)
+                ends = np.minimum(np.asarray(hist_end, dtype=np.int64), length)
+                window = _scale(ends.astype(np.float64), *self.event_count_scaling)
+                current = self.user_dense["event_count"][safe]
+                batch["ud.event_count"] = torch.from_numpy(np.where(ends >= length, current, window))
         return batch
 
-    def item_batch(self, item_codes: np.ndarray) -> dict[str, torch.Tensor]:
-        """Item-tower inputs for the given item codes (codes outside the store read as padding)."""
+    def item_batch(
+        self, item_codes: np.ndarray, popularity: np.ndarray | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Item-tower inputs for the given item codes (codes outside the store read as padding).
+
+        `popularity`: scaled popularity per row (point-in-time, or `train_popularity[codes]`);
+        None = the current value (`features.item_dense`, all events).
+        """
         i = np.asarray(item_codes, dtype=np.int64)
         safe = np.where((i >= 0) & (i < self.n_items), i, 0)
         batch = {"item_code": torch.from_numpy(i.copy()), "i.item_id": torch.from_numpy(safe.copy())}
@@ -431,9 +571,19 @@ class FeatureStore:
             batch[f"i.{name}"] = torch.from_numpy(arr[safe])
         for name, arr in self.item_dense.items():
             batch[f"id.{name}"] = torch.from_numpy(arr[safe])
+        if popularity is not None and "popularity" in self.item_dense:
+            batch["id.popularity"] = torch.from_numpy(np.asarray(popularity, dtype=np.float32))
         if self.item_tags is not None:
             batch["tags"] = torch.from_numpy(self.item_tags[safe])
         return batch
+
+    def popularity_at(self, item_codes: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Scaled point-in-time popularity of item_codes[j] at time ts[j] (epoch microseconds): what
+        `features.samples.item_popularity_scaled` holds for a target. Needs the popularity index."""
+        if self.popularity_index is None or self.popularity_scaling is None:
+            raise ValueError("point-in-time popularity needs FeatureStore.load(..., popularity_index=True)")
+        counts = self.popularity_index.count_before(item_codes, ts)
+        return _scale(counts.astype(np.float64), *self.popularity_scaling)
 
 
 def _scale(x: np.ndarray, transform: str, lo: float, hi: float) -> np.ndarray:
@@ -446,7 +596,15 @@ def _scale(x: np.ndarray, transform: str, lo: float, hi: float) -> np.ndarray:
 
 # ---------------------------------------------------------------------- negatives
 class NegativeSampler:
-    """Seeded negatives per batch, uniform or popularity^alpha, never one of the user's positives."""
+    """Seeded negatives per batch, uniform or popularity^alpha.
+
+    A negative for the sample at position `pos` of a user's history is never an item the user had
+    interacted with up to and including `pos` (the target and its history). Items the user only
+    interacts with later (e.g. their validation and test targets) stay valid negatives: excluding
+    them would teach the model "this item is never a negative for this user", knowledge from the
+    future. Each (user, item) pair keeps the position of its first occurrence, so "interacted up
+    to pos" is one comparison after the bitmap lookup.
+    """
 
     def __init__(
         self,
@@ -458,10 +616,23 @@ class NegativeSampler:
         self.n_items = store.n_items
         self.n_users = store.n_users
         self.max_rounds = max_rounds
-        owner = np.repeat(np.arange(store.n_users, dtype=np.int64), np.diff(store.hist_offsets))
-        keys = np.sort(owner * self.n_items + store.hist_items.astype(np.int64))
-        # sort + dedupe: np.unique is ~15x slower on large int64 arrays in numpy 2.x
-        self.positive_keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if keys.size else keys
+        lengths = np.diff(store.hist_offsets)
+        owner = np.repeat(np.arange(store.n_users, dtype=np.int64), lengths)
+        keys = owner * self.n_items + store.hist_items.astype(np.int64)
+        seq = np.arange(keys.size, dtype=np.int64) - np.repeat(store.hist_offsets[:-1], lengths)
+        width = int(lengths.max(initial=0)) + 1
+        # sort (key, position) packed in one int64 and keep each key's first entry: its first
+        # occurrence (sort + dedupe: np.unique is ~15x slower on large int64 arrays in numpy 2.x)
+        if keys.size and (self.n_users * self.n_items + 1) * width < 2**62:
+            packed = np.sort(keys * width + seq)
+            keys = packed // width
+            first = np.r_[True, keys[1:] != keys[:-1]]
+            self.positive_keys, self.first_pos = keys[first], packed[first] % width
+        else:  # huge user x item space: a stable sort by key keeps positions ascending within a key
+            order = np.argsort(keys, kind="stable")
+            keys, seq = keys[order], seq[order]
+            first = np.r_[True, keys[1:] != keys[:-1]] if keys.size else np.zeros(0, dtype=bool)
+            self.positive_keys, self.first_pos = keys[first], seq[first]
         # users x items fits a small bitmap (20k x 5k: 12 MB): one lookup per check instead of a
         # binary search over every positive (which costs ~20 cache misses per draw)
         self.bitmap: np.ndarray | None = None
@@ -488,6 +659,7 @@ class NegativeSampler:
         return np.minimum(np.searchsorted(self.cdf, rng.random(size), side="right"), self.n_items - 1)
 
     def is_positive(self, user_codes: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Has the user interacted with the item at any time?"""
         keys = user_codes * self.n_items + items
         if self.bitmap is not None:
             known = (user_codes >= 0) & (user_codes < self.n_users) & (items >= 0) & (items < self.n_items)
@@ -498,16 +670,36 @@ class NegativeSampler:
         found = np.minimum(found, max(self.positive_keys.size - 1, 0))
         return self.positive_keys[found] == keys if self.positive_keys.size else np.zeros(keys.shape, bool)
 
-    def sample(self, user_codes: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-        """[B, n] int64 negatives; resamples collisions with the user's positives a few rounds."""
+    def is_excluded(self, user_codes: np.ndarray, items: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Had the user interacted with the item at or before `positions` (the sample's target)?"""
+        out = self.is_positive(user_codes, items)
+        if out.any():
+            keys = (user_codes * self.n_items + items)[out]
+            first = self.first_pos[np.searchsorted(self.positive_keys, keys)]
+            out[out] = first <= np.broadcast_to(positions, out.shape)[out]
+        return out
+
+    def sample(
+        self, user_codes: np.ndarray, n: int, rng: np.random.Generator, positions: np.ndarray | None = None
+    ) -> np.ndarray:
+        """[B, n] int64 negatives for samples (user_codes[b], positions[b]); collisions with what the
+        user had interacted with up to that position are redrawn a few rounds. Without `positions`
+        every item of the user's whole history is excluded."""
         users = np.repeat(np.asarray(user_codes, dtype=np.int64), n)
+        pos = None if positions is None else np.repeat(np.asarray(positions, dtype=np.int64), n)
+
+        def bad_at(rows: np.ndarray | slice) -> np.ndarray:
+            if pos is None:
+                return self.is_positive(users[rows], negs[rows])
+            return self.is_excluded(users[rows], negs[rows], pos[rows])
+
         negs = self._draw(rng, users.size)
-        bad = self.is_positive(users, negs)
+        bad = bad_at(slice(None))
         for _ in range(self.max_rounds):
             if not bad.any():
                 break
             negs[bad] = self._draw(rng, int(bad.sum()))
-            bad[bad] = self.is_positive(users[bad], negs[bad])
+            bad[bad] = bad_at(bad)
         negs[bad] = 0  # a user who saw (nearly) every item: masked as padding by the loss
         return negs.reshape(-1, n)
 
@@ -567,20 +759,40 @@ class InMemorySamples:
     With `bucket_len`, each run of `BUCKET_BATCHES` batches of the permutation is sorted by history
     length (capped at `bucket_len`) before it is cut, and the batches are then shuffled: batches hold
     similar lengths, so trimmed windows carry little padding (sequence models run several times faster).
+
+    With `by_time`, batches are cut from the samples in event-time order (from a seeded offset each
+    epoch) and then shuffled: each batch spans a short stretch of time, so what a step encodes once
+    for the whole batch (the catalogue under full softmax) can use the item features known at the
+    batch's earliest sample without going stale for the others.
     """
 
     BUCKET_BATCHES = 64
 
-    def __init__(self, samples: Samples, seed: int, bucket_len: int | None = None) -> None:
+    def __init__(
+        self, samples: Samples, seed: int, bucket_len: int | None = None, by_time: bool = False
+    ) -> None:
         self.samples = samples
         self.seed = seed
         self.lengths = None if bucket_len is None else np.minimum(samples.pos, bucket_len)
+        self.time_order: np.ndarray | None = None
+        if by_time:
+            if samples.event_ts is None:
+                raise ValueError("time-ordered batches need the samples' event_ts")
+            self.time_order = np.lexsort((samples.pos, samples.user_code, samples.event_ts))
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def batches(self, epoch: int, batch_size: int) -> Iterator[Samples]:
         rng = np.random.default_rng([self.seed, epoch])
+        if self.time_order is not None:
+            n = len(self.samples)
+            offset = int(rng.integers(0, batch_size)) if n > batch_size else 0
+            cuts = np.unique(np.r_[0, np.arange(offset, n, batch_size), n])
+            ordered = self.samples.take(self.time_order)
+            for b in rng.permutation(len(cuts) - 1):
+                yield ordered.take(slice(int(cuts[b]), int(cuts[b + 1])))
+            return
         order = rng.permutation(len(self.samples))
         starts = np.arange(0, order.size, batch_size)
         if self.lengths is not None:
@@ -649,6 +861,7 @@ class SequenceSource:
     """Seeded, length-bucketed batches of `SequenceUnits` (see InMemorySamples for the bucketing)."""
 
     def __init__(self, samples: Samples, seed: int, window: int) -> None:
+        self.samples = samples  # the units' targets: their point-in-time columns are looked up here
         self.units = sequence_units(samples, window)
         self.seed = seed
         self.n_targets = len(samples)
@@ -690,12 +903,13 @@ class StreamingSamples:
     def batches(self, epoch: int, batch_size: int) -> Iterator[Samples]:
         key = int(np.random.default_rng([self.seed, epoch]).integers(0, 2**31 - 1))
         if self.static_negatives:
-            sql = f"""SELECT s.user_code, s.target_item_code, s.pos, n.negs FROM {self.table} s
+            sql = f"""SELECT s.user_code, s.target_item_code, s.pos, n.negs, {POINT_IN_TIME_COLUMNS}
+                      FROM {self.table} s
                       LEFT JOIN (SELECT user_code, pos, list(neg_item_code ORDER BY neg_rank) AS negs
                                  FROM features.negatives_train GROUP BY ALL) n USING (user_code, pos)
                       ORDER BY hash(s.user_code, s.pos, $key), s.user_code, s.pos"""
         else:
-            sql = f"""SELECT user_code, target_item_code, pos FROM {self.table}
+            sql = f"""SELECT user_code, target_item_code, pos, {POINT_IN_TIME_COLUMNS} FROM {self.table}
                       ORDER BY hash(user_code, pos, $key), user_code, pos"""
         # a cursor of its own: the stream stays open while the caller uses `con` for other queries
         reader = self.con.cursor().sql(sql, params={"key": key}).to_arrow_reader(batch_size)
@@ -708,7 +922,13 @@ class StreamingSamples:
                 values, lengths = _list_column(table, "negs")
                 negs = list_to_matrix(values, lengths, int(lengths.max(initial=0)))
             pending.append(
-                Samples(_np(table, "user_code"), _np(table, "target_item_code"), _np(table, "pos"), negs)
+                Samples(
+                    _np(table, "user_code"),
+                    _np(table, "target_item_code"),
+                    _np(table, "pos"),
+                    negs,
+                    **_point_in_time(table),
+                )
             )
             n_pending += table.num_rows
             while n_pending >= batch_size:
@@ -732,9 +952,17 @@ def _concat(parts: list[Samples]) -> Samples:
                 for p in parts
             ]
         )
+
+    def cat(name: str) -> np.ndarray | None:
+        arrays = [getattr(p, name) for p in parts]
+        return None if any(a is None for a in arrays) else np.concatenate(arrays)
+
     return Samples(
         np.concatenate([p.user_code for p in parts]),
         np.concatenate([p.target for p in parts]),
         np.concatenate([p.pos for p in parts]),
         negs,
+        cat("event_ts"),
+        cat("user_count"),
+        cat("item_pop"),
     )

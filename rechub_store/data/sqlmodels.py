@@ -56,11 +56,13 @@ RESERVED_SCHEMAS = {
     "raw": "ingested data",
     "meta": "build, model and job bookkeeping",
     "main": "published results",
+    "metrics": "the beyond-accuracy metric tables (sql/metrics/, rebuilt by evaluate)",
     "temp": "DuckDB's temporary objects",
     "system": "DuckDB's catalog",
     "information_schema": "DuckDB's catalog",
     "pg_catalog": "DuckDB's catalog",
 }
+METRICS_DIR = "metrics"  # run after scoring (`run_metric_models`), not part of a feature build
 
 # progress(step, done, total): called before each model runs (step = model name) and at the end.
 Progress = Callable[[str, int, int], None]
@@ -277,16 +279,25 @@ def user_models_folder(path: Path | str) -> Path:
     return folder.resolve()
 
 
-def _model_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*.sql") if p.relative_to(root).parts[0] != AUDIT_DIR)
+def _model_files(root: Path, only: str | None = None) -> list[Path]:
+    """The feature store's model files under `root` (audits and metrics left out), or with `only`
+    the files of that one top folder (e.g. METRICS_DIR)."""
+
+    def wanted(path: Path) -> bool:
+        top = path.relative_to(root).parts[0]
+        return top == only if only is not None else top not in (AUDIT_DIR, METRICS_DIR)
+
+    return sorted(p for p in root.rglob("*.sql") if wanted(p))
 
 
-def _sources(sql_dir: Path, user_dir: Path | None) -> dict[str, tuple[Path, str, bool]]:
+def _sources(
+    sql_dir: Path, user_dir: Path | None, only: str | None = None
+) -> dict[str, tuple[Path, str, bool]]:
     """schema.table -> (file, text, from the user's folder) for every model, overrides applied."""
     if not sql_dir.is_dir():
         raise UserError(f"SQL folder {sql_dir} not found")
     sources: dict[str, tuple[Path, str, bool]] = {}
-    for path in _model_files(sql_dir):
+    for path in _model_files(sql_dir, only):
         name = _model_name(path, sql_dir)
         if name in sources:
             raise UserError(f"{path}: table {name} is already defined by {sources[name][0]}")
@@ -321,13 +332,16 @@ def _sources(sql_dir: Path, user_dir: Path | None) -> dict[str, tuple[Path, str,
     return sources
 
 
-def discover(sql_dir: Path = SQL_DIR, user_dir: Path | None = None) -> dict[str, Model]:
-    """All models under `sql_dir` and the user's folder (audits excluded), dependencies resolved.
+def discover(
+    sql_dir: Path = SQL_DIR, user_dir: Path | None = None, only: str | None = None
+) -> dict[str, Model]:
+    """All models under `sql_dir` and the user's folder (audits and metrics excluded), dependencies
+    resolved; with `only`, the models of that top folder alone (METRICS_DIR: the metric models).
 
     A user model at the same relative path as a built-in one replaces it; a user model with a
     built-in model's table name at another path, or in a reserved schema, is a UserError.
     """
-    sources = _sources(sql_dir, user_dir)
+    sources = _sources(sql_dir, user_dir, only)
     models = {}
     for name, (path, sql, user) in sources.items():
         header = _self_header(sql)
@@ -367,9 +381,10 @@ def discover_audits(sql_dir: Path = SQL_DIR, user_dir: Path | None = None) -> di
 
 def fingerprint(sql_dir: Path = SQL_DIR, user_dir: Path | None = None) -> str:
     """Hash of every model's and audit's file name and text, built-in and the user's: a changed
-    model means the feature store must be rebuilt."""
+    model means the feature store must be rebuilt (the metric models, which a build never runs,
+    are left out)."""
     digest = hashlib.sha1()
-    for path in sorted(sql_dir.rglob("*.sql")):
+    for path in sorted(p for p in sql_dir.rglob("*.sql") if p.relative_to(sql_dir).parts[0] != METRICS_DIR):
         digest.update(str(path.relative_to(sql_dir)).encode())
         digest.update(path.read_bytes())
     if user_dir is not None:
@@ -651,3 +666,28 @@ def _fail(
         )
     except duckdb.Error:
         pass  # the original error is the one worth showing
+
+
+def run_metric_models(
+    con: duckdb.DuckDBPyConnection, *, variables: Mapping[str, Any], sql_dir: Path = SQL_DIR
+) -> dict[str, list[dict[str, Any]]]:
+    """Build the `sql/metrics/` models (tables `metrics.<name>`, replaced each time) in dependency
+    order with `variables` set, after scoring; returns the rows of every model with `metric` and
+    `value` columns (the metric outputs), by model name. Helper models are built but not returned.
+    """
+    models = discover(sql_dir, only=METRICS_DIR)
+    set_variables(con, variables)
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {METRICS_DIR}")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for model in order(models):
+        try:
+            con.execute(f"CREATE OR REPLACE TABLE {model.name} AS\n{model.sql}\n")
+            cur = con.execute(f"SELECT * FROM {model.name}")
+        except duckdb.Error as exc:
+            raise UserError(
+                f"metric model {_display(model.path, sql_dir)} failed: {_first_line(exc)}"
+            ) from exc
+        names = [d[0] for d in cur.description]
+        if {"metric", "value"} <= set(names):
+            out[model.name] = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    return out

@@ -44,11 +44,26 @@ CREATE TABLE IF NOT EXISTS main.recommendations_history (
 );
 CREATE TABLE IF NOT EXISTS main.evaluation_metrics (
     run_id VARCHAR, model_run_id VARCHAR, split VARCHAR, metric VARCHAR, k INTEGER,
-    value DOUBLE, n_users BIGINT, "index" VARCHAR, created_at TIMESTAMP
+    value DOUBLE, n_users BIGINT, "index" VARCHAR, created_at TIMESTAMP,
+    seen_filter VARCHAR, slice VARCHAR, n_repeat_targets BIGINT
+);
+CREATE TABLE IF NOT EXISTS main.evaluation_lists (
+    run_id VARCHAR, source VARCHAR, model_run_id VARCHAR, "index" VARCHAR,
+    user_code INTEGER, rank INTEGER, item_code INTEGER, score DOUBLE, created_at TIMESTAMP
 );
 """
 
 RESULT_TABLES = ("recommendations", "recommendations_history", "evaluation_metrics")
+
+# Columns evaluation_metrics gained with the explicit evaluation protocol, and the value rows written
+# before it get: `legacy` = the history was removed INCLUDING a repeated target and ties fell in
+# torch.topk's order; those rows are not comparable with the others (NULL n_repeat_targets: unknown).
+METRIC_COLUMNS_ADDED = (
+    ("seen_filter", "VARCHAR", "'legacy'"),
+    ("slice", "VARCHAR", "'all'"),
+    ("n_repeat_targets", "BIGINT", None),
+)
+LEGACY_SEEN_FILTER = "legacy"
 PUBLISHED_TABLE = "published"  # one row in the analytics file: which run it holds
 
 
@@ -58,7 +73,23 @@ def utcnow() -> dt.datetime:
 
 
 def ensure_results_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the result tables; an evaluation_metrics from an older version gains the protocol
+    columns (its rows marked `legacy`, see METRIC_COLUMNS_ADDED)."""
     con.execute(RESULTS_DDL)
+    have = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND schema_name = 'main' AND table_name = 'evaluation_metrics'"
+        ).fetchall()
+    }
+    missing = [c for c in METRIC_COLUMNS_ADDED if c[0] not in have]
+    if missing:
+        with transaction(con):
+            for name, kind, old_rows in missing:
+                con.execute(f"ALTER TABLE main.evaluation_metrics ADD COLUMN {name} {kind}")
+                if old_rows is not None:
+                    con.execute(f"UPDATE main.evaluation_metrics SET {name} = {old_rows}")
 
 
 def _sql_literal(text: str) -> str:
@@ -175,6 +206,9 @@ def write_metrics(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping[str, An
             "n_users": pa.array([int(r["n_users"]) for r in rows], pa.int64()),
             "index": [r["index"] for r in rows],
             "created_at": pa.array([created_at] * len(rows), pa.timestamp("us")),
+            "seen_filter": pa.array([r.get("seen_filter") for r in rows], pa.string()),
+            "slice": [r.get("slice", "all") for r in rows],
+            "n_repeat_targets": pa.array([r.get("n_repeat_targets") for r in rows], pa.int64()),
         }
     )
     keys = sorted({(r["run_id"], r["split"]) for r in rows})
@@ -185,10 +219,89 @@ def write_metrics(con: duckdb.DuckDBPyConnection, rows: Iterable[Mapping[str, An
                 con.execute(
                     "DELETE FROM main.evaluation_metrics WHERE run_id = ? AND split = ?", [run_id, split]
                 )
-            con.execute("INSERT INTO main.evaluation_metrics SELECT * FROM _metrics_chunk")
+            con.execute("INSERT INTO main.evaluation_metrics BY NAME SELECT * FROM _metrics_chunk")
     finally:
         con.unregister("_metrics_chunk")
     return len(rows)
+
+
+LIST_RUNS_KEPT = 3  # evaluation_lists keeps the newest runs (and the previous published one) for churn
+
+
+def previous_list_run(con: duckdb.DuckDBPyConnection, run_id: str) -> str | None:
+    """The run the churn metrics compare `run_id` with: the newest other run with evaluation lists
+    that was published by the nightly job (meta.job_runs), else the newest other run with lists."""
+    ensure_results_tables(con)
+    published = (
+        "SELECT DISTINCT run_id FROM meta.job_runs WHERE step = 'publish' AND status = 'success'"
+        if table_exists(con, "meta.job_runs")
+        else "SELECT NULL::VARCHAR AS run_id WHERE false"
+    )
+    row = con.execute(
+        f"""
+        SELECT l.run_id FROM main.evaluation_lists l
+        WHERE l.run_id <> ?
+        GROUP BY l.run_id
+        ORDER BY bool_or(l.run_id IN ({published})) DESC, max(l.created_at) DESC, l.run_id DESC
+        LIMIT 1
+        """,
+        [run_id],
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def write_evaluation_lists(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    lists: Iterable[tuple[str, str, str, np.ndarray, np.ndarray, np.ndarray]],
+    keep: str | None = None,
+) -> int:
+    """Replace run `run_id`'s rows of `evaluation_lists` with `lists`: (source, model_run_id, index,
+    user codes [U], item codes [U, k] best first (0 = none), scores [U, k]). Keeps the newest
+    LIST_RUNS_KEPT runs and `keep` (the run churn is measured against); older runs are deleted."""
+    ensure_results_tables(con)
+    parts = []
+    for source, model_run_id, index, users, codes, scores in lists:
+        n_users, k = codes.shape
+        real = (codes > 0).ravel()
+        n = int(real.sum())
+        parts.append(
+            pa.table(
+                {
+                    "run_id": pa.array([run_id] * n, pa.string()),
+                    "source": pa.array([source] * n, pa.string()),
+                    "model_run_id": pa.array([model_run_id] * n, pa.string()),
+                    "index": pa.array([index] * n, pa.string()),
+                    "user_code": np.repeat(np.asarray(users, dtype=np.int32), k)[real],
+                    "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n_users)[real],
+                    "item_code": codes.astype(np.int32).ravel()[real],
+                    "score": scores.astype(np.float64).ravel()[real],
+                    "created_at": pa.array([utcnow()] * n, pa.timestamp("us")),
+                }
+            )
+        )
+    rows = 0
+    with transaction(con):
+        con.execute("DELETE FROM main.evaluation_lists WHERE run_id = ?", [run_id])
+        for table in parts:
+            con.register("_lists_chunk", table)
+            try:
+                con.execute("INSERT INTO main.evaluation_lists BY NAME SELECT * FROM _lists_chunk")
+            finally:
+                con.unregister("_lists_chunk")
+            rows += table.num_rows
+        con.execute(
+            """
+            DELETE FROM main.evaluation_lists WHERE run_id NOT IN (
+                SELECT run_id FROM (
+                    SELECT run_id, row_number() OVER (ORDER BY max(created_at) DESC, run_id DESC) AS rn
+                    FROM main.evaluation_lists GROUP BY run_id
+                ) WHERE rn <= ?
+            ) AND run_id IS DISTINCT FROM ?
+            """,
+            [LIST_RUNS_KEPT, keep],
+        )
+    return rows
 
 
 def _fsync(path: Path) -> None:

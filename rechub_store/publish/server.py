@@ -41,6 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from rechub_store.errors import UserError
+from rechub_store.publish.analytics import LEGACY_SEEN_FILTER
 from rechub_store.redact import redact, register
 from rechub_store.warehouse import Warehouse, quote_ident, table_exists
 
@@ -51,7 +52,11 @@ LOCK_TIMEOUT_MS = 500  # longest a single swap attempt makes readers queue behin
 FAULT_ENV = "RECHUB_PUBLISH_FAULT"  # test hook: `<point>` raises, `<point>:kill` SIGKILLs this process
 
 REC_COLUMNS = ("user_id", "item_id", "rank", "score", "run_id", "model_run_id", "generated_at")
-METRIC_COLUMNS = ("run_id", "model_run_id", "split", "metric", "k", "value", "n_users", "index", "created_at")
+METRIC_COLUMNS = (
+    "run_id", "model_run_id", "split", "metric", "k", "value", "n_users", "index", "created_at",
+    "seen_filter", "slice", "n_repeat_targets",
+)  # fmt: skip
+METRIC_KEY = ("run_id", "model_run_id", "split", "slice", "metric", "k", "index")
 MODEL_RUN_COLUMNS = (
     "model_run_id", "model", "status", "params", "build_id", "vocab_sizes", "history", "best_epoch",
     "best_metric", "artifact_path", "wall_seconds", "created_at", "finished_at", "error"
@@ -235,15 +240,12 @@ def _tables(names: _Names, live: str | None, *, pg: bool) -> tuple[sa.MetaData, 
             sa.Column("n_users", sa.BigInteger),
             sa.Column("index", sa.Text, nullable=False),
             sa.Column("created_at", sa.DateTime),
-            sa.PrimaryKeyConstraint(
-                "run_id",
-                "model_run_id",
-                "split",
-                "metric",
-                "k",
-                "index",
-                name=f"{names.name('evaluation_metrics')}_pkey",
-            ),
+            # the evaluation protocol (rechub_store.ranking.protocol); `legacy` = rows published
+            # before it was recorded (migrated tables), not comparable with the others
+            sa.Column("seen_filter", sa.Text),
+            sa.Column("slice", sa.Text, nullable=False),
+            sa.Column("n_repeat_targets", sa.BigInteger),
+            sa.PrimaryKeyConstraint(*METRIC_KEY, name=f"{names.name('evaluation_metrics')}_pkey"),
             schema=s,
         ),
         "model_runs": sa.Table(
@@ -314,6 +316,7 @@ class _Source:
     run_id: str
     rec_table: str  # main.recommendations or main.recommendations_history
     has_metrics: bool
+    metric_columns: str  # the SELECT list of evaluation_metrics in METRIC_COLUMNS order
     rows: int
     model_run_id: str | None
     generated_at: datetime | None
@@ -324,8 +327,7 @@ class _Source:
         """Stream one table's rows for this run as Arrow record batches, columns in server order."""
         recs = f"SELECT {', '.join(REC_COLUMNS)} FROM {self.rec_table} WHERE run_id = $run"
         metrics = (
-            'SELECT run_id, model_run_id, split, metric, k, value, n_users, "index", created_at '
-            "FROM main.evaluation_metrics WHERE run_id = $run"
+            f"SELECT {self.metric_columns} FROM main.evaluation_metrics WHERE run_id = $run"
             if self.has_metrics
             else "SELECT NULL::VARCHAR AS run_id LIMIT 0"
         )
@@ -367,7 +369,9 @@ class _Source:
 # stamps are left out of the fingerprint, so a rerun that recomputed identical results publishes
 # only to the targets that do not have them yet).
 _STATS = "count(*), min(model_run_id), max(generated_at), sum(hash(user_id, item_id, rank, score))"
-_METRIC_STATS = 'count(*), sum(hash(model_run_id, split, metric, k, value, n_users, "index"))'
+_METRIC_STATS = (
+    'count(*), sum(hash(model_run_id, split, metric, k, value, n_users, "index", seen_filter, slice))'
+)
 
 
 def _open_source(con: duckdb.DuckDBPyConnection, run_id: str | None) -> _Source:
@@ -401,14 +405,78 @@ def _open_source(con: duckdb.DuckDBPyConnection, run_id: str | None) -> _Source:
     if not stats or not stats[0]:
         raise UserError(f"run {run_id!r} not found in main.recommendations or main.recommendations_history")
     has_metrics = table_exists(con, "main.evaluation_metrics")
+    metric_select = _metric_select(con) if has_metrics else ""
     mstats = (0, None)
     if has_metrics:
+        # over the columns as sent, so a legacy working copy fingerprints like its published rows
         mstats = con.execute(
-            f"SELECT {_METRIC_STATS} FROM main.evaluation_metrics WHERE run_id = ?", [run_id]
+            f"SELECT {_METRIC_STATS} FROM (SELECT {metric_select} FROM main.evaluation_metrics "
+            "WHERE run_id = ?)",
+            [run_id],
         ).fetchall()[0]
     rows, model_run_id, generated_at, checksum = stats
     fingerprint = f"rows={rows};model={model_run_id};sum={checksum};metrics={mstats[0]}:{mstats[1]}"
-    return _Source(con, run_id, table, has_metrics, int(rows), model_run_id, generated_at, fingerprint)
+    return _Source(
+        con, run_id, table, has_metrics, metric_select, int(rows), model_run_id, generated_at, fingerprint
+    )
+
+
+def _metric_select(con: duckdb.DuckDBPyConnection) -> str:
+    """The evaluation_metrics columns to send, in METRIC_COLUMNS order; a warehouse table from before
+    the evaluation protocol was recorded sends its rows as `legacy` ones (see analytics.py)."""
+    have = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND schema_name = 'main' AND table_name = 'evaluation_metrics'"
+        ).fetchall()
+    }
+    legacy = {"seen_filter": f"'{LEGACY_SEEN_FILTER}'", "slice": "'all'", "n_repeat_targets": "NULL::BIGINT"}
+    return ", ".join(
+        quote_ident(c) if c in have else f"{legacy[c]} AS {quote_ident(c)}" for c in METRIC_COLUMNS
+    )
+
+
+def _migrate_metrics(conn: sa.Connection, table: sa.Table, pg: bool) -> bool:
+    """Bring a server evaluation_metrics table created by an older version (no protocol columns) to
+    the current schema, in place: rows kept, marked `legacy`, the key widened by `slice`.
+    PostgreSQL alters the table (grants and dependants survive); other databases rebuild it."""
+    prep = conn.dialect.identifier_preparer
+    qualified = prep.format_table(table)
+    # the columns from an empty SELECT: portable where the inspector is not (duckdb-engine)
+    have = set(conn.execute(sa.text(f"SELECT * FROM {qualified} WHERE 1 = 0")).keys())
+    if "slice" in have:
+        return False
+    log.info("migrating %s to the evaluation-protocol columns", qualified)
+    if pg:
+        pkey = quote_ident(f"{table.name}_pkey")
+        key = ", ".join(prep.quote_identifier(c) for c in METRIC_KEY)
+        for statement in (
+            f"ALTER TABLE {qualified} ADD COLUMN IF NOT EXISTS seen_filter TEXT",
+            f"ALTER TABLE {qualified} ADD COLUMN IF NOT EXISTS n_repeat_targets BIGINT",
+            f"ALTER TABLE {qualified} ADD COLUMN slice TEXT NOT NULL DEFAULT 'all'",
+            f"ALTER TABLE {qualified} ALTER COLUMN slice DROP DEFAULT",
+            f"UPDATE {qualified} SET seen_filter = '{LEGACY_SEEN_FILTER}' WHERE seen_filter IS NULL",
+            f"ALTER TABLE {qualified} DROP CONSTRAINT IF EXISTS {pkey}",
+            f"ALTER TABLE {qualified} ADD CONSTRAINT {pkey} PRIMARY KEY ({key})",
+        ):
+            conn.execute(sa.text(statement))
+        return True
+    old_name = f"{table.name}__before_protocol"
+    old = sa.Table(old_name, sa.MetaData(), schema=table.schema)
+    conn.execute(sa.text(f"ALTER TABLE {qualified} RENAME TO {prep.quote_identifier(old_name)}"))
+    table.create(conn)
+    kept = [c for c in METRIC_COLUMNS if c in have]
+    cols = ", ".join(prep.quote_identifier(c) for c in (*kept, "seen_filter", "slice"))
+    values = ", ".join(prep.quote_identifier(c) for c in kept)
+    conn.execute(
+        sa.text(
+            f"INSERT INTO {qualified} ({cols}) SELECT {values}, '{LEGACY_SEEN_FILTER}', 'all' "
+            f"FROM {prep.format_table(old)}"
+        )
+    )
+    conn.execute(sa.text(f"DROP TABLE {prep.format_table(old)}"))
+    return True
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -558,6 +626,8 @@ def _publish_once(
         md, t = _tables(names, None, pg=pg)
         md.create_all(conn, checkfirst=True)
         conn.commit()
+        with conn.begin():
+            _migrate_metrics(conn, t["metrics"], pg)
 
         lg = t["log"]
         previous = conn.execute(

@@ -27,7 +27,7 @@ from annoy import AnnoyIndex
 
 from rechub_store.data.ingest import file_sha256
 from rechub_store.paths import thread_count
-from rechub_store.retrieval.exact import NO_ITEM, Seen, exact_topk
+from rechub_store.ranking.exact import MISS, NO_ITEM, Seen, exact_ranks, exact_topk, ranks_in_lists
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,36 @@ class AnnoyItems:
             sk[rows] = np.where(want[rows] < self.n_items, self.search_k_for(want[rows]), -1)
         return rescore(codes, user_vecs, self.item_vecs)
 
+    def target_ranks(
+        self,
+        user_vecs: np.ndarray,
+        targets: np.ndarray,
+        k: int,
+        exclude: Seen | None = None,
+        n_threads: int | None = None,
+    ) -> np.ndarray:
+        """Pessimistic rank of each row's target in annoy's top-k, by the rule of `exact.scorer_ranks`
+        applied to the candidates annoy returns (rescored exactly); `MISS` if annoy did not return it.
+
+        A target tied with the last listed score may have tied items outside the list; those rows are
+        ranked exactly over the catalogue, so ties never depend on which tied items annoy returned.
+        """
+        user_vecs = np.ascontiguousarray(user_vecs, dtype=np.float32)
+        targets = np.asarray(targets, dtype=np.int64)
+        codes, scores = self.topk(user_vecs, k, exclude, n_threads)
+        ranks = ranks_in_lists(codes, scores, targets)
+        if k == 0 or not len(codes):
+            return ranks
+        listed = codes == targets[:, None]
+        target_score = np.where(listed, scores, -np.inf).max(axis=1)
+        boundary = (ranks != MISS) & (codes[:, -1] != NO_ITEM) & (target_score == scores[:, -1])
+        if boundary.any():
+            rows = np.flatnonzero(boundary)
+            part = None if exclude is None else _subset(exclude, rows)
+            exact = exact_ranks(user_vecs[rows], self.item_vecs, targets[rows], part)
+            ranks[rows] = np.where(exact <= k, exact, MISS)
+        return ranks
+
 
 def _subset(seen: Seen, rows: np.ndarray) -> Seen:
     if len(rows) == seen.n_rows:
@@ -215,13 +245,15 @@ def drop_seen(cand: np.ndarray, seen: Seen | None) -> tuple[np.ndarray, np.ndarr
 def rescore(
     codes: np.ndarray, user_vecs: np.ndarray, item_vecs: np.ndarray, chunk: int = 8192
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact scores for the chosen codes, rows re-sorted best first (annoy's order is approximate)."""
+    """Exact scores for the chosen codes, rows re-sorted best first and, within equal scores, by code
+    (annoy's order is approximate; the exact top-k breaks ties the same way)."""
     scores = np.empty(codes.shape, dtype=np.float32)
     for lo in range(0, len(codes), chunk):
         hi = lo + chunk
         block = np.einsum("ukd,ud->uk", item_vecs[codes[lo:hi]], user_vecs[lo:hi], dtype=np.float32)
         scores[lo:hi] = np.where(codes[lo:hi] == NO_ITEM, -np.inf, block)
-    order = np.argsort(-scores, axis=1, kind="stable")
+    # padding (code 0, score -inf) sorts last whatever its code
+    order = np.lexsort((np.where(codes == NO_ITEM, np.iinfo(np.int64).max, codes), -scores), axis=-1)
     return np.take_along_axis(codes, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 

@@ -1,10 +1,19 @@
-"""Offline evaluation of a model run on the leave-one-out splits, written to `evaluation_metrics`.
+"""Offline evaluation of a model run, written to `evaluation_metrics` (protocol: `ranking.protocol`).
 
-Protocol: for each sample of the split (one per user), the user is encoded from the history
-before the target (`pos`), those history items are excluded, and the top-k is ranked over the
-whole catalogue with annoy and/or exactly. Rows: every metric x k x index, plus
-`annoy_recall` (share of the exact top-k that annoy returned) and the most-popular baseline
-(model_run_id = 'popularity', training counts, same exclusions), always beside the model.
+Accuracy: for each sample of the split (one held-out target per user, a seeded sample of
+`max_users`), the user is encoded from the history before the target with its point-in-time
+features, the seen filter removes items from the ranking, and the target's rank over the whole
+catalogue is taken exactly (pessimistic ties) and, for `annoy`, among the candidates annoy returns
+(rescored exactly, same tie rule). Rows: every metric x k x index x slice, `annoy_recall` (share of
+the exact top-k that annoy returned), and every baseline (`popularity`, `itemknn`, `transition`,
+index `exact`) under the same protocol, always beside the model. Every row records its seen filter,
+slice and the number of users whose target was a repeat.
+
+Beyond accuracy (split `production`): the lists production gives a stable seeded sample of
+`list_users` users (whole current history, the production seen rule), from the model (each index)
+and from every baseline, are stored in `evaluation_lists`; the SQL models of `sql/metrics/` turn
+them into coverage, Gini, popularity percentile, novelty, intra-list diversity, personalisation
+and overlap with the previous run (churn = 1 - overlap).
 """
 
 from __future__ import annotations
@@ -18,25 +27,50 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from rechub_store.data.sqlmodels import run_metric_models
 from rechub_store.errors import UserError
 from rechub_store.jobconfig import AnnoySettings
-from rechub_store.publish.analytics import write_metrics
+from rechub_store.publish.analytics import previous_list_run, write_evaluation_lists, write_metrics
+from rechub_store.ranking.baselines import Baseline, Popularity, Transition
+from rechub_store.ranking.exact import Seen, exact_ranks, exact_topk, scorer_ranks, scorer_topk
+from rechub_store.ranking.itemknn import ItemKNN
+from rechub_store.ranking.metrics import METRICS
+from rechub_store.ranking.options import BASELINE_NAMES, DEFAULT_SEEN_FILTER, check_seen_filter
+from rechub_store.ranking.protocol import (
+    SliceMetrics,
+    evaluation_vectors,
+    exclusions,
+    repeat_targets,
+    slice_masks,
+    slice_metrics,
+)
 from rechub_store.retrieval.annoy_index import overlap_at_k, sample_rows
-from rechub_store.retrieval.exact import Seen
-from rechub_store.retrieval.metrics import METRICS, ranking_metrics
-from rechub_store.retrieval.scoring import INDEXES, ScoringContext, load_context, topk
-from rechub_store.training.trainer import evaluate_popularity
+from rechub_store.retrieval.scoring import (
+    INDEXES,
+    ScoringContext,
+    ensure_annoy,
+    load_context,
+    production_lists,
+)
 from rechub_store.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
 POPULARITY = "popularity"
+PRODUCTION = "production"  # the split of the beyond-accuracy rows: production lists, no held-out target
+BASELINES: dict[str, type[Popularity] | type[ItemKNN] | type[Transition]] = {
+    "popularity": Popularity,
+    "itemknn": ItemKNN,
+    "transition": Transition,
+}
+assert tuple(BASELINES) == BASELINE_NAMES
 
 
 @dataclass
 class EvaluationReport:
     run_id: str
     model_run_id: str
+    seen_filter: str = DEFAULT_SEEN_FILTER
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     annoy: dict[str, Any] | None = None
@@ -44,18 +78,21 @@ class EvaluationReport:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def table(self) -> list[dict[str, Any]]:
-        """One row per (model_run_id, split, index, k) with the metrics as columns, for printing."""
+    def table(self, slices: Sequence[str] = ("all",)) -> list[dict[str, Any]]:
+        """One row per (model_run_id, split, index, slice, k) with the metrics as columns, for printing."""
         grouped: dict[tuple, dict[str, Any]] = {}
         for r in self.rows:
-            key = (r["model_run_id"], r["split"], r["index"], r["k"])
+            if r["slice"] not in slices:
+                continue
+            key = (r["model_run_id"], r["split"], r["index"], r["slice"], r["k"])
             row = grouped.setdefault(
                 key,
                 {
                     "model_run_id": key[0],
                     "split": key[1],
                     "index": key[2],
-                    "k": key[3],
+                    "slice": key[3],
+                    "k": key[4],
                     "n_users": r["n_users"],
                 },
             )
@@ -64,7 +101,12 @@ class EvaluationReport:
 
 
 def _rows(
-    run_id: str, model_run_id: str, split: str, index: str, n_users: int, metrics: dict[str, dict[int, float]]
+    run_id: str,
+    model_run_id: str,
+    split: str,
+    index: str,
+    seen_filter: str | None,
+    results: Sequence[SliceMetrics],
 ) -> list[dict[str, Any]]:
     return [
         {
@@ -74,11 +116,146 @@ def _rows(
             "metric": metric,
             "k": k,
             "value": value,
-            "n_users": n_users,
+            "n_users": r.n_users,
             "index": index,
+            "seen_filter": seen_filter,
+            "slice": r.slice,
+            "n_repeat_targets": r.n_repeat_targets,
         }
-        for metric, per_k in metrics.items()
+        for r in results
+        for metric, per_k in r.metrics.items()
         for k, value in per_k.items()
+    ]
+
+
+def fit_baselines(ctx: ScoringContext, names: Sequence[str]) -> dict[str, Baseline]:
+    """The named baselines fitted on the context's feature store (once per run)."""
+    out: dict[str, Baseline] = {}
+    for name in names:
+        if name not in BASELINES:
+            raise UserError(f"unknown baseline {name!r}: choose from {', '.join(BASELINES)}")
+        t0 = time.perf_counter()
+        out[name] = BASELINES[name]().fit(ctx.store)
+        log.info("baseline %s fitted in %.1fs", name, time.perf_counter() - t0)
+    return out
+
+
+def stable_user_sample(users: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The `n` users with the smallest seeded hash of their code, ascending: a sample that stays the
+    same from run to run as users come and go (so churn compares the same people)."""
+    if len(users) <= n:
+        return np.sort(users)
+    x = users.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):  # splitmix64: wrapping arithmetic is the point
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return np.sort(users[np.argsort(x, kind="stable")[:n]])
+
+
+def evaluate_split(
+    ctx: ScoringContext,
+    run_id: str,
+    split: str,
+    *,
+    ks: Sequence[int],
+    indexes: Sequence[str],
+    baselines: dict[str, Baseline],
+    seen_filter: str,
+    annoy_settings: AnnoySettings | None,
+    max_users: int | None,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Accuracy rows of one split: the model by each index, annoy's recall, and the baselines."""
+    samples = ctx.store.samples.get(split)
+    if samples is None:
+        raise UserError(f"split {split!r} was not loaded (load the context with splits=({split!r},))")
+    if len(samples) == 0:
+        log.warning(
+            "features.samples_%s is empty: no %s metrics (validation off, or too few events)", split, split
+        )
+        return []
+    if max_users is not None and len(samples) > max_users:
+        samples = samples.take(sample_rows(len(samples), max_users, seed))
+    store, max_k = ctx.store, max(ks)
+    repeat = repeat_targets(store, samples)
+    masks = slice_masks(store, samples, repeat)
+    exclude = exclusions(store, samples.user_code, samples.pos, samples.target, seen_filter)
+    users, items = evaluation_vectors(ctx.loaded.model, store, samples, ctx.eval_item_vecs)
+    rows: list[dict[str, Any]] = []
+    for index in indexes:
+        if index == "exact":
+            ranks = exact_ranks(users, items, samples.target, exclude)
+        else:
+            annoy = ensure_annoy(ctx, max_k, annoy_settings, evaluation=True)
+            ranks = annoy.target_ranks(users, samples.target, max_k, exclude)
+        results = slice_metrics(ranks, masks, repeat, ks)
+        rows += _rows(run_id, ctx.model_run_id, split, index, seen_filter, results)
+    if "annoy" in indexes and "exact" in indexes:
+        annoy = ensure_annoy(ctx, max_k, annoy_settings, evaluation=True)
+        found, _ = annoy.topk(users, max_k, exclude)
+        truth, _ = exact_topk(users, items, max_k, exclude)
+        recall = {k: overlap_at_k(found, truth, k) for k in ks}
+        whole = SliceMetrics("all", len(samples), int(repeat.sum()), {"annoy_recall": recall})
+        rows += _rows(run_id, ctx.model_run_id, split, "annoy", seen_filter, [whole])
+    for name, baseline in baselines.items():
+        scorer = baseline.scorer(samples.user_code, samples.pos)
+        ranks = scorer_ranks(scorer, samples.target, exclude)
+        rows += _rows(run_id, name, split, "exact", seen_filter, slice_metrics(ranks, masks, repeat, ks))
+    return rows
+
+
+def beyond_accuracy(
+    con: duckdb.DuckDBPyConnection,
+    ctx: ScoringContext,
+    run_id: str,
+    *,
+    ks: Sequence[int],
+    indexes: Sequence[str],
+    baselines: dict[str, Baseline],
+    annoy_settings: AnnoySettings | None,
+    list_users: int,
+    exclude_seen: bool,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Production lists of a stable user sample (model by each index, every baseline) into
+    `evaluation_lists`, then the `sql/metrics/` models over them; rows for `evaluation_metrics`."""
+    users = stable_user_sample(ctx.production_users(), list_users, seed)
+    if len(users) == 0:
+        return []
+    max_k = max(ks)
+    ends = ctx.store.history_length(users)
+    seen = Seen(*ctx.store.seen(users, ends)) if exclude_seen else None
+    lists = []
+    for index in indexes:
+        _, codes, scores = production_lists(ctx, users, max_k, index, annoy_settings, exclude_seen)
+        lists.append(("model", ctx.model_run_id, index, users, codes, scores))
+    for name, baseline in baselines.items():
+        codes, scores = scorer_topk(baseline.scorer(users, ends), max_k, seen)
+        lists.append((name, name, "exact", users, codes, scores))
+    previous = previous_list_run(con, run_id)
+    write_evaluation_lists(con, run_id, lists, keep=previous)
+    outputs = run_metric_models(
+        con, variables={"run_id": run_id, "previous_run_id": previous, "ks": list(ks), "seed": seed}
+    )
+    seen_filter = "all" if exclude_seen else "none"
+    return [
+        {
+            "run_id": run_id,
+            "model_run_id": r["model_run_id"],
+            "split": PRODUCTION,
+            "metric": r["metric"],
+            "k": int(r["k"]),
+            "value": float(r["value"]),
+            "n_users": int(r["n_users"]),
+            "index": r["index"],
+            "seen_filter": seen_filter,
+            "slice": "all",
+            "n_repeat_targets": None,
+        }
+        for rows in outputs.values()
+        for r in rows
+        if r["value"] is not None
     ]
 
 
@@ -90,52 +267,55 @@ def evaluate_run(
     ks: Sequence[int] = (10, 20, 50),
     splits: Sequence[str] = ("test",),
     indexes: Sequence[str] = INDEXES,
-    popularity: bool = True,
+    baselines: Sequence[str] = BASELINE_NAMES,
+    seen_filter: str = DEFAULT_SEEN_FILTER,
     annoy_settings: AnnoySettings | None = None,
     max_users: int | None = None,
+    list_users: int = 10_000,
+    exclude_seen: bool = True,
     seed: int = 0,
 ) -> EvaluationReport:
-    """Compute and store (replacing this run's earlier rows) the metrics; returns them.
+    """Compute and store (replacing this run's earlier rows per split) the metrics; returns them.
 
     `max_users` evaluates a seeded sample of that many users per split (the standard error of
     a mean over 100k users is small; a full pass over millions would double the nightly time).
+    `list_users` users get beyond-accuracy metrics (0 = none); `exclude_seen` is the production
+    rule their lists follow (as `score`).
     """
     t0 = time.perf_counter()
     ks = sorted(set(int(k) for k in ks))
-    max_k = max(ks)
     for index in indexes:
         if index not in INDEXES:
             raise UserError(f"--index: expected annoy or exact, got {index!r}")
-    report = EvaluationReport(run_id, ctx.model_run_id)
+    check_seen_filter(seen_filter)
+    report = EvaluationReport(run_id, ctx.model_run_id, seen_filter)
+    fitted = fit_baselines(ctx, baselines)
     for split in splits:
-        samples = ctx.store.samples.get(split)
-        if samples is None:
-            raise UserError(f"split {split!r} was not loaded (load the context with splits=({split!r},))")
-        if len(samples) == 0:
-            log.warning(
-                "features.samples_%s is empty: no %s metrics (validation off, or too few events)",
-                split,
-                split,
-            )
-            continue
-        if max_users is not None and len(samples) > max_users:
-            samples = samples.take(sample_rows(len(samples), max_users, seed))
-        vecs = ctx.user_vectors(samples.user_code, samples.pos)
-        seen = Seen(*ctx.store.seen(samples.user_code, samples.pos))
-        ranked: dict[str, np.ndarray] = {}
-        for index in indexes:
-            codes, _ = topk(ctx, vecs, max_k, seen, index, annoy_settings)
-            ranked[index] = codes
-            metrics = ranking_metrics(codes, samples.target, ks)
-            report.rows += _rows(run_id, ctx.model_run_id, split, index, len(samples), metrics)
-        if "annoy" in ranked and "exact" in ranked:
-            recall = {k: overlap_at_k(ranked["annoy"], ranked["exact"], k) for k in ks}
-            report.rows += _rows(
-                run_id, ctx.model_run_id, split, "annoy", len(samples), {"annoy_recall": recall}
-            )
-        if popularity:
-            metrics = evaluate_popularity(ctx.store, samples, tuple(ks))
-            report.rows += _rows(run_id, POPULARITY, split, "exact", len(samples), metrics)
+        report.rows += evaluate_split(
+            ctx,
+            run_id,
+            split,
+            ks=ks,
+            indexes=indexes,
+            baselines=fitted,
+            seen_filter=seen_filter,
+            annoy_settings=annoy_settings,
+            max_users=max_users,
+            seed=seed,
+        )
+    if list_users > 0:
+        report.rows += beyond_accuracy(
+            con,
+            ctx,
+            run_id,
+            ks=ks,
+            indexes=indexes,
+            baselines=fitted,
+            annoy_settings=annoy_settings,
+            list_users=list_users,
+            exclude_seen=exclude_seen,
+            seed=seed,
+        )
     write_metrics(con, report.rows)
     report.seconds = round(time.perf_counter() - t0, 3)
     if ctx.tuning is not None:
@@ -162,11 +342,15 @@ def evaluate(
     ks: Sequence[int] = (10, 20, 50),
     splits: Sequence[str] = ("test",),
     indexes: Sequence[str] = INDEXES,
-    popularity: bool = True,
+    baselines: Sequence[str] = BASELINE_NAMES,
+    seen_filter: str = DEFAULT_SEEN_FILTER,
     annoy_settings: AnnoySettings | None = None,
     max_users: int | None = None,
+    list_users: int = 10_000,
+    exclude_seen: bool = True,
 ) -> EvaluationReport:
     """`rechub-store evaluate`: evaluate a model run (default: latest) into the working copy."""
+    check_seen_filter(seen_filter)
     with warehouse.session() as con:
         ctx = load_context(con, model_run_id, splits=tuple(splits))
         run_id = run_id or f"manual-{ctx.model_run_id}"
@@ -177,9 +361,12 @@ def evaluate(
             ks=ks,
             splits=splits,
             indexes=indexes,
-            popularity=popularity,
+            baselines=baselines,
+            seen_filter=seen_filter,
             annoy_settings=annoy_settings,
             max_users=max_users,
+            list_users=list_users,
+            exclude_seen=exclude_seen,
         )
 
 

@@ -25,6 +25,14 @@ from rechub_store.errors import UserError
 from rechub_store.jobconfig import AnnoySettings
 from rechub_store.paths import thread_count
 from rechub_store.publish.analytics import RecommendationWriter
+from rechub_store.ranking.embeddings import (
+    annoy_metric,
+    encode_items,
+    encode_users,
+    normalize_for_index,
+    reads_item_popularity,
+)
+from rechub_store.ranking.exact import Seen, exact_topk
 from rechub_store.retrieval.annoy_index import (
     AnnoyItems,
     Tuning,
@@ -32,8 +40,6 @@ from rechub_store.retrieval.annoy_index import (
     measure_recall,
     sample_rows,
 )
-from rechub_store.retrieval.embeddings import annoy_metric, encode_items, encode_users, normalize_for_index
-from rechub_store.retrieval.exact import Seen, exact_topk
 from rechub_store.training.registry import LoadedModel, load_model, models_dir
 from rechub_store.warehouse import Warehouse
 
@@ -41,6 +47,7 @@ log = logging.getLogger(__name__)
 
 INDEXES = ("annoy", "exact")
 ANNOY_FILE = "items.ann"
+EVAL_ANNOY_FILE = "items-eval.ann"  # over the evaluation item vectors, when they differ
 
 
 @dataclass
@@ -49,13 +56,17 @@ class ScoringContext:
 
     store: FeatureStore
     loaded: LoadedModel
-    item_vecs: np.ndarray  # prepared for the index: [n_items, D], row 0 = padding
+    item_vecs: np.ndarray  # prepared for the index: [n_items, D], row 0 = padding (current features)
     metric: str  # annoy metric: 'dot' | 'angular'
     model_dir: Path  # <warehouse>/models/<model_run_id>: items.ann, *_embeddings.parquet
     annoy: AnnoyItems | None = None
     tuning: Tuning | None = None
     annoy_built: bool = False
     measured_recall: dict[int, float] = field(default_factory=dict)  # k -> annoy recall@k this run
+    # evaluation encodes items as of training (`FeatureStore.train_popularity`); the same array as
+    # item_vecs (and the same annoy index) unless the item tower reads popularity
+    eval_item_vecs: np.ndarray | None = None
+    eval_annoy: AnnoyItems | None = None
 
     @property
     def model_run_id(self) -> str:
@@ -82,6 +93,10 @@ def load_context(
     loaded = load_model(con, model_run_id)
     store = FeatureStore.load(con, loaded.max_seq_len, splits=splits)
     items = normalize_for_index(encode_items(loaded.model, store), loaded.score_kind)
+    eval_items = items
+    if store.train_popularity is not None and reads_item_popularity(loaded.model, store):
+        eval_items = encode_items(loaded.model, store, popularity=store.train_popularity)
+        eval_items = normalize_for_index(eval_items, loaded.score_kind)
     # Items newer than the model (codes past its vocabulary, added by a later build) would all
     # share the padding embedding and tie: leave them out of retrieval until a retrain learns them.
     n_unknown = items.shape[0] - loaded.schema.n_items
@@ -91,13 +106,16 @@ def load_context(
             n_unknown,
             loaded.model_run_id,
         )
+        same = eval_items is items
         items = items[: loaded.schema.n_items]
+        eval_items = items if same else eval_items[: loaded.schema.n_items]
     if items.shape[0] < 2:
         raise UserError("the catalogue is empty: nothing to recommend (ingest events, then build-features)")
     return ScoringContext(
         store=store,
         loaded=loaded,
         item_vecs=items,
+        eval_item_vecs=eval_items,
         metric=annoy_metric(loaded.score_kind),
         # the warehouse's own folder (not the artifact path recorded at training time), so a
         # copied or moved warehouse writes its index and embeddings inside itself
@@ -105,8 +123,33 @@ def load_context(
     )
 
 
-def ensure_annoy(ctx: ScoringContext, k: int, settings: AnnoySettings | None = None) -> AnnoyItems:
-    """The run's annoy index: loaded if already tuned for these vectors, else built, tuned, saved."""
+def ensure_annoy(
+    ctx: ScoringContext, k: int, settings: AnnoySettings | None = None, evaluation: bool = False
+) -> AnnoyItems:
+    """The run's annoy index: loaded if already tuned for these vectors, else built, tuned, saved.
+
+    `evaluation`: the index over the evaluation item vectors (the production one when they are the
+    same vectors; otherwise its own file, `items-eval.ann`).
+    """
+    if evaluation and ctx.eval_item_vecs is not None and ctx.eval_item_vecs is not ctx.item_vecs:
+        if ctx.eval_annoy is None:
+            users = ctx.production_users()
+            settings = settings or AnnoySettings()
+            sample = users[sample_rows(len(users), settings.sample_users, settings.seed)]
+            sample_vecs = ctx.user_vectors(sample) if len(sample) else ctx.eval_item_vecs[1:2]
+            ctx.eval_annoy, _, _ = load_or_build(
+                ctx.model_dir / EVAL_ANNOY_FILE,
+                ctx.eval_item_vecs,
+                sample_vecs,
+                ctx.metric,
+                k,
+                target_recall=settings.target_recall,
+                n_trees=settings.n_trees,
+                max_trees=settings.max_trees,
+                search_k=settings.search_k,
+                seed=settings.seed,
+            )
+        return ctx.eval_annoy
     if ctx.annoy is not None:
         return ctx.annoy
     settings = settings or AnnoySettings()
@@ -165,13 +208,29 @@ def topk(
     index: str,
     annoy_settings: AnnoySettings | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (codes, scores) by the chosen index; seen items and padding never returned."""
+    """Top-k (codes, scores) by the chosen index, ties by code; seen items and padding never returned."""
     if index == "exact":
-        chunk = max(64, min(4096, (1 << 26) // max(ctx.item_vecs.shape[0], 1)))  # ~256 MB score blocks
-        return exact_topk(user_vecs, ctx.item_vecs, k, seen, chunk_size=chunk)
+        return exact_topk(user_vecs, ctx.item_vecs, k, seen)  # ~256 MB score blocks
     if index == "annoy":
         return ensure_annoy(ctx, k, annoy_settings).topk(user_vecs, k, seen, n_threads=thread_count())
     raise UserError(f"--index: expected annoy or exact, got {index!r}")
+
+
+def production_lists(
+    ctx: ScoringContext,
+    users: np.ndarray,
+    k: int,
+    index: str,
+    annoy_settings: AnnoySettings | None = None,
+    exclude_seen: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What production recommends these users: (prepared user vectors, codes, scores). Users are
+    encoded from their whole current history; `exclude_seen` removes everything they interacted with."""
+    ends = ctx.store.history_length(users)
+    vecs = ctx.user_vectors(users, ends)
+    seen = Seen(*ctx.store.seen(users, ends)) if exclude_seen else None
+    codes, scores = topk(ctx, vecs, k, seen, index, annoy_settings)
+    return vecs, codes, scores
 
 
 @dataclass
@@ -231,8 +290,8 @@ def write_item_embeddings(ctx: ScoringContext) -> Path:
     return path
 
 
-ChunkSource = Callable[[np.ndarray], tuple[np.ndarray, Seen]]  # user codes -> (prepared vectors, seen)
-Search = Callable[[np.ndarray, Seen], tuple[np.ndarray, np.ndarray]]  # (vectors, seen) -> (codes, scores)
+ChunkSource = Callable[[np.ndarray], tuple[np.ndarray, Seen | None]]  # user codes -> (vectors, seen)
+Search = Callable[[np.ndarray, Seen | None], tuple[np.ndarray, np.ndarray]]  # -> (codes, scores)
 
 
 def write_topk(
@@ -284,11 +343,13 @@ def score_run(
     chunk_users: int = 65_536,
     save_embeddings: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    exclude_seen: bool = True,
 ) -> ScoreReport:
     """Score every user with events and replace the warehouse's `recommendations` with run `run_id`.
 
     Users are encoded from their whole current history; everything they have interacted with
-    is excluded. The history keeps `keep_runs` runs; re-scoring a run_id replaces it.
+    is excluded (`exclude_seen=False`: re-consumption domains, where repeats are welcome). The
+    history keeps `keep_runs` runs; re-scoring a run_id replaces it.
     """
     if index not in INDEXES:
         raise UserError(f"--index: expected annoy or exact, got {index!r}")
@@ -303,12 +364,12 @@ def score_run(
         write_item_embeddings(ctx)
         emb = _UserEmbeddingsWriter(ctx.model_dir / "user_embeddings.parquet", ctx.item_vecs.shape[1])
 
-    def source(part: np.ndarray) -> tuple[np.ndarray, Seen]:
+    def source(part: np.ndarray) -> tuple[np.ndarray, Seen | None]:
         ends = ctx.store.history_length(part)
         vecs = ctx.user_vectors(part, ends)
         if emb is not None:
             emb.add(part, vecs)
-        return vecs, Seen(*ctx.store.seen(part, ends))
+        return vecs, Seen(*ctx.store.seen(part, ends)) if exclude_seen else None
 
     try:
         rows, phases = write_topk(
@@ -376,11 +437,19 @@ def score(
     index: str = "annoy",
     annoy_settings: AnnoySettings | None = None,
     keep_runs: int = 30,
+    exclude_seen: bool = True,
 ) -> ScoreReport:
     """`rechub-store score`: load the model run (default: latest) and score into the working copy."""
     with warehouse.session() as con:
         ctx = load_context(con, model_run_id)
         run_id = run_id or f"manual-{ctx.model_run_id}"
         return score_run(
-            con, ctx, run_id, k=k, index=index, annoy_settings=annoy_settings, keep_runs=keep_runs
+            con,
+            ctx,
+            run_id,
+            k=k,
+            index=index,
+            annoy_settings=annoy_settings,
+            keep_runs=keep_runs,
+            exclude_seen=exclude_seen,
         )

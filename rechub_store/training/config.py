@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from rechub_store.errors import UserError
+from rechub_store.ranking.options import DEFAULT_SEEN_FILTER, check_seen_filter
 
 NEG_MODES = ("pointwise", "pairwise", "listwise", "full")
 NEG_SAMPLERS = ("uniform", "popularity", "static")
@@ -54,6 +55,8 @@ class TrainConfig:
     seed: int = 42
     grad_clip: float = 5.0
     valid_users: int | None = None  # validate on a seeded subsample of this many users (None = all)
+    # validation ranking: what is removed before the target is ranked (ranking.protocol.SEEN_FILTERS)
+    seen_filter: str = DEFAULT_SEEN_FILTER
     streaming: bool = False  # stream training samples from DuckDB in record batches
     prefetch: bool = True  # prepare the next batch in a background thread during each step
     # all-position training for causal sequence models (one pass per window trains every target
@@ -110,6 +113,7 @@ class TrainConfig:
             raise UserError(f"--neg-ratio: {neg_mode} training needs at least one negative per positive")
         if neg_mode == "listwise" and out.neg_ratio < 1 and not out.in_batch:
             raise UserError("--neg-ratio: list-wise training needs sampled negatives or --in-batch")
+        check_seen_filter(out.seen_filter)
         if out.max_seq_len is not None and out.max_seq_len < 1:
             raise UserError(f"--max-seq-len: expected an integer >= 1, got {out.max_seq_len}")
         return out

@@ -2,9 +2,16 @@
 optionally, sequence_outputs).
 
 `train(con_or_warehouse, TrainConfig)` is the core of `rechub-store train`: load the feature
-store, fit with early stopping on validation NDCG@10 (exact full ranking, seen items excluded),
+store, fit with early stopping on validation NDCG@10 (the evaluation protocol of
+`rechub_store.ranking.protocol`: exact full ranking, the config's seen filter, pessimistic ties),
 restore the best epoch, save the artifact and register the run in `meta.model_runs`
 (a failed run is recorded as failed).
+
+Point-in-time inputs: users are encoded with their samples' `user_event_count_scaled`; when the
+item tower reads item popularity, every item a row scores (the target, sampled negatives) gets its
+popularity at that row's event time, and what a step encodes once for the whole batch (the
+catalogue under full softmax) gets the popularity at the batch's earliest event, with batches cut
+from time-ordered samples so that this is close for every row.
 
 Objectives: point-wise BCE, pair-wise BPR, list-wise softmax over the positive + sampled
 negatives (+ in-batch negatives with logQ correction and accidental hits masked), or `full`
@@ -40,9 +47,11 @@ from rechub_store.data.readers import (
 from rechub_store.errors import UserError
 from rechub_store.models import build_model
 from rechub_store.paths import thread_count
-from rechub_store.retrieval.embeddings import encode_items, encode_users, normalize_for_index
-from rechub_store.retrieval.exact import Seen, exact_topk
-from rechub_store.retrieval.metrics import ranking_metrics
+from rechub_store.ranking.baselines import Popularity
+from rechub_store.ranking.embeddings import reads_item_popularity
+from rechub_store.ranking.metrics import rank_metrics
+from rechub_store.ranking.options import DEFAULT_SEEN_FILTER
+from rechub_store.ranking.protocol import baseline_ranks, model_ranks
 from rechub_store.training import losses, registry
 from rechub_store.training.config import TrainConfig
 from rechub_store.training.optim import TwoTowerAdam
@@ -103,26 +112,24 @@ def _valid_subset(samples: Samples, limit: int | None, seed: int) -> Samples:
 
 
 def evaluate_model(
-    model: nn.Module, store: FeatureStore, samples: Samples, k: int = EVAL_K, ks: tuple[int, ...] = (EVAL_K,)
+    model: nn.Module,
+    store: FeatureStore,
+    samples: Samples,
+    ks: tuple[int, ...] = (EVAL_K,),
+    seen_filter: str = DEFAULT_SEEN_FILTER,
 ) -> dict[str, dict[int, float]]:
-    """Leave-one-out metrics: exact full ranking over all items, history before the target excluded."""
-    kind = str(model.score_kind)
-    items = normalize_for_index(encode_items(model, store), kind)
-    users = normalize_for_index(encode_users(model, store, samples.user_code, samples.pos), kind)
-    seen = Seen(*store.seen(samples.user_code, samples.pos))
-    topk, _ = exact_topk(users, items, max(k, *ks), seen)
-    return ranking_metrics(topk, samples.target, ks)
+    """Leave-one-out metrics under the evaluation protocol (`ranking.protocol`)."""
+    return rank_metrics(model_ranks(model, store, samples, seen_filter), ks)
 
 
 def evaluate_popularity(
-    store: FeatureStore, samples: Samples, ks: tuple[int, ...] = (EVAL_K,)
+    store: FeatureStore,
+    samples: Samples,
+    ks: tuple[int, ...] = (EVAL_K,),
+    seen_filter: str = DEFAULT_SEEN_FILTER,
 ) -> dict[str, dict[int, float]]:
     """The most-popular baseline (training counts), under the same protocol as the models."""
-    items = store.item_train_count.astype(np.float32)[:, None]
-    users = np.ones((len(samples), 1), dtype=np.float32)
-    seen = Seen(*store.seen(samples.user_code, samples.pos))
-    topk, _ = exact_topk(users, items, max(ks), seen)
-    return ranking_metrics(topk, samples.target, ks)
+    return rank_metrics(baseline_ranks(Popularity().fit(store), store, samples, seen_filter), ks)
 
 
 def _flat(metrics: dict[str, dict[int, float]]) -> dict[str, float]:
@@ -175,7 +182,13 @@ class Trainer:
         self.optimizer = TwoTowerAdam(
             model, float(config.lr), config.weight_decay, sparse=config.sparse_embeddings
         )
+        # items enter the tower with point-in-time popularity when it reads popularity at all
+        self.item_pit = reads_item_popularity(model, store)
+        if self.item_pit and store.popularity_index is None:
+            raise UserError("the model reads item popularity: load the store with popularity_index=True")
         self._all_items = store.item_batch(np.arange(store.n_items)) if config.neg_mode == "full" else None
+        # the samples whose point-in-time columns all-position units look up
+        self.unit_samples = source.samples if isinstance(source, SequenceSource) else None
         # all-position sources hold several targets per unit: keep ~batch_size targets per step
         self.units_per_batch = int(config.batch_size)
         if isinstance(source, SequenceSource) and len(source):
@@ -191,31 +204,61 @@ class Trainer:
         cfg = self.config
         negs = None
         if isinstance(batch, SequenceUnits):
-            users = self.store.user_batch(batch.user_code, batch.end - 1, self.max_seq_len)
+            assert self.unit_samples is not None
+            # one user row per unit: its features are those of the unit's earliest target, so that
+            # none of its targets sees a later count (the sequence models read none today)
+            first = self.unit_samples.take(self.unit_samples.lookup(batch.user_code, batch.lo))
+            users = self.store.user_batch(
+                batch.user_code, batch.end - 1, self.max_seq_len, event_count=first.user_count
+            )
             width = users["hist"].shape[1]
             window = self.store.history_windows(batch.user_code, batch.end, width)
             positions = batch.end[:, None] - width + np.arange(width)[None, :]
             mask = (positions >= batch.lo[:, None]) & (window > 0)
             targets = window[mask]
             user_codes = np.broadcast_to(batch.user_code[:, None], mask.shape)[mask]
+            target_pos = positions[mask]
             seq_mask: torch.Tensor | None = torch.from_numpy(mask)
+            rows = (
+                self.unit_samples.take(self.unit_samples.lookup(user_codes, target_pos))
+                if self.item_pit
+                else None
+            )
         else:
-            users = self.store.user_batch(batch.user_code, batch.pos, self.max_seq_len)
+            users = self.store.user_batch(
+                batch.user_code, batch.pos, self.max_seq_len, event_count=batch.user_count
+            )
             targets, user_codes, seq_mask, negs = batch.target, batch.user_code, None, batch.negatives
+            target_pos, rows = batch.pos, batch
         prep = Prepared(users, seq_mask, torch.from_numpy(targets))
         if cfg.neg_mode == "full":
+            if self.item_pit:
+                assert rows is not None and rows.event_ts is not None
+                # the catalogue once per batch: popularity known at the batch's earliest event
+                codes = np.arange(self.store.n_items, dtype=np.int64)
+                when = np.full(codes.shape, int(rows.event_ts.min()))
+                prep.items = self.store.item_batch(codes, popularity=self.store.popularity_at(codes, when))
             return prep
         n = targets.shape[0]
         if cfg.neg_sampler == "static":
             if negs is None:
                 raise UserError("static negatives requested but features.negatives_train was not loaded")
         elif self.sampler is not None:
-            negs = self.sampler.sample(user_codes, int(cfg.neg_ratio), rng)
+            negs = self.sampler.sample(user_codes, int(cfg.neg_ratio), rng, positions=target_pos)
         else:
             negs = np.zeros((n, 0), dtype=np.int64)
         codes = np.concatenate([targets[:, None], negs], axis=1)
-        uniq, inverse = np.unique(codes, return_inverse=True)
-        prep.items = self.store.item_batch(uniq)
+        if self.item_pit:
+            assert rows is not None and rows.event_ts is not None and rows.item_pop is not None
+            # every (row, item) at the row's event time: the target's from SQL, negatives' computed
+            neg_pop = self.store.popularity_at(negs.ravel(), np.repeat(rows.event_ts, negs.shape[1]))
+            pops = np.concatenate([rows.item_pop[:, None], neg_pop.reshape(negs.shape)], axis=1)
+            keys = (codes << 32) | pops.astype(np.float32).view(np.uint32).astype(np.int64)
+            uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            prep.items = self.store.item_batch(codes.ravel()[first], popularity=pops.ravel()[first])
+        else:
+            uniq, inverse = np.unique(codes, return_inverse=True)
+            prep.items = self.store.item_batch(uniq)
         prep.item_index = torch.from_numpy(inverse.reshape(codes.shape))
         prep.neg_mask = torch.from_numpy(negs > 0)
         return prep
@@ -230,7 +273,7 @@ class Trainer:
         target = prep.targets
         n = int(target.shape[0])
         if cfg.neg_mode == "full":
-            items = self.model.item_tower(self._all_items)
+            items = self.model.item_tower(prep.items if prep.items is not None else self._all_items)
             logits = losses.similarity(user, items, self.kind, self.temperature)
             logits[:, 0] = float("-inf")
             return torch.nn.functional.cross_entropy(logits, target), n
@@ -283,7 +326,7 @@ class Trainer:
         cfg = self.config
         result = FitResult()
         if valid is not None and len(valid):
-            result.popularity = _flat(evaluate_popularity(self.store, valid))
+            result.popularity = _flat(evaluate_popularity(self.store, valid, seen_filter=cfg.seen_filter))
         best_state: dict[str, torch.Tensor] | None = None
         stale = 0
         total_samples, total_time = 0, 0.0
@@ -321,7 +364,11 @@ class Trainer:
             }
             if valid is not None and len(valid):
                 t1 = time.perf_counter()
-                row["valid"] = _flat(evaluate_model(self.model, self.store, valid, ks=(5, EVAL_K, 20)))
+                row["valid"] = _flat(
+                    evaluate_model(
+                        self.model, self.store, valid, ks=(5, EVAL_K, 20), seen_filter=cfg.seen_filter
+                    )
+                )
                 row["valid_seconds"] = round(time.perf_counter() - t1, 3)
                 metric = row["valid"][f"ndcg@{EVAL_K}"]
             else:
@@ -391,6 +438,8 @@ def fit_model(
         train_samples = store.samples["train"]
         if seq:
             source = SequenceSource(train_samples, cfg.seed, window=int(cfg.max_seq_len))
+        elif cfg.neg_mode == "full" and reads_item_popularity(model, store):
+            source = InMemorySamples(train_samples, cfg.seed, by_time=True)  # see the module docstring
         else:
             source = InMemorySamples(train_samples, cfg.seed, bucket_len=cfg.max_seq_len)
     if len(source) == 0:
@@ -423,6 +472,7 @@ def train(target: Warehouse | duckdb.DuckDBPyConnection, config: TrainConfig) ->
         config.max_seq_len,
         splits=("valid",) if config.streaming else ("train", "valid"),
         static_negatives=static,
+        popularity_index=True,
     )
     cfg = replace(config.resolve(store.n_items), max_seq_len=config.max_seq_len or store.max_seq_len)
     run_id = registry.new_run_id(cfg.model)

@@ -244,13 +244,18 @@ def test_splits_equal_reference(con: duckdb.DuckDBPyConnection, rows: list[Row],
 
 
 def check_negatives(con: duckdb.DuckDBPyConnection, params: BuildParams) -> None:
-    """Every training sample: exactly r negatives (if the user has an unseen item), never seen,
-    distinct when the user has r unseen items, ranks 1..r."""
+    """Every training sample (u, pos) against a plain-Python reference: the excluded items are exactly
+    those u had interacted with at positions <= pos (its later items, e.g. its validation and test
+    targets, stay allowed: excluding them would leak the future). Exactly r negatives if an item is
+    allowed, never an excluded one, distinct when r items are allowed, every allowed item when fewer
+    are (the walk cycles through them), ranks 1..r."""
     r = params.effective_neg_ratio
     all_items = {c for (c,) in con.execute("SELECT item_code FROM features.item_popularity").fetchall()}
-    seen = collections.defaultdict(set)
-    for u, i in con.execute("SELECT user_code, item_code FROM features.events").fetchall():
-        seen[u].add(i)
+    first_seen: dict[int, dict[int, int]] = collections.defaultdict(dict)
+    for u, i, seq in con.execute(
+        "SELECT user_code, item_code, seq FROM features.events ORDER BY seq"
+    ).fetchall():
+        first_seen[u].setdefault(i, seq)
     negs = collections.defaultdict(list)
     for u, pos, rank, item in con.execute(
         "SELECT user_code, pos, neg_rank, neg_item_code FROM features.negatives_train"
@@ -260,13 +265,28 @@ def check_negatives(con: duckdb.DuckDBPyConnection, params: BuildParams) -> None
     assert set(negs) <= set(samples)
     for u, pos in samples:
         got = sorted(negs.get((u, pos), []))
-        unseen = all_items - seen[u]
-        assert len(got) == (r if unseen else 0), (u, pos, got, unseen)
+        allowed = all_items - {i for i, seq in first_seen[u].items() if seq <= pos}
+        assert len(got) == (r if allowed else 0), (u, pos, got, allowed)
         assert [k for k, _ in got] == list(range(1, len(got) + 1))
         items = [i for _, i in got]
-        assert set(items) <= unseen
-        if len(unseen) >= r:
+        assert set(items) <= allowed
+        if len(allowed) >= r:
             assert len(set(items)) == len(items)
+        else:
+            assert set(items) == allowed, (u, pos, items, allowed)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=logs(), seed=st.integers(0, 1000), neg_sampler=st.sampled_from(["uniform", "popularity"]))
+def test_negatives_exclude_only_what_was_known_at_the_sample(
+    con: duckdb.DuckDBPyConnection, rows: list[Row], seed: int, neg_sampler: str
+) -> None:
+    """More negatives than items: every sample's negatives are exactly the items its user had not
+    interacted with up to that position, so an item the user only meets later must be among them."""
+    load(con, rows)
+    params = BuildParams(neg_ratio=8, seed=seed, neg_sampler=neg_sampler)
+    build_features(con, params)
+    check_negatives(con, params)
 
 
 # ------------------------------------------------------------------ negatives: seeds and coverage
@@ -323,21 +343,23 @@ def test_popularity_sampler_prefers_popular_items(con: duckdb.DuckDBPyConnection
 
 
 def test_user_who_saw_almost_everything(con: duckdb.DuckDBPyConnection) -> None:
-    # u0 saw 9 of 10 items: every negative must be the one left; u1 saw all: no negatives.
-    rows = sequence_rows("u0", "ABCDEFGHI") + sequence_rows("u1", "ABCDEFGHIJ", line0=100)
+    # Both go through their items twice. From pos 8 on, u0 has seen 9 of the 10 items: every negative
+    # must be the one left; from pos 9 on, u1 has seen all: no negatives.
+    rows = sequence_rows("u0", "ABCDEFGHI" * 2) + sequence_rows("u1", "ABCDEFGHIJ" * 2, line0=100)
     load(con, rows)
     build_features(con, BuildParams(neg_ratio=3))
     got = con.execute(
         "SELECT u.value, i.value, count(*) FROM features.negatives_train n "
         "JOIN features.vocab_user_id u ON u.code = n.user_code "
         "JOIN features.vocab_item_id i ON i.code = n.neg_item_code "
-        "GROUP BY ALL"
+        "WHERE n.pos >= 9 GROUP BY ALL"
     ).fetchall()
-    assert got == [("u0", "J", 3 * 6)]  # 6 training samples x 3
+    assert got == [("u0", "J", 3 * 7)]  # u0's training samples at pos 9..15, x 3
     (short,) = con.execute(
         "SELECT value FROM features.split_report WHERE name = 'train_samples_short_of_negatives'"
     ).fetchone()
-    assert short == 7  # u1's training samples
+    assert short == 9  # u1's training samples at pos 9..17
+    check_negatives(con, BuildParams(neg_ratio=3))
 
 
 def test_build_params_validation() -> None:
@@ -358,7 +380,8 @@ def test_build_params_validation() -> None:
 
 
 def test_heavy_user_gets_distinct_unseen_negatives(con: duckdb.DuckDBPyConnection) -> None:
-    # 40 items; "heavy" saw the 36 popular ones, so only 4 rare items remain for 4 distinct negatives:
+    # 40 items; "heavy" has seen the 36 popular ones by pos 35, so only 4 rare items remain for 4
+    # distinct negatives:
     # rejection sampling rarely finds them all and the seeded walk over unseen items completes them.
     rows: list[Row] = []
     line = 1
@@ -370,8 +393,8 @@ def test_heavy_user_gets_distinct_unseen_negatives(con: duckdb.DuckDBPyConnectio
     for k in range(4):
         rows.append((f"fan{k}", f"rare{k}", T0 + dt.timedelta(hours=50), None, 1, line))
         line += 1
-    for k in range(36):
-        rows.append(("heavy", f"p{k:02d}", T0 + dt.timedelta(hours=k), None, 1, line))
+    for k in range(72):  # every popular item twice: from pos 35 on, only the 4 rare items are unseen
+        rows.append(("heavy", f"p{k % 36:02d}", T0 + dt.timedelta(hours=k), None, 1, line))
         line += 1
     load(con, rows)
     build_features(con, BuildParams(neg_ratio=4))
@@ -380,6 +403,7 @@ def test_heavy_user_gets_distinct_unseen_negatives(con: duckdb.DuckDBPyConnectio
         "JOIN features.vocab_item_id i ON i.code = n.neg_item_code "
         "WHERE n.user_code = (SELECT code FROM features.vocab_user_id WHERE value = 'heavy') GROUP BY n.pos"
     ).fetchall()
-    assert len(got) == 36 - 3  # training samples at pos 1..33
-    assert all(sorted(items) == ["rare0", "rare1", "rare2", "rare3"] for _, items in got)
+    assert len(got) == 72 - 3  # training samples at pos 1..69
+    late = [items for pos, items in got if pos >= 35]
+    assert len(late) == 35 and all(sorted(items) == ["rare0", "rare1", "rare2", "rare3"] for items in late)
     check_negatives(con, BuildParams(neg_ratio=4))

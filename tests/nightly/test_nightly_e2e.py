@@ -27,7 +27,8 @@ from rechub_store.errors import UserError
 from rechub_store.jobconfig import JobConfig
 from rechub_store.nightly import run_nightly
 from rechub_store.publish.analytics import published_run
-from rechub_store.retrieval.metrics import METRICS
+from rechub_store.ranking.metrics import METRICS
+from rechub_store.ranking.options import BASELINE_NAMES
 from rechub_store.warehouse import Warehouse
 
 K = 10
@@ -157,22 +158,36 @@ def check_run(wh: Warehouse, run_id: str) -> None:
         ).fetchone() == (0,)
         got = set(
             con.execute(
-                "SELECT model_run_id = 'popularity', split, metric, k, \"index\" FROM "
-                "pub.evaluation_metrics WHERE run_id = ?",
-                [run_id],
+                "SELECT CASE WHEN list_contains(?, model_run_id) THEN model_run_id ELSE 'model' END, "
+                'split, metric, k, "index", slice, seen_filter FROM pub.evaluation_metrics WHERE run_id = ?',
+                [list(BASELINE_NAMES), run_id],
             ).fetchall()
         )
     finally:
         con.close()
-    n_eval = fetch(a, "SELECT DISTINCT n_users FROM evaluation_metrics WHERE run_id = ?", [run_id])
+    n_eval = fetch(
+        a,
+        "SELECT DISTINCT n_users FROM evaluation_metrics WHERE run_id = ? AND slice = 'all' "
+        "AND split <> 'production'",
+        [run_id],
+    )
     assert n_eval == [(250,)], "a seeded sample of evaluate.max_users users"
     for split in ("test", "valid"):
         for k in KS:
             for metric in METRICS:
                 for index in ("annoy", "exact"):
-                    assert (False, split, metric, k, index) in got
-                assert (True, split, metric, k, "exact") in got
-            assert (False, split, "annoy_recall", k, "annoy") in got
+                    assert ("model", split, metric, k, index, "all", "except-target") in got
+                for baseline in BASELINE_NAMES:
+                    assert (baseline, split, metric, k, "exact", "all", "except-target") in got
+                assert ("model", split, metric, k, "exact", "repeat", "except-target") in got
+            assert ("model", split, "annoy_recall", k, "annoy", "all", "except-target") in got
+    # beyond accuracy: the production lists of every source (the model by both indexes)
+    for k in KS:
+        for metric in ("coverage", "gini", "popularity_percentile", "novelty", "personalisation"):
+            for source, index in [("model", "annoy"), ("model", "exact")] + [
+                (b, "exact") for b in BASELINE_NAMES
+            ]:
+                assert (source, "production", metric, k, index, "all", "all") in got
 
 
 def test_nightly_results_are_complete_and_correct(wh: Warehouse) -> None:
@@ -243,7 +258,7 @@ def test_new_events_change_results_history_kept_and_rerun_replaces(wh: Warehouse
     assert history2 == history
     metric_dupes = fetch(
         wh.analytics_path,
-        "SELECT count(*) FROM (SELECT run_id, model_run_id, split, metric, k, "
+        "SELECT count(*) FROM (SELECT run_id, model_run_id, split, slice, metric, k, "
         '"index" FROM evaluation_metrics GROUP BY ALL HAVING count(*) > 1)',
     )
     assert metric_dupes == [(0,)]
@@ -378,7 +393,7 @@ def test_cli_score_evaluate_sql(wh: Warehouse) -> None:
     )
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)["rows"]
-    assert {r["split"] for r in rows} == {"valid"} and {r["k"] for r in rows} == {5, 10}
+    assert {r["split"] for r in rows} == {"valid", "production"} and {r["k"] for r in rows} == {5, 10}
     res = runner.invoke(app, [*base, "score", "--k", "3", "--index", "exact", "--run-id", "adhoc", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["rows"] == 3 * json.loads(res.output)["users"]

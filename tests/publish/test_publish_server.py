@@ -91,7 +91,15 @@ def test_publish_creates_keyed_tables_with_matching_rows(warehouse, pg_url, fill
         t=result.table,
     ) == [("UNIQUE (user_id, rank)",)]
     assert _pk(pg_url, "recommendations_history") == ["run_id", "user_id", "rank"]
-    assert _pk(pg_url, "evaluation_metrics") == ["run_id", "model_run_id", "split", "metric", "k", "index"]
+    assert _pk(pg_url, "evaluation_metrics") == [
+        "run_id",
+        "model_run_id",
+        "split",
+        "slice",
+        "metric",
+        "k",
+        "index",
+    ]
     assert _pk(pg_url, "model_runs") == ["model_run_id"]
     indexes = {r[0] for r in _rows(pg_url, "SELECT indexdef FROM pg_indexes")}
     assert any(f"ON public.{result.table} USING btree (item_id)" in d for d in indexes)

@@ -84,7 +84,8 @@ def test_kill_at_every_step_keeps_published_results_and_the_rerun_completes(base
         keys = [(r[4], r[0], r[2]) for r in rows]
         assert len(keys) == len(set(keys)), "a run stored twice in history"
         assert {r[4] for r in rows} == {base_run, run_id}
-    metric_keys = [(r[0], r[1], r[2], r[3], r[4], r[7]) for r in after["evaluation_metrics"]]
+    # run, model run, split, metric, k, index, slice
+    metric_keys = [(r[0], r[1], r[2], r[3], r[4], r[7], r[10]) for r in after["evaluation_metrics"]]
     assert len(metric_keys) == len(set(metric_keys))
     assert not list((baseline / "wh").glob("*.tmp-*")), "half-written analytics file left behind"
     assert not (baseline / "wh" / "nightly.lock").exists()

@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rechub_store.ranking.embeddings import normalize_for_index
+from rechub_store.ranking.exact import Seen, exact_topk
 from rechub_store.retrieval.annoy_index import (
     TUNE_MARGIN,
     AnnoyItems,
@@ -19,8 +21,6 @@ from rechub_store.retrieval.annoy_index import (
     overlap_at_k,
     sample_rows,
 )
-from rechub_store.retrieval.embeddings import normalize_for_index
-from rechub_store.retrieval.exact import Seen, exact_topk
 
 
 def clustered(

@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rechub_store.retrieval.exact import NO_ITEM, Seen, exact_topk
-from rechub_store.retrieval.metrics import METRICS, ranking_metrics
+from rechub_store.ranking.exact import NO_ITEM, Seen, exact_topk
+from rechub_store.ranking.metrics import METRICS, ranking_metrics
 
 
 def reference_metrics(ranking: list[int], relevant: set[int], k: int) -> dict[str, float]:

@@ -107,6 +107,45 @@ def test_positive_check_matches_python_with_and_without_the_bitmap(histories: li
     assert not with_bitmap.is_positive(*outside).any() and not searching.is_positive(*outside).any()
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 6), min_size=0, max_size=14), min_size=1, max_size=6), st.booleans())
+def test_negatives_exclude_only_what_was_known_at_the_sample(
+    histories: list[list[int]], bitmap: bool
+) -> None:
+    """A sample at position p of user u may draw any item except those in u's history[: p + 1]: items the
+    user only meets later (their validation/test targets) are not excluded (that would leak the future)."""
+    _, store = _store(histories, 7)
+    sampler = NegativeSampler(store)
+    if not bitmap:
+        sampler.bitmap = None
+    rows = [
+        (u + 1, i, p) for u, h in enumerate(histories) for p in range(len(h)) for i in range(store.n_items)
+    ]
+    users, items, pos = (np.array(c) for c in zip(*rows, strict=True)) if rows else ([], [], [])
+    if not rows:
+        return
+    want = np.array([i in histories[u - 1][: p + 1] for u, i, p in rows])
+    assert np.array_equal(sampler.is_excluded(users, items, pos), want)
+    samples = [(u + 1, p) for u, h in enumerate(histories) for p in range(len(h))]
+    su, sp = (np.array(c) for c in zip(*samples, strict=True))
+    negs = sampler.sample(su, 20, np.random.default_rng(0), positions=sp)
+    for (u, p), row in zip(samples, negs.tolist(), strict=True):
+        allowed = set(range(1, store.n_items)) - set(histories[u - 1][: p + 1])
+        assert set(row) - {0} <= allowed, (u, p)  # 0 = masked (none found in the rounds allowed)
+
+
+def test_a_users_later_items_are_drawn_as_negatives() -> None:
+    """At pos 1 the user has seen items 1 and 2; 3, 4 (theirs later) and 5 are all fair negatives."""
+    _, store = _store([[1, 2, 3, 4, 3]], 5)
+    negs = NegativeSampler(store).sample(
+        np.array([1, 1]), 200, np.random.default_rng(0), positions=np.array([1, 3])
+    )
+    assert set(negs[0].tolist()) == {3, 4, 5}
+    assert set(negs[1].tolist()) - {0} == {5}  # 0: a draw that found nothing allowed in its rounds
+    whole = NegativeSampler(store).sample(np.array([1]), 200, np.random.default_rng(0))  # no positions
+    assert set(whole[0].tolist()) - {0} == {5}
+
+
 def test_user_who_saw_everything_gets_masked_negatives() -> None:
     _, store = _store([[1, 2, 3, 1], [2, 3, 1, 2]], 3)
     negs = NegativeSampler(store).sample(np.array([1, 2]), 4, np.random.default_rng(0))
@@ -145,17 +184,27 @@ def test_missing_feature_tables_name_the_fix(warehouse) -> None:
         FeatureStore.load(con)
 
 
-def test_event_derived_dense_features_are_point_in_time(planted_store: FeatureStore) -> None:
-    """event_count follows the window end; item popularity counts training positions only."""
+def test_event_derived_dense_features_without_a_sample(planted_store: FeatureStore) -> None:
+    """Without a sample's point-in-time count, a cut window counts its own events and a whole history
+    reads the current value; items read the current popularity unless given one, and evaluation's
+    `train_popularity` counts training positions only. (Samples: tests/training/test_point_in_time.py.)"""
     s = planted_store
-    users, ends = np.array([1, 1, 2]), np.array([0, 3, 5])
+    users = np.array([1, 1, 2])
+    ends = np.array([0, 3, s.history_length(np.array([2]))[0]])
     got = s.user_batch(users, ends, 4)["ud.event_count"].numpy()
     max_len = np.log1p(s.history_length(np.arange(1, s.n_users)).max())
-    np.testing.assert_allclose(got, np.log1p(ends) / max_len, rtol=1e-6)
-    pop = s.item_batch(np.arange(1, s.n_items))["id.popularity"].numpy()
+    np.testing.assert_allclose(got[:2], np.log1p(ends[:2]) / max_len, rtol=1e-6)
+    assert got[2] == s.user_dense["event_count"][2]
+    given = s.user_batch(users, ends, 4, event_count=np.array([0.25, 0.5, 0.75]))["ud.event_count"]
+    assert given.tolist() == [0.25, 0.5, 0.75]
+    codes = np.arange(1, s.n_items)
+    assert np.array_equal(s.item_batch(codes)["id.popularity"].numpy(), s.item_dense["popularity"][1:])
     scale = np.log1p(np.bincount(s.hist_items, minlength=s.n_items).max())
-    np.testing.assert_allclose(pop, np.log1p(s.item_train_count[1:]) / scale, rtol=1e-6)
+    assert s.train_popularity is not None
+    np.testing.assert_allclose(s.train_popularity[1:], np.log1p(s.item_train_count[1:]) / scale, rtol=1e-6)
     assert (s.item_train_count[1:] < np.bincount(s.hist_items, minlength=s.n_items)[1:]).any()
+    override = s.item_batch(codes, popularity=s.train_popularity[1:])["id.popularity"].numpy()
+    assert np.array_equal(override, s.train_popularity[1:])
 
 
 @pytest.mark.parametrize(("window", "stride"), [(4, 2), (4, 4), (3, 1), (50, None)])

@@ -10,7 +10,7 @@ import pytest
 
 from rechub_store.data.readers import FeatureStore
 from rechub_store.errors import UserError
-from rechub_store.retrieval.embeddings import annoy_metric, encode_items, encode_users, normalize_for_index
+from rechub_store.ranking.embeddings import annoy_metric, encode_items, encode_users, normalize_for_index
 from rechub_store.training import registry
 from rechub_store.training.config import TrainConfig
 from rechub_store.training.trainer import evaluate_model, fit_model, train

@@ -4,13 +4,15 @@
 -- r negatives of the sample's softmax).
 -- Sampling: items are drawn from the build's items, uniformly or with weight n_train ^ neg_alpha
 -- (features.item_popularity), by random numbers hashed from (seed, user_code, pos, draw):
--- reproducible for a seed whatever the thread count. A negative is never an item the user
--- interacted with (at any time), and the r negatives of a sample are distinct whenever the user
--- has r items left unseen.
+-- reproducible for a seed whatever the thread count. A negative is never an item the user had
+-- interacted with up to and including the sample's position (its target and history); items the
+-- user only meets later (e.g. its validation and test targets) stay possible negatives, or the
+-- negatives would carry knowledge from the future. The r negatives of a sample are distinct
+-- whenever r items are still unseen at that position.
 -- Rejection sampling in two rounds: r + r/2 + 2 draws per sample, then 8r more draws for the few
 -- samples still short (users who saw many popular items); the samples still short after that
--- are topped up uniformly from the user's unseen items, walked from a seeded offset (with
--- repeats only when the user has fewer than r unseen items; none when the user saw everything).
+-- are topped up uniformly from the items unseen at that position, walked from a seeded offset
+-- (with repeats only when fewer than r are unseen; none when the user had seen everything).
 -- Built in passes over users (user_code % n_partitions = partition; see the header and
 -- sql/README.md): a sample's negatives depend only on its own user's samples and events, so
 -- the passes together give exactly the one-pass result while each holds 1/n of the state.
@@ -73,9 +75,12 @@ sample_keys as materialized (
     where s.user_code % getvariable('n_partitions') = getvariable('partition')
 ),
 
+-- each (user, item) once, with the position where the user first interacted with it: excluded
+-- from the negatives of the samples at that position and later
 seen as (
-    select user_code, item_code from features.events
+    select user_code, item_code, min(seq) as first_seq from features.events
     where user_code % getvariable('n_partitions') = getvariable('partition')
+    group by user_code, item_code
 ),
 
 -- round 1: every sample
@@ -101,7 +106,7 @@ picks_1 as materialized (
             ) as items
         from draws_1 d
         join buckets b on b.bucket = d.bucket and d.u >= b.lo and d.u < b.hi
-        anti join seen s on s.user_code = d.user_code and s.item_code = b.item_code
+        anti join seen s on s.user_code = d.user_code and s.item_code = b.item_code and s.first_seq <= d.pos
         group by d.user_code, d.pos
     )
 ),
@@ -138,7 +143,7 @@ picks_2 as materialized (
             ) as items
         from draws_2 d
         join buckets b on b.bucket = d.bucket and d.u >= b.lo and d.u < b.hi
-        anti join seen s on s.user_code = d.user_code and s.item_code = b.item_code
+        anti join seen s on s.user_code = d.user_code and s.item_code = b.item_code and s.first_seq <= d.pos
         group by d.user_code, d.pos
     ) n using (user_code, pos)
 ),
@@ -150,14 +155,14 @@ short_2 as (
 ),
 
 unseen as (
-    select user_code, list(item_code order by item_code) as items
+    select user_code, pos, list(item_code order by item_code) as items
     from (
-        select u.user_code, p.item_code
-        from (select distinct user_code from short_2) u
+        select u.user_code, u.pos, p.item_code
+        from (select distinct user_code, pos from short_2) u
         cross join features.item_popularity p
     ) pairs
-    anti join seen using (user_code, item_code)
-    group by user_code
+    anti join seen s on s.user_code = pairs.user_code and s.item_code = pairs.item_code and s.first_seq <= pairs.pos
+    group by user_code, pos
 ),
 
 walked as (
@@ -174,7 +179,7 @@ walked as (
             list_transform(range((select ratio from settings)), lambda step:
                 u.items[(((hash(s2.sample_key) % len(u.items)) + step) % len(u.items))::BIGINT + 1]) as walk
         from short_2 s2
-        join unseen u using (user_code)
+        join unseen u using (user_code, pos)
     ) w using (user_code, pos)
     cross join settings t
 ),

@@ -12,6 +12,11 @@ L_u (seen items already removed), with rel_i = 1 if L_u[i] is in R_u (i = 1..k):
 Each is averaged over users with at least one relevant item (macro average). Unlike
 Torch-RecHub's `topk_metrics`, Hit is the share of users with a hit (not micro recall),
 and seen items are removed from the ranking before it is cut at k.
+
+With one held-out target per user (leave-one-out) every metric is a function of the target's
+rank r alone (`rank_metrics`): Recall@k = Hit@k = [r <= k], Precision@k = [r <= k] / k,
+NDCG@k = [r <= k] / log2(r + 1), MRR@k = [r <= k] / r. The evaluation protocol computes r
+exactly and pessimistically (`exact.scorer_ranks`), so no top-k list is needed to score a model.
 """
 
 from __future__ import annotations
@@ -57,4 +62,21 @@ def ranking_metrics(topk: np.ndarray, targets: np.ndarray, ks: Sequence[int]) ->
         result["precision"][k] = float(np.mean(hits / k))
         result["ndcg"][k] = float(np.mean(cum_dcg[:, k - 1] / ideal[np.minimum(n_rel, k) - 1]))
         result["mrr"][k] = float(np.mean(np.where(first_hit <= k, 1.0 / np.minimum(first_hit, max_k), 0.0)))
+    return result
+
+
+def rank_metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, dict[int, float]]:
+    """Mean metric per k from each user's (single) target rank, 1-based; ranks beyond every k
+    (or `exact.MISS`) score 0. An empty input gives 0.0 everywhere."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    result: dict[str, dict[int, float]] = {m: {} for m in METRICS}
+    safe = np.maximum(ranks, 1).astype(np.float64)
+    for k in ks:
+        hit = ranks <= k
+        n = max(len(ranks), 1)
+        result["recall"][k] = float(hit.sum() / n)
+        result["hit"][k] = float(hit.sum() / n)
+        result["precision"][k] = float(hit.sum() / n / k)
+        result["ndcg"][k] = float(np.where(hit, 1.0 / np.log2(safe + 1.0), 0.0).sum() / n)
+        result["mrr"][k] = float(np.where(hit, 1.0 / safe, 0.0).sum() / n)
     return result

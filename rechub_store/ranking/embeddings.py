@@ -34,8 +34,14 @@ def normalize_for_index(vectors: np.ndarray, kind: str) -> np.ndarray:
     return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def encode_items(model: nn.Module, store: FeatureStore, batch_size: int = 8192) -> np.ndarray:
-    """[store.n_items, D] float32 item vectors (raw tower output); row 0 (padding) is zeros."""
+def encode_items(
+    model: nn.Module, store: FeatureStore, batch_size: int = 8192, popularity: np.ndarray | None = None
+) -> np.ndarray:
+    """[store.n_items, D] float32 item vectors (raw tower output); row 0 (padding) is zeros.
+
+    `popularity` (scaled, indexed by item code) replaces the current item popularity: evaluation
+    passes `store.train_popularity` so that no held-out target is counted.
+    """
     was_training = model.training
     model.eval()
     parts = []
@@ -43,7 +49,8 @@ def encode_items(model: nn.Module, store: FeatureStore, batch_size: int = 8192) 
         with torch.inference_mode():
             for start in range(0, store.n_items, batch_size):
                 codes = np.arange(start, min(start + batch_size, store.n_items), dtype=np.int64)
-                parts.append(model.item_tower(store.item_batch(codes)).float().numpy())
+                pop = None if popularity is None else popularity[codes]
+                parts.append(model.item_tower(store.item_batch(codes, popularity=pop)).float().numpy())
     finally:
         model.train(was_training)
     out = np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
@@ -58,11 +65,14 @@ def encode_users(
     user_codes: np.ndarray,
     hist_end: np.ndarray | None = None,
     batch_size: int = 4096,
+    event_count: np.ndarray | None = None,
 ) -> np.ndarray:
     """[len(user_codes), D] float32 user vectors from each user's history cut at `hist_end`.
 
     `hist_end` is the exclusive end position in the user's history: None = the whole current
     history (production scoring); a sample's `pos` for evaluation (history before the target).
+    `event_count`: the samples' point-in-time `user_event_count_scaled` (evaluation); None = what
+    `FeatureStore.user_batch` derives (the current value for whole histories).
     """
     users = np.asarray(user_codes, dtype=np.int64)
     ends = store.history_length(users) if hist_end is None else np.asarray(hist_end, dtype=np.int64)
@@ -73,10 +83,28 @@ def encode_users(
         with torch.inference_mode():
             for start in range(0, users.shape[0], batch_size):
                 sl = slice(start, start + batch_size)
-                batch = store.user_batch(users[sl], ends[sl], model.max_seq_len)
+                counts = None if event_count is None else event_count[sl]
+                batch = store.user_batch(users[sl], ends[sl], model.max_seq_len, event_count=counts)
                 parts.append(model.user_tower(batch).float().numpy())
     finally:
         model.train(was_training)
     if not parts:
         return np.zeros((0, int(model.config["embed_dim"])), dtype=np.float32)
     return np.concatenate(parts)
+
+
+def reads_item_popularity(model: nn.Module, store: FeatureStore) -> bool:
+    """Does the model's item tower read item popularity? Asked of the tower itself (two batches that
+    differ only in popularity), so the trainer needs no knowledge of the model's internals."""
+    if "popularity" not in store.item_dense or store.n_items < 2:
+        return False
+    codes = np.arange(1, min(store.n_items, 17), dtype=np.int64)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            low = model.item_tower(store.item_batch(codes, popularity=np.zeros(len(codes), np.float32)))
+            high = model.item_tower(store.item_batch(codes, popularity=np.ones(len(codes), np.float32)))
+    finally:
+        model.train(was_training)
+    return not torch.equal(low, high)

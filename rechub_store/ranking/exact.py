@@ -1,0 +1,248 @@
+"""Exact ranking over the whole catalogue: chunked score blocks, deterministic top-k, target ranks.
+
+This is the ground truth for annoy's recall, the scorer for small catalogues, and the ranking
+used by every metric (validation during training, `evaluate`, the baselines). Item column 0 is
+the padding code and is never ranked; a row's excluded items (a CSR of item codes) are removed
+before anything is ranked.
+
+Ties have one rule everywhere:
+- top-k lists are ordered by score, then by item code (ascending), so the same scores always
+  give the same list, whatever torch.topk's internal order;
+- the rank of a held-out target is pessimistic: rank = 1 + the number of other ranked items
+  whose score is >= the target's, so an item tied with the target ranks ahead of it and a
+  constant scorer never gets credit for luck.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+NO_ITEM = 0  # code returned where a user has fewer than k unseen items
+MISS = np.iinfo(np.int64).max  # rank of a target that cannot be ranked (filtered out, unknown item)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Items to exclude per user row, as CSR: row u's codes are indices[indptr[u]:indptr[u+1]]."""
+
+    indptr: np.ndarray  # int64 [U + 1]
+    indices: np.ndarray  # int64 item codes
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    def counts(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def rows(self, start: int, stop: int) -> Seen:
+        """The sub-CSR of rows [start, stop), offsets rebased to 0."""
+        lo, hi = self.indptr[start], self.indptr[stop]
+        return Seen(self.indptr[start : stop + 1] - lo, self.indices[lo:hi])
+
+    def row_ids(self) -> np.ndarray:
+        """The row of every entry of `indices` (for scatter into a dense matrix)."""
+        return np.repeat(np.arange(self.n_rows, dtype=np.int64), self.counts())
+
+    def contains(self, codes: np.ndarray) -> np.ndarray:
+        """[U] bool: is codes[u] one of row u's items?"""
+        codes = np.asarray(codes, dtype=np.int64)
+        hit = self.indices == np.repeat(codes, self.counts())
+        return np.bincount(self.row_ids()[hit], minlength=self.n_rows) > 0
+
+    def without(self, codes: np.ndarray) -> Seen:
+        """The same rows with every occurrence of codes[u] removed from row u."""
+        codes = np.asarray(codes, dtype=np.int64)
+        keep = self.indices != np.repeat(codes, self.counts())
+        counts = np.bincount(self.row_ids()[keep], minlength=self.n_rows)
+        indptr = np.zeros(self.n_rows + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        return Seen(indptr, self.indices[keep])
+
+    @classmethod
+    def empty(cls, n_rows: int) -> Seen:
+        return cls(np.zeros(n_rows + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+
+    @classmethod
+    def from_lists(cls, lists: Sequence[Sequence[int] | np.ndarray]) -> Seen:
+        lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+        indptr = np.zeros(len(lists) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        indices = (
+            np.concatenate([np.asarray(x, dtype=np.int64) for x in lists])
+            if len(lists) and indptr[-1]
+            else np.zeros(0, dtype=np.int64)
+        )
+        return cls(indptr, indices)
+
+    @classmethod
+    def from_prefixes(cls, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> Seen:
+        """Row u = flat[starts[u] : starts[u] + lengths[u]] — e.g. a user's history before a target.
+
+        Gathered in one vectorized step from a flattened per-user history (no Python loop).
+        """
+        lengths = np.asarray(lengths, dtype=np.int64)
+        indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        offsets = np.repeat(np.asarray(starts, dtype=np.int64) - indptr[:-1], lengths)
+        positions = offsets + np.arange(indptr[-1], dtype=np.int64)
+        return cls(indptr, np.asarray(flat, dtype=np.int64)[positions])
+
+
+class Scorer(Protocol):
+    """Scores of every item for a range of rows: a model's vectors or a baseline."""
+
+    n_rows: int
+    n_items: int  # columns: item codes 0..n_items-1 (0 = padding, never ranked)
+
+    def block(self, start: int, stop: int, out: torch.Tensor) -> None:
+        """Write the float32 scores of rows [start, stop) into `out` [stop - start, n_items]."""
+        ...
+
+
+class VectorScorer:
+    """Dot products of user vectors with item vectors (cosine models: pass normalised vectors)."""
+
+    def __init__(self, user_vecs: np.ndarray, item_vecs: np.ndarray) -> None:
+        self.users = torch.from_numpy(np.ascontiguousarray(user_vecs, dtype=np.float32))
+        self.items_t = torch.from_numpy(np.ascontiguousarray(item_vecs, dtype=np.float32)).T.contiguous()
+        self.n_rows = self.users.shape[0]
+        self.n_items = self.items_t.shape[1]
+
+    def block(self, start: int, stop: int, out: torch.Tensor) -> None:
+        torch.mm(self.users[start:stop], self.items_t, out=out)
+
+
+def _chunk_rows(n_items: int, chunk_size: int | None) -> int:
+    """Rows per score block: ~256 MB of float32 unless told otherwise."""
+    return chunk_size or max(64, min(4096, (1 << 26) // max(n_items, 1)))
+
+
+def _blocks(
+    scorer: Scorer, exclude: Seen | None, chunk_size: int | None
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield (start, stop, block) with padding and excluded items set to -inf; one buffer reused
+    (allocating a fresh [chunk, n_items] block per chunk costs about as much as the matmul).
+    Callers run it under torch.inference_mode()."""
+    n_rows, n_items = scorer.n_rows, scorer.n_items
+    if exclude is not None and exclude.n_rows != n_rows:
+        raise ValueError(f"exclusions have {exclude.n_rows} rows for {n_rows} users")
+    chunk = _chunk_rows(n_items, chunk_size)
+    buffer = torch.empty((min(chunk, max(n_rows, 1)), n_items), dtype=torch.float32)
+    for start in range(0, n_rows, chunk):
+        stop = min(start + chunk, n_rows)
+        block = buffer[: stop - start]
+        scorer.block(start, stop, block)
+        block[:, 0] = -torch.inf
+        if exclude is not None:
+            part = exclude.rows(start, stop)
+            if len(part.indices):
+                inside = (part.indices < n_items) & (part.indices >= 0)  # others need no mask
+                rows = torch.from_numpy(part.row_ids()[inside])
+                cols = torch.from_numpy(part.indices[inside])
+                block[rows, cols] = -torch.inf
+        yield start, stop, block
+
+
+def _sorted_topk(block: torch.Tensor, take: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top `take` columns of each row by (score desc, column asc); -inf entries become NO_ITEM."""
+    top_scores, top_idx = torch.topk(block, take, dim=1)
+    kth = top_scores[:, -1:]
+    # torch.topk picks arbitrarily among items tied with the k-th score; rows where the tie group
+    # straddles the cut are re-ranked with a stable sort (ascending code among equal scores)
+    straddle = torch.isfinite(kth[:, 0]) & ((block >= kth).sum(dim=1) > take)
+    for row in torch.nonzero(straddle).flatten().tolist():
+        s, i = torch.sort(block[row], descending=True, stable=True)
+        top_scores[row], top_idx[row] = s[:take], i[:take]
+    scores = top_scores.numpy()
+    codes = top_idx.numpy().astype(np.int64)
+    order = np.lexsort((codes, -scores), axis=-1)  # within ties: code ascending
+    codes = np.take_along_axis(codes, order, axis=1)
+    scores = np.take_along_axis(scores, order, axis=1)
+    codes[np.isneginf(scores)] = NO_ITEM
+    return codes, scores
+
+
+def scorer_topk(
+    scorer: Scorer, k: int, exclude: Seen | None = None, chunk_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (codes int64 [U, k], scores float32 [U, k]) of every row, best first, ties by code.
+
+    Where a row has fewer than k rankable items the tail holds `NO_ITEM` (0) with score -inf.
+    """
+    n_rows = scorer.n_rows
+    take = min(k, max(scorer.n_items - 1, 0))
+    codes = np.full((n_rows, k), NO_ITEM, dtype=np.int64)
+    scores = np.full((n_rows, k), -np.inf, dtype=np.float32)
+    if take == 0 or n_rows == 0:
+        return codes, scores
+    with torch.inference_mode():
+        for start, stop, block in _blocks(scorer, exclude, chunk_size):
+            codes[start:stop, :take], scores[start:stop, :take] = _sorted_topk(block, take)
+    return codes, scores
+
+
+def scorer_ranks(
+    scorer: Scorer, targets: np.ndarray, exclude: Seen | None = None, chunk_size: int | None = None
+) -> np.ndarray:
+    """Pessimistic rank of each row's target among the rankable items: 1 + #{i != target : s_i >= s_target}.
+
+    `MISS` where the target cannot be ranked: excluded, padding, or a code the scorer lacks.
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    ranks = np.full(scorer.n_rows, MISS, dtype=np.int64)
+    if scorer.n_rows == 0:
+        return ranks
+    known = (targets > 0) & (targets < scorer.n_items)
+    with torch.inference_mode():
+        for start, stop, block in _blocks(scorer, exclude, chunk_size):
+            t = torch.from_numpy(np.where(known[start:stop], targets[start:stop], 0))
+            target_score = block.gather(1, t[:, None])
+            count = (block >= target_score).sum(dim=1).numpy()  # counts the target itself once
+            lost = (torch.isneginf(target_score) | torch.isnan(target_score))[:, 0].numpy()
+            ranks[start:stop] = np.where(known[start:stop] & ~lost, count, MISS)
+    return ranks
+
+
+def exact_topk(
+    user_vecs: np.ndarray,
+    item_vecs: np.ndarray,
+    k: int,
+    seen: Seen | None = None,
+    chunk_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item codes by dot product for every user, seen items and padding row 0 excluded.
+
+    Returns (codes int64 [U, k], scores float32 [U, k]), best first, ties by code. Where a user has
+    fewer than k candidate items left, the tail holds code `NO_ITEM` (0) with score -inf.
+    For cosine models pass L2-normalised vectors.
+    """
+    return scorer_topk(VectorScorer(user_vecs, item_vecs), k, seen, chunk_size)
+
+
+def exact_ranks(
+    user_vecs: np.ndarray,
+    item_vecs: np.ndarray,
+    targets: np.ndarray,
+    exclude: Seen | None = None,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """Pessimistic rank of each user's target over the whole catalogue (see `scorer_ranks`)."""
+    return scorer_ranks(VectorScorer(user_vecs, item_vecs), targets, exclude, chunk_size)
+
+
+def ranks_in_lists(codes: np.ndarray, scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Pessimistic rank of each row's target within its candidate list (codes [U, K] with exact
+    scores; 0 = no item): 1 + #{other listed items with score >= the target's}, `MISS` if absent."""
+    codes = np.asarray(codes)
+    targets = np.asarray(targets, dtype=np.int64)
+    listed = (codes == targets[:, None]) & (codes != NO_ITEM)
+    found = listed.any(axis=1)
+    target_score = np.where(found, scores[np.arange(len(codes)), listed.argmax(axis=1)], np.inf)
+    ahead = ((scores >= target_score[:, None]) & (codes != NO_ITEM) & ~listed).sum(axis=1)
+    return np.where(found, ahead + 1, MISS).astype(np.int64)
