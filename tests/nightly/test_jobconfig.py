@@ -50,6 +50,16 @@ def test_defaults_without_a_job_file() -> None:
         ("[evaluate]\nsplits = ['train']", "evaluate.splits"),
         ("[publish]\nkeep_runs = 0", "publish.keep_runs"),
         (
+            "[evaluate]\nseen_filter = 'history'",
+            "evaluate.seen_filter: expected one of except-target, all, none",
+        ),
+        (
+            "[evaluate]\nbaselines = ['knn']",
+            "evaluate.baselines: expected one of popularity, itemknn, transition",
+        ),
+        ("[evaluate]\nlist_users = -1", "evaluate.list_users"),
+        ("[score]\nexclude_seen = 'no'", "score.exclude_seen: expected true or false"),
+        (
             "[[ingest.sources]]\npath = 'x.csv'\nuser_col = 'u'",
             "interactions sources need item_col, time_col",
         ),
@@ -64,6 +74,22 @@ def test_bad_job_files_fail_naming_the_key(tmp_path: Path, text: str, message: s
     path.write_text(text)
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         JobConfig.load(path)
+
+
+def test_protocol_keys() -> None:
+    default = JobConfig()
+    assert default.evaluate.seen_filter == "except-target" and default.score.exclude_seen
+    assert default.evaluate.baselines == ("popularity", "itemknn", "transition")
+    job = JobConfig.from_mapping(
+        {
+            "score": {"exclude_seen": False},
+            "evaluate": {"seen_filter": "all", "baselines": ["itemknn"], "list_users": 0},
+        }
+    )
+    assert not job.score.exclude_seen and job.evaluate.seen_filter == "all"
+    assert job.evaluate.baselines == ("itemknn",) and job.evaluate.list_users == 0
+    legacy = JobConfig.from_mapping({"evaluate": {"popularity": False}})  # the older key still works
+    assert legacy.evaluate.baselines == ("itemknn", "transition")
 
 
 def test_missing_job_file() -> None:

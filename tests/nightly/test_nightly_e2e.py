@@ -412,8 +412,11 @@ README_QUERY_NAMES = {
     "a user's top-k with item titles": "top_k_with_titles",
     "catalogue coverage of the current run": "coverage",
     "coverage over the kept runs": "coverage_by_run",
-    "metrics trend over runs": "metrics_trend",
-    "the model against the popularity baseline, published run": "model_vs_popularity",
+    "metrics trend over runs, one protocol only ('legacy' rows predate its recording)": "metrics_trend",
+    "the model against the baselines, published run": "model_vs_baselines",
+    "where the model wins or loses: NDCG@10 per slice, model and baselines side by side": "slices",
+    "beyond accuracy of the published run's lists": "beyond_accuracy",
+    "churn of the lists users get, run over run": "churn",
 }
 
 
@@ -450,5 +453,16 @@ def test_readme_analyst_queries(wh: Warehouse) -> None:
     assert [r["run_id"] for r in sql("coverage_by_run")][-2:] == ["nightly-2030-01-01", "nightly-2030-01-02"]
     trend = sql("metrics_trend")
     assert {"nightly-2030-01-01", "nightly-2030-01-02"} <= {r["run_id"] for r in trend}
-    pivot = {r["model_run_id"]: r for r in sql("model_vs_popularity")}
-    assert "popularity" in pivot and len(pivot) == 2 and 0 <= pivot["popularity"]["ndcg"] <= 1
+    pivot = {r["model_run_id"]: r for r in sql("model_vs_baselines")}
+    assert set(BASELINE_NAMES) <= set(pivot) and len(pivot) == 4
+    assert all(0 <= r["ndcg"] <= 1 for r in pivot.values())
+    slices = {r["slice"]: r for r in sql("slices")}
+    assert {"all", "active", "head", "tail", "new"} <= set(slices) and slices["all"]["users"] == 250
+    assert all(r["model"] is not None and r["itemknn"] is not None for r in slices.values())
+    beyond = {(r["model_run_id"], r["index"]): r for r in sql("beyond_accuracy")}
+    assert len(beyond) == 5  # the model by annoy and exact, three baselines
+    for r in beyond.values():
+        assert 0 < r["coverage"] <= 1 and 0 <= r["gini"] <= 1 and r["novelty_bits"] > 0
+        assert 0 <= r["churn"] <= 1, "the second run is compared with the first"
+    churn = [r for r in sql("churn") if r["run_id"] == "nightly-2030-01-02"]  # (the first: vs the demo's)
+    assert len(churn) == 5 and all(r["n_users"] == 300 for r in churn)

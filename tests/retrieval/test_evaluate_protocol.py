@@ -20,7 +20,7 @@ from rechub_store.models import build_model
 from rechub_store.ranking.embeddings import encode_items
 from rechub_store.ranking.options import SEEN_FILTERS
 from rechub_store.retrieval.evaluate import evaluate_run
-from rechub_store.retrieval.scoring import ScoringContext
+from rechub_store.retrieval.scoring import ScoringContext, score_run
 from rechub_store.training.registry import LoadedModel
 from rechub_store.warehouse import Warehouse
 
@@ -174,3 +174,24 @@ def test_seen_filters_match_a_python_reference_and_annoy_agrees_on_ties(
     assert n_repeats["test"] >= 10, "the log must hold repeated targets for this test to mean anything"
     ties = sum(len(v) - len(set(map(tuple, v))) for v in [item_vecs])
     assert ties > 5, "the vectors must hold ties"
+
+
+def test_production_lists_exclude_seen_items_unless_repeats_are_allowed(
+    setup: tuple[Warehouse, Path],
+) -> None:
+    wh, root = setup
+    with wh.session() as con:
+        store = FeatureStore.load(con, splits=())
+        torch.manual_seed(0)
+        base = build_model("sasrec", store.schema(), embed_dim=8)
+        items = encode_items(base, store)
+        loaded = LoadedModel("plain", base, "sasrec", "dot", 1.0, base.max_seq_len, store.build_id,
+                             base.schema, {}, root)  # fmt: skip
+        ctx = ScoringContext(store, loaded, items, "dot", root / "models" / "plain", eval_item_vecs=items)
+        seen_in_lists = {}
+        for exclude_seen in (True, False):
+            score_run(con, ctx, f"r-{exclude_seen}", k=10, index="exact", exclude_seen=exclude_seen)
+            (seen_in_lists[exclude_seen],) = con.execute(
+                "SELECT count(*) FROM recommendations r JOIN staging.interactions s USING (user_id, item_id)"
+            ).fetchone()
+    assert seen_in_lists[True] == 0 and seen_in_lists[False] > 0
