@@ -189,6 +189,17 @@ def table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
     return bool(row and row[0])
 
 
+def column_names(con: duckdb.DuckDBPyConnection, qualified: str) -> set[str]:
+    """The columns of a table of the current database (empty if it does not exist)."""
+    schema, _, table = qualified.rpartition(".")
+    rows = con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() "
+        "AND schema_name = ? AND table_name = ?",
+        [schema or "main", table],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
 def require_table(con: duckdb.DuckDBPyConnection, qualified: str, hint: str) -> None:
     """Fail with a one-line hint (e.g. 'run `rechub-store build-features` first') if a table is missing."""
     if not table_exists(con, qualified):

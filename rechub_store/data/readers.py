@@ -673,10 +673,11 @@ class NegativeSampler:
     def is_excluded(self, user_codes: np.ndarray, items: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Had the user interacted with the item at or before `positions` (the sample's target)?"""
         out = self.is_positive(user_codes, items)
-        if out.any():
-            keys = (user_codes * self.n_items + items)[out]
+        hits = np.flatnonzero(out)
+        if hits.size:
+            keys = user_codes[hits] * self.n_items + items[hits]
             first = self.first_pos[np.searchsorted(self.positive_keys, keys)]
-            out[out] = first <= np.broadcast_to(positions, out.shape)[out]
+            out[hits] = first <= np.broadcast_to(positions, out.shape)[hits]
         return out
 
     def sample(
@@ -688,19 +689,21 @@ class NegativeSampler:
         users = np.repeat(np.asarray(user_codes, dtype=np.int64), n)
         pos = None if positions is None else np.repeat(np.asarray(positions, dtype=np.int64), n)
 
-        def bad_at(rows: np.ndarray | slice) -> np.ndarray:
+        def excluded(rows: np.ndarray | None) -> np.ndarray:
+            u = users if rows is None else users[rows]
+            v = negs if rows is None else negs[rows]
             if pos is None:
-                return self.is_positive(users[rows], negs[rows])
-            return self.is_excluded(users[rows], negs[rows], pos[rows])
+                return self.is_positive(u, v)
+            return self.is_excluded(u, v, pos if rows is None else pos[rows])
 
         negs = self._draw(rng, users.size)
-        bad = bad_at(slice(None))
+        todo = np.flatnonzero(excluded(None))  # redraw only the collisions, as a shrinking index list
         for _ in range(self.max_rounds):
-            if not bad.any():
+            if not todo.size:
                 break
-            negs[bad] = self._draw(rng, int(bad.sum()))
-            bad[bad] = bad_at(bad)
-        negs[bad] = 0  # a user who saw (nearly) every item: masked as padding by the loss
+            negs[todo] = self._draw(rng, todo.size)
+            todo = todo[excluded(todo)]
+        negs[todo] = 0  # a user who saw (nearly) every item: masked as padding by the loss
         return negs.reshape(-1, n)
 
 

@@ -29,7 +29,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from rechub_store.warehouse import Warehouse, table_exists, transaction
+from rechub_store.warehouse import Warehouse, column_names, table_exists, transaction
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,7 @@ def ensure_results_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Create the result tables; an evaluation_metrics from an older version gains the protocol
     columns (its rows marked `legacy`, see METRIC_COLUMNS_ADDED)."""
     con.execute(RESULTS_DDL)
-    have = {
-        r[0]
-        for r in con.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() "
-            "AND schema_name = 'main' AND table_name = 'evaluation_metrics'"
-        ).fetchall()
-    }
+    have = column_names(con, "main.evaluation_metrics")
     missing = [c for c in METRIC_COLUMNS_ADDED if c[0] not in have]
     if missing:
         with transaction(con):

@@ -43,7 +43,7 @@ from sqlalchemy import exc as sa_exc
 from rechub_store.errors import UserError
 from rechub_store.publish.analytics import LEGACY_SEEN_FILTER
 from rechub_store.redact import redact, register
-from rechub_store.warehouse import Warehouse, quote_ident, table_exists
+from rechub_store.warehouse import Warehouse, column_names, quote_ident, table_exists
 
 log = logging.getLogger(__name__)
 
@@ -424,13 +424,7 @@ def _open_source(con: duckdb.DuckDBPyConnection, run_id: str | None) -> _Source:
 def _metric_select(con: duckdb.DuckDBPyConnection) -> str:
     """The evaluation_metrics columns to send, in METRIC_COLUMNS order; a warehouse table from before
     the evaluation protocol was recorded sends its rows as `legacy` ones (see analytics.py)."""
-    have = {
-        r[0]
-        for r in con.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() "
-            "AND schema_name = 'main' AND table_name = 'evaluation_metrics'"
-        ).fetchall()
-    }
+    have = column_names(con, "main.evaluation_metrics")
     legacy = {"seen_filter": f"'{LEGACY_SEEN_FILTER}'", "slice": "'all'", "n_repeat_targets": "NULL::BIGINT"}
     return ", ".join(
         quote_ident(c) if c in have else f"{legacy[c]} AS {quote_ident(c)}" for c in METRIC_COLUMNS

@@ -123,6 +123,38 @@ def load_context(
     )
 
 
+def _load_or_build(
+    ctx: ScoringContext, vecs: np.ndarray, file: str, k: int, settings: AnnoySettings | None
+) -> tuple[AnnoyItems, Tuning, bool]:
+    settings = settings or AnnoySettings()
+    users = ctx.production_users()
+    sample = users[sample_rows(len(users), settings.sample_users, settings.seed)]
+    sample_vecs = ctx.user_vectors(sample) if len(sample) else vecs[1:2]
+    items, t, built = load_or_build(
+        ctx.model_dir / file,
+        vecs,
+        sample_vecs,
+        ctx.metric,
+        k,
+        target_recall=settings.target_recall,
+        n_trees=settings.n_trees,
+        max_trees=settings.max_trees,
+        search_k=settings.search_k,
+        seed=settings.seed,
+    )
+    log.info(
+        "annoy index %s: %s, n_trees=%d search_k=%d recall@%d=%.4f (target %.2f)",
+        ctx.model_dir / file,
+        "built" if built else "reused",
+        t.n_trees,
+        t.search_k,
+        t.k,
+        t.recall,
+        t.target_recall,
+    )
+    return items, t, built
+
+
 def ensure_annoy(
     ctx: ScoringContext, k: int, settings: AnnoySettings | None = None, evaluation: bool = False
 ) -> AnnoyItems:
@@ -133,52 +165,10 @@ def ensure_annoy(
     """
     if evaluation and ctx.eval_item_vecs is not None and ctx.eval_item_vecs is not ctx.item_vecs:
         if ctx.eval_annoy is None:
-            users = ctx.production_users()
-            settings = settings or AnnoySettings()
-            sample = users[sample_rows(len(users), settings.sample_users, settings.seed)]
-            sample_vecs = ctx.user_vectors(sample) if len(sample) else ctx.eval_item_vecs[1:2]
-            ctx.eval_annoy, _, _ = load_or_build(
-                ctx.model_dir / EVAL_ANNOY_FILE,
-                ctx.eval_item_vecs,
-                sample_vecs,
-                ctx.metric,
-                k,
-                target_recall=settings.target_recall,
-                n_trees=settings.n_trees,
-                max_trees=settings.max_trees,
-                search_k=settings.search_k,
-                seed=settings.seed,
-            )
+            ctx.eval_annoy, _, _ = _load_or_build(ctx, ctx.eval_item_vecs, EVAL_ANNOY_FILE, k, settings)
         return ctx.eval_annoy
-    if ctx.annoy is not None:
-        return ctx.annoy
-    settings = settings or AnnoySettings()
-    users = ctx.production_users()
-    sample = users[sample_rows(len(users), settings.sample_users, settings.seed)]
-    sample_vecs = ctx.user_vectors(sample) if len(sample) else ctx.item_vecs[1:2]
-    ctx.annoy, ctx.tuning, ctx.annoy_built = load_or_build(
-        ctx.model_dir / ANNOY_FILE,
-        ctx.item_vecs,
-        sample_vecs,
-        ctx.metric,
-        k,
-        target_recall=settings.target_recall,
-        n_trees=settings.n_trees,
-        max_trees=settings.max_trees,
-        search_k=settings.search_k,
-        seed=settings.seed,
-    )
-    t = ctx.tuning
-    log.info(
-        "annoy index %s: %s, n_trees=%d search_k=%d recall@%d=%.4f (target %.2f)",
-        ctx.model_dir / ANNOY_FILE,
-        "built" if ctx.annoy_built else "reused",
-        t.n_trees,
-        t.search_k,
-        t.k,
-        t.recall,
-        t.target_recall,
-    )
+    if ctx.annoy is None:
+        ctx.annoy, ctx.tuning, ctx.annoy_built = _load_or_build(ctx, ctx.item_vecs, ANNOY_FILE, k, settings)
     return ctx.annoy
 
 

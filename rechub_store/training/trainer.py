@@ -11,7 +11,8 @@ Point-in-time inputs: users are encoded with their samples' `user_event_count_sc
 item tower reads item popularity, every item a row scores (the target, sampled negatives) gets its
 popularity at that row's event time, and what a step encodes once for the whole batch (the
 catalogue under full softmax) gets the popularity at the batch's earliest event, with batches cut
-from time-ordered samples so that this is close for every row.
+from time-ordered samples so that this is close for every row. In-batch negatives reuse the other
+rows' positives as encoded for those rows.
 
 Objectives: point-wise BCE, pair-wise BPR, list-wise softmax over the positive + sampled
 negatives (+ in-batch negatives with logQ correction and accidental hits masked), or `full`
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -37,6 +38,7 @@ from torch import nn
 from rechub_store.data.readers import (
     FeatureStore,
     InMemorySamples,
+    ItemPopularityIndex,
     NegativeSampler,
     Samples,
     SequenceSource,
@@ -186,7 +188,8 @@ class Trainer:
         self.item_pit = reads_item_popularity(model, store)
         if self.item_pit and store.popularity_index is None:
             raise UserError("the model reads item popularity: load the store with popularity_index=True")
-        self._all_items = store.item_batch(np.arange(store.n_items)) if config.neg_mode == "full" else None
+        full = config.neg_mode == "full" and not self.item_pit  # else encoded per batch (`prepare`)
+        self._all_items = store.item_batch(np.arange(store.n_items)) if full else None
         # the samples whose point-in-time columns all-position units look up
         self.unit_samples = source.samples if isinstance(source, SequenceSource) else None
         # all-position sources hold several targets per unit: keep ~batch_size targets per step
@@ -254,7 +257,7 @@ class Trainer:
             neg_pop = self.store.popularity_at(negs.ravel(), np.repeat(rows.event_ts, negs.shape[1]))
             pops = np.concatenate([rows.item_pop[:, None], neg_pop.reshape(negs.shape)], axis=1)
             keys = (codes << 32) | pops.astype(np.float32).view(np.uint32).astype(np.int64)
-            uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
             prep.items = self.store.item_batch(codes.ravel()[first], popularity=pops.ravel()[first])
         else:
             uniq, inverse = np.unique(codes, return_inverse=True)
@@ -415,16 +418,25 @@ def fit_model(
     config: TrainConfig,
     source: InMemorySamples | StreamingSamples | SequenceSource | None = None,
     threads: int | None = None,
+    popularity_index: Callable[[], ItemPopularityIndex] | None = None,
 ) -> tuple[nn.Module, FitResult, TrainConfig]:
     """Build and fit a model on an already loaded store (no registry); used by `train` and tests.
 
     `threads`: torch intra-op threads (default `rechub_store.paths.thread_count()`).
+    `popularity_index`: loads the store's point-in-time popularity index if the model turns out to
+    read item popularity and the store was loaded without it (the index holds every event).
     """
     cfg = replace(config.resolve(store.n_items), max_seq_len=config.max_seq_len or store.max_seq_len)
     torch.set_num_threads(max(1, int(threads or thread_count())))
     _seed_everything(cfg.seed)
     schema = store.schema(cfg.max_seq_len)
     model = build_model(cfg.model, schema, embed_dim=cfg.embed_dim, **cfg.model_params)
+    if (
+        store.popularity_index is None
+        and popularity_index is not None
+        and reads_item_popularity(model, store)
+    ):
+        store.popularity_index = popularity_index()
     can_seq = hasattr(model, "sequence_outputs")
     if cfg.seq_train and not can_seq:
         raise UserError(f"--seq-train: {cfg.model} has no all-position training mode (gru4rec, sasrec have)")
@@ -472,7 +484,7 @@ def train(target: Warehouse | duckdb.DuckDBPyConnection, config: TrainConfig) ->
         config.max_seq_len,
         splits=("valid",) if config.streaming else ("train", "valid"),
         static_negatives=static,
-        popularity_index=True,
+        popularity_index=False,  # loaded by fit_model only for a model that reads item popularity
     )
     cfg = replace(config.resolve(store.n_items), max_seq_len=config.max_seq_len or store.max_seq_len)
     run_id = registry.new_run_id(cfg.model)
@@ -481,7 +493,13 @@ def train(target: Warehouse | duckdb.DuckDBPyConnection, config: TrainConfig) ->
     registry.start_run(con, run_id, cfg.model, cfg.to_dict(), store.build_id, vocab)
     try:
         source = StreamingSamples(con, cfg.seed, static_negatives=static) if cfg.streaming else None
-        model, fit, cfg = fit_model(store, cfg, source, threads=_duckdb_threads(con))
+        model, fit, cfg = fit_model(
+            store,
+            cfg,
+            source,
+            threads=_duckdb_threads(con),
+            popularity_index=lambda: ItemPopularityIndex.load(con, store.n_items),
+        )
         wall = time.perf_counter() - t0
         artifact = registry.save_artifact(con, run_id, model, cfg, store, fit.history)
         history = {"epochs": fit.history, "popularity_valid": fit.popularity}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from itertools import pairwise
 
 import duckdb
 import numpy as np
@@ -15,7 +16,7 @@ from planted import write_feature_store
 
 from rechub_store.data.readers import FeatureStore
 from rechub_store.ranking.baselines import Popularity, Transition, training_events
-from rechub_store.ranking.exact import scorer_topk
+from rechub_store.ranking.exact import Scorer, scorer_topk
 from rechub_store.ranking.itemknn import ItemKNN
 
 HISTORIES = [
@@ -40,7 +41,7 @@ def training_histories() -> list[list[int]]:
     return [h[:-2] for h in HISTORIES]
 
 
-def scores(scorer, n_rows: int) -> np.ndarray:  # noqa: ANN001
+def scores(scorer: Scorer, n_rows: int) -> np.ndarray:
     out = torch.empty((n_rows, scorer.n_items))
     scorer.block(0, n_rows, out)
     return out.numpy()
@@ -85,7 +86,7 @@ def test_itemknn_matches_cosine_of_training_interactions(store: FeatureStore) ->
 
 def test_transition_counts_and_fallback(store: FeatureStore) -> None:
     model = Transition().fit(store)
-    pairs = Counter((a, b) for h in training_histories() for a, b in zip(h, h[1:], strict=False))
+    pairs = Counter((a, b) for h in training_histories() for a, b in pairwise(h))
     counts = model.counts.toarray()
     assert {(a, b): counts[a, b] for a, b in zip(*np.nonzero(counts), strict=True)} == pairs
     users, ends = np.array([1, 2, 5]), np.array([3, 0, 2])  # last items 3, none, 5
