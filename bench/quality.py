@@ -168,8 +168,8 @@ def table(before_path: Path, after_path: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--label", default="after")
-    ap.add_argument("--scale", type=int, default=5, help="divide the generator's defaults by this")
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--scale", type=int, default=20, help="divide the generator's defaults by this")
+    ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--threads", type=int, default=int(os.environ.get("RECHUB_THREADS", "2")))
