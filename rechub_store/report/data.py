@@ -46,6 +46,9 @@ HEADLINE = ("recall", "ndcg", "mrr")  # higher is better for each
 RETRIEVAL_PREFIX = "annoy"
 OVERALL_SLICES = {None, "", "all", "overall"}
 PREFERRED_PROTOCOL = {"seen_filter": "except-target"}  # DESIGN.md's default rule
+# beyond-accuracy rows of production lists (rechub_store.retrieval.evaluate): no held-out target, so
+# their seen_filter is the production rule, not an evaluation protocol to match
+PRODUCTION_SPLIT = "production"
 TREND_RUNS = 30  # runs shown in trends and step durations (the nightly passes publish.keep_runs)
 BATCHES_SHOWN = 40
 REJECT_REASONS = 10
@@ -269,7 +272,7 @@ def headline_k(metrics: list[Metric]) -> int | None:
 
 
 def headline_split(metrics: list[Metric]) -> str | None:
-    splits = {m.split for m in metrics}
+    splits = {m.split for m in metrics if m.split != PRODUCTION_SPLIT}
     return "test" if "test" in splits else (sorted(splits)[0] if splits else None)
 
 
@@ -460,14 +463,14 @@ def gather(src: Source, run_id: str | None = None, *, trend_runs: int = TREND_RU
     protocol_cols, slice_col = _metric_columns(src)
     trend = _fetch_metrics(src, [r.run_id for r in window], set(model_runs), protocol_cols, slice_col)
     this = [m for m in trend if m.run_id == run.run_id]
-    protocol = choose_protocol(this or trend)
-    trend = [m for m in trend if _matches(m, protocol)]
+    protocol = choose_protocol([m for m in this or trend if m.split != PRODUCTION_SPLIT])
+    trend = [m for m in trend if m.split == PRODUCTION_SPLIT or _matches(m, protocol)]
     this = [m for m in trend if m.run_id == run.run_id]
     prev_metrics = (
         [
             m
             for m in _fetch_metrics(src, [previous.run_id], set(model_runs), protocol_cols, slice_col)
-            if _matches(m, protocol)
+            if m.split == PRODUCTION_SPLIT or _matches(m, protocol)
         ]
         if previous
         else []

@@ -23,6 +23,7 @@ from rechub_store.report import charts
 from rechub_store.report.data import (
     ACCURACY,
     HEADLINE,
+    PRODUCTION_SPLIT,
     RETRIEVAL_PREFIX,
     Metric,
     Run,
@@ -471,12 +472,14 @@ def _retrieval(d: RunData) -> str:
 
 def _beyond(d: RunData) -> str:
     out = ['<section id="beyond"><h2>Beyond accuracy</h2>']
+    # the production lists' rows when the evaluation wrote them, else those of the headline split
+    split = PRODUCTION_SPLIT if any(m.split == PRODUCTION_SPLIT for m in d.metrics) else d.split
     rows = [
         m
         for m in d.metrics
         if m.metric not in ACCURACY
         and not m.metric.startswith(RETRIEVAL_PREFIX)
-        and m.split == d.split
+        and m.split == split
         and is_overall(m)
     ]
     if rows:

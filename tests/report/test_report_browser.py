@@ -61,8 +61,12 @@ def test_success_page_renders_every_section(browser: Any, report_wh: ReportWareh
                     "Long tail", "Slices", "Step durations", "Ingested batches", "Top reject reasons",
                     "Feature build", "Embedding map"):  # fmt: skip
         assert heading in text, heading
-    # what issue 11 adds is not there yet: said plainly, not left blank
-    assert "Not computed for this run: no beyond-accuracy rows" in text
+    # the evaluation protocol's rows: beyond-accuracy metrics of the production lists, and slices
+    assert "Not computed" not in v.page.inner_text("#beyond") and "Not computed" not in v.page.inner_text(
+        "#slices"
+    )
+    beyond = set(v.page.eval_on_selector_all("td.beyond", "cs => cs.map(c => c.dataset.metric)"))
+    assert {"coverage", "gini", "novelty", "popularity_percentile", "personalisation"} <= beyond
     # the reject reasons of the file this run ingested
     assert "unparsable time: ts" in text and "empty id: user_id" in text
     # changes against the previous published run (run 1), coloured
@@ -82,10 +86,10 @@ def test_headline_numbers_equal_evaluation_metrics(browser: Any, report_wh: Repo
     expected = fetch(
         report_wh.wh.analytics_path,
         'SELECT model_run_id, "index", metric, k, value FROM evaluation_metrics '
-        "WHERE run_id = ? AND split = 'test' AND metric IN ('recall', 'ndcg', 'mrr')",
+        "WHERE run_id = ? AND split = 'test' AND slice = 'all' AND metric IN ('recall', 'ndcg', 'mrr')",
         [run],
     )
-    assert len(expected) >= 18  # model exact + annoy + popularity, 3 metrics, k = 5 and 10
+    assert len(expected) >= 30  # model exact + annoy + three baselines, 3 metrics, k = 5 and 10
     shown = {(c["modelRun"], c["index"], c["metric"], int(c["k"])): c for c in cells}
     assert len(shown) == len(expected)
     for model_run_id, index, metric, k, value in expected:
@@ -145,44 +149,18 @@ def test_index_lists_runs_newest_first_and_every_link_opens(browser: Any, report
     v.page.close()
 
 
-def test_metrics_added_by_the_evaluation_protocol_are_shown(
-    browser: Any, report_wh: ReportWarehouse, tmp_path: Path
-) -> None:
-    """Columns and metrics beyond today's (a seen-filter protocol column, a slice column,
-    beyond-accuracy metrics, an item-kNN baseline) are read generically and shown."""
+def test_the_headline_keeps_to_one_protocol(browser: Any, report_wh: ReportWarehouse, tmp_path: Path) -> None:
+    """Rows of the same run under another seen filter (halved values) never reach the headline; the
+    page names the protocol it shows, and every baseline is beside the model."""
     wh = report_wh.copy(tmp_path / "wh")
     run = report_wh.runs[1]
     con = duckdb.connect(str(wh.path))
     try:
-        con.execute("ALTER TABLE evaluation_metrics ADD COLUMN seen_filter VARCHAR DEFAULT 'except-target'")
-        con.execute("ALTER TABLE evaluation_metrics ADD COLUMN slice VARCHAR")
-        # the same metrics under another protocol, with different values: must not reach the headline
         con.execute(
-            "INSERT INTO evaluation_metrics SELECT run_id, model_run_id, split, metric, k, value / 2, "
-            "n_users, \"index\", created_at, 'all', NULL FROM evaluation_metrics WHERE run_id = ?",
+            "INSERT INTO evaluation_metrics BY NAME "
+            "SELECT * REPLACE (value / 2 AS value, 'all' AS seen_filter) FROM evaluation_metrics "
+            "WHERE run_id = ? AND seen_filter = 'except-target'",
             [run],
-        )
-        con.execute(
-            """
-            INSERT INTO evaluation_metrics
-            SELECT ?, m.model_run_id, 'test', b.metric, 10, b.value * m.f, 250, m.idx, now(),
-                   'except-target', NULL
-            FROM (VALUES ('coverage', 0.4), ('gini', 0.7), ('novelty', 9.5)) b(metric, value),
-                 (SELECT DISTINCT model_run_id, "index" AS idx, if(model_run_id = 'popularity', 2.0, 1.0) AS f
-                  FROM evaluation_metrics WHERE run_id = ?) m
-            UNION ALL
-            SELECT ?, m.model_run_id, 'test', 'ndcg', 10, s.v * m.f, 100, m.idx, now(),
-                   'except-target', s.slice
-            FROM (VALUES ('cold', 0.1), ('active', 0.3), ('tail', 0.05)) s(slice, v),
-                 (SELECT DISTINCT model_run_id, "index" AS idx, if(model_run_id = 'popularity', 2.0, 1.0) AS f
-                  FROM evaluation_metrics WHERE run_id = ? AND metric = 'ndcg') m
-            UNION ALL
-            SELECT run_id, 'itemknn', split, metric, k, value * 0.9, n_users, 'exact', created_at,
-                   seen_filter, NULL
-            FROM evaluation_metrics
-            WHERE run_id = ? AND model_run_id = 'popularity' AND seen_filter = 'except-target'
-            """,
-            [run, run, run, run, run],
         )
     finally:
         con.close()
@@ -190,24 +168,9 @@ def test_metrics_added_by_the_evaluation_protocol_are_shown(
     path = Path(result.path)
     v = visit(browser, path)
     assert_clean(v, path)
-    found = charts(v)
-    assert {"beyond", "slices"} <= set(found)
-    assert_marks(found)
-    text = v.page.inner_text("body")
-    assert "seen_filter = except-target" in text
-    assert "Not computed" not in v.page.inner_text("#beyond") and "Not computed" not in v.page.inner_text(
-        "#slices"
-    )
-    beyond = v.page.eval_on_selector_all("td.beyond", "cs => cs.map(c => c.dataset.metric)")
-    assert {"coverage", "gini", "novelty"} <= set(beyond)
-    assert {"cold", "active", "tail"} <= set(
-        v.page.eval_on_selector_all(
-            "table.slices tbody tr td:first-child", "cs => cs.map(c => c.textContent)"
-        )
-    )
+    assert "seen_filter = except-target" in v.page.inner_text("body")
     roles = set(v.page.eval_on_selector_all("td.headline", "cs => cs.map(c => c.dataset.role)"))
-    assert roles == {"model", "popularity", "itemknn"}
-    # the headline still shows the except-target rows, not the halved ones
+    assert roles == {"model", "popularity", "itemknn", "transition"}
     values = {
         (c["modelRun"], c["index"], c["metric"], int(c["k"])): float(c["value"])
         for c in v.page.eval_on_selector_all("td.headline", "cs => cs.map(c => ({...c.dataset}))")
@@ -217,7 +180,7 @@ def test_metrics_added_by_the_evaluation_protocol_are_shown(
         for m, i, metric, k, value in fetch(
             wh.path,
             'SELECT model_run_id, "index", metric, k, value FROM evaluation_metrics WHERE run_id = ? '
-            "AND seen_filter = 'except-target' AND slice IS NULL AND metric IN ('recall', 'ndcg', 'mrr') "
+            "AND seen_filter = 'except-target' AND slice = 'all' AND metric IN ('recall', 'ndcg', 'mrr') "
             "AND split = 'test'",
             [run],
         )
