@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO / "tests" / "report"))
 from conftest import FLAGS, find_browser  # noqa: E402
 
 from rechub_store.data.ingest import ensure_raw_tables  # noqa: E402
-from rechub_store.publish.analytics import ensure_results_tables  # noqa: E402
 from rechub_store.report import build_report  # noqa: E402
+from rechub_store.results.tables import ensure_results_tables  # noqa: E402
 from rechub_store.warehouse import Warehouse  # noqa: E402
 
 K = 20

@@ -141,7 +141,7 @@ def mode_annoy(a: argparse.Namespace, world: World) -> dict:
 def mode_e2e(a: argparse.Namespace, world: World) -> dict:
     from rechub_store.publish.analytics import publish_analytics
     from rechub_store.ranking.exact import exact_topk
-    from rechub_store.retrieval.scoring import write_topk
+    from rechub_store.results.score import write_topk
     from rechub_store.warehouse import Warehouse
 
     root = Path(a.workdir or tempfile.mkdtemp(prefix="rechub-bench-"))

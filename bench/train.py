@@ -43,8 +43,9 @@ from rechub_store.data.build import BuildParams, build_features
 from rechub_store.data.generate import generate_into
 from rechub_store.data.readers import FeatureStore, InMemorySamples, NegativeSampler
 from rechub_store.models import build_model
+from rechub_store.pipeline.train import train
 from rechub_store.training.config import TrainConfig
-from rechub_store.training.trainer import Trainer, train
+from rechub_store.training.trainer import Trainer
 from rechub_store.warehouse import Warehouse
 
 OUT = Path(__file__).resolve().parent / "out"

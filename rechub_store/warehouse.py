@@ -8,6 +8,7 @@ schemas (with the `meta.*` bookkeeping tables) always exist.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from rechub_store.errors import UserError
-from rechub_store.paths import default_warehouse, thread_count
+from rechub_store.paths import DEFAULT_WAREHOUSE
 
 SCHEMAS = ("raw", "staging", "features", "meta")
 
@@ -72,12 +73,17 @@ def quote_ident(name: str) -> str:
     return f'"{name}"'
 
 
+def sql_literal(text: str) -> str:
+    """A SQL string literal, for the few places a value cannot be a bound parameter (ATTACH, COPY)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 @dataclass(frozen=True)
 class Warehouse:
     """A warehouse location. Cheap to create; `connect()` opens the DuckDB file."""
 
     path: Path
-    threads: int | None = None
+    threads: int | None = None  # DuckDB, torch and annoy threads; None = every core (resolved here)
     memory_limit: str | None = None  # e.g. "8GB"; DuckDB's default (80% of RAM) when None
     # The user's own SQL models (`--models-dir` / RECHUB_MODELS_DIR), built beside the built-in
     # ones; not to be confused with `models_dir`, where trained model artifacts live.
@@ -89,6 +95,8 @@ class Warehouse:
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
         ):
             raise UserError(f"--threads: expected an integer >= 1, got {self.threads}")
+        if self.threads is None:
+            object.__setattr__(self, "threads", max(1, os.cpu_count() or 1))
         if self.memory_limit is not None:
             try:
                 duckdb.connect().execute("SET memory_limit = ?", [str(self.memory_limit)]).close()
@@ -101,7 +109,9 @@ class Warehouse:
 
     @classmethod
     def at(cls, path: Path | str | None = None, **kwargs: object) -> Warehouse:
-        return cls(Path(path) if path is not None else default_warehouse(), **kwargs)  # type: ignore[arg-type]
+        """A warehouse at `path` (default `warehouse/rechub.duckdb`); the environment is read by
+        `Settings.from_env`, not here."""
+        return cls(Path(path) if path is not None else DEFAULT_WAREHOUSE, **kwargs)  # type: ignore[arg-type]
 
     @property
     def root(self) -> Path:
@@ -147,7 +157,7 @@ class Warehouse:
             if "lock" in msg.lower():
                 raise UserError(f"warehouse {self.path} is in use by another process: {msg}") from exc
             raise UserError(f"cannot open warehouse {self.path}: {msg}") from exc
-        con.execute(f"SET threads = {int(self.threads or thread_count())}")
+        con.execute(f"SET threads = {int(self.threads)}")  # type: ignore[arg-type]
         con.execute("SET enable_progress_bar = false")  # our CLI draws its own progress
         if self.memory_limit:
             con.execute("SET memory_limit = ?", [self.memory_limit])

@@ -8,7 +8,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
-from rechub_store.data.build import NEG_MODES, NEG_SAMPLERS, BuildParams, BuildReport, build_features
+from rechub_store.config import NEG_MODES, NEG_SAMPLERS
+from rechub_store.data.build import BuildParams, BuildReport, build_features
 
 _DEFAULTS = BuildParams()
 

@@ -29,8 +29,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from rechub_store.data.specs import DenseFeature, FeatureSchema, SequenceFeature, SparseFeature
 from rechub_store.errors import UserError
-from rechub_store.models.features import DenseFeature, FeatureSchema, SequenceFeature, SparseFeature
 from rechub_store.warehouse import require_table, table_exists
 
 T = TypeVar("T")

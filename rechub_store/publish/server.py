@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import secrets
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -39,17 +38,18 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import JSONB
 
 from rechub_store.errors import UserError
-from rechub_store.publish.analytics import LEGACY_SEEN_FILTER
+from rechub_store.faults import fault_point
 from rechub_store.redact import redact, register
+from rechub_store.results.tables import LEGACY_SEEN_FILTER
 from rechub_store.warehouse import Warehouse, column_names, quote_ident, table_exists
 
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 250_000  # rows per Arrow record batch / COPY chunk
 LOCK_TIMEOUT_MS = 500  # longest a single swap attempt makes readers queue behind it
-FAULT_ENV = "RECHUB_PUBLISH_FAULT"  # test hook: `<point>` raises, `<point>:kill` SIGKILLs this process
 
 REC_COLUMNS = ("user_id", "item_id", "rank", "score", "run_id", "model_run_id", "generated_at")
 METRIC_COLUMNS = (
@@ -192,8 +192,6 @@ class _Names:
 
 
 def _json_type() -> sa.types.TypeEngine:
-    from sqlalchemy.dialects.postgresql import JSONB
-
     return sa.Text().with_variant(JSONB(), "postgresql")
 
 
@@ -476,23 +474,6 @@ def _migrate_metrics(conn: sa.Connection, table: sa.Table, pg: bool) -> bool:
 # ------------------------------------------------------------------------------------------ loading
 
 
-def _fault(point: str, url: str = "") -> None:
-    """Test hook: RECHUB_PUBLISH_FAULT=<point> raises here; `<point>:kill` dies like `kill -9`;
-    `<point>:sleep=<s>` pauses (a test restarts the server meanwhile). Points: loaded, before-swap.
-    `<point>@<text>[:action]` fires only for target URLs containing <text> (one of several targets)."""
-    spec = os.environ.get(FAULT_ENV, "")
-    where, _, action = spec.partition(":")
-    where, _, only = where.partition("@")
-    if where != point or (only and only not in url):
-        return
-    if action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if action.startswith("sleep="):
-        time.sleep(float(action.removeprefix("sleep=")))
-        return
-    raise RuntimeError(f"injected fault at publish step {point!r}")
-
-
 def _copy_pg(
     conn: sa.Connection, qualified: str, columns: tuple[str, ...], reader: pa.RecordBatchReader
 ) -> int:
@@ -659,7 +640,7 @@ def _publish_once(
                     f"run {src.run_id}: read {n} rows, expected {src.rows} (the warehouse changed)"
                 )
             result.rows["recommendations"] = result.rows["recommendations_history"] = n
-            _fault("loaded", url)
+            fault_point("loaded", url)
             t1 = time.perf_counter()
             if pg:  # keys after COPY: building an index once is much faster than maintaining it row by row
                 # (user_id, rank) is unique; (run_id, user_id, rank) becomes the primary key when the
@@ -755,7 +736,7 @@ def _publish_once(
                 for old, _ in stale:
                     conn.execute(hist.delete().where(hist.c.run_id == old))
             result.phases["metadata"] = time.perf_counter() - t1
-            _fault("before-swap", url)
+            fault_point("before-swap", url)
             # PostgreSQL partitions to drop in the swap: dropped runs, and this run's previous copy.
             drop = [tbl for _, tbl in stale if tbl]
             if previous is not None and previous.in_history and previous.live_table:

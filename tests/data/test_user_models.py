@@ -20,8 +20,9 @@ from rechub_store.data import sqlmodels
 from rechub_store.data.build import BuildParams, build_features
 from rechub_store.data.movielens import ingest_movielens
 from rechub_store.errors import UserError
-from rechub_store.jobconfig import JobConfig
-from rechub_store.nightly import JobRecorder, Nightly
+from rechub_store.jobs.config import JobConfig
+from rechub_store.jobs.job import Nightly
+from rechub_store.jobs.records import JobRecorder
 from rechub_store.paths import SQL_DIR
 from rechub_store.warehouse import Warehouse
 

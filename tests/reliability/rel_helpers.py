@@ -151,8 +151,8 @@ def write_rows(
 
 def run_in_process(warehouse: Path, job: Path, date: dt.date):
     """The nightly in this process (fast: torch imported once). Raises UserError on a clean failure."""
-    from rechub_store.jobconfig import JobConfig
-    from rechub_store.nightly import run_nightly
+    from rechub_store.jobs.config import JobConfig
+    from rechub_store.jobs.job import run_nightly
     from rechub_store.warehouse import Warehouse
 
     return run_nightly(Warehouse(warehouse, threads=1), JobConfig.load(job), date)
@@ -161,8 +161,8 @@ def run_in_process(warehouse: Path, job: Path, date: dt.date):
 _SHIM = """
 import sys, datetime as dt
 from rechub_store.errors import UserError
-from rechub_store.jobconfig import JobConfig
-from rechub_store.nightly import run_nightly
+from rechub_store.jobs.config import JobConfig
+from rechub_store.jobs.job import run_nightly
 from rechub_store.warehouse import Warehouse
 try:
     run_nightly(Warehouse.at(sys.argv[1]), JobConfig.load(sys.argv[2]), dt.date.fromisoformat(sys.argv[3]))

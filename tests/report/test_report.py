@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import rechub_store.report as report_module
 from rechub_store.cli import app
-from rechub_store.nightly import run_nightly
+from rechub_store.jobs.job import run_nightly
 from rechub_store.report import build_report, page_path
 from rechub_store.warehouse import Warehouse
 
