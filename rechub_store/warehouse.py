@@ -18,50 +18,12 @@ import duckdb
 
 from rechub_store.errors import UserError
 from rechub_store.paths import DEFAULT_WAREHOUSE
+from rechub_store.schema import META, ddl
 
 SCHEMAS = ("raw", "staging", "features", "meta")
 
-# Bookkeeping tables. Columns here are part of the interface (scripts read them).
-META_DDL = """
-CREATE TABLE IF NOT EXISTS meta.builds (
-    build_id      VARCHAR PRIMARY KEY,
-    started_at    TIMESTAMP,
-    finished_at   TIMESTAMP,
-    status        VARCHAR,          -- running | success | failed
-    params        JSON,             -- build parameters (max_seq_len, min_seq_len, neg_mode, ...)
-    models        JSON,             -- per model: rows, seconds
-    report        JSON,             -- users dropped, sample counts, ...
-    error         VARCHAR
-);
-CREATE TABLE IF NOT EXISTS meta.model_runs (
-    model_run_id  VARCHAR PRIMARY KEY,
-    model         VARCHAR,
-    status        VARCHAR,          -- running | success | failed
-    params        JSON,
-    build_id      VARCHAR,
-    vocab_sizes   JSON,
-    history       JSON,             -- per epoch: train loss, validation metrics
-    best_epoch    INTEGER,
-    best_metric   DOUBLE,           -- validation NDCG@10 of the best epoch
-    artifact_path VARCHAR,
-    wall_seconds  DOUBLE,
-    created_at    TIMESTAMP,
-    finished_at   TIMESTAMP,
-    error         VARCHAR
-);
-CREATE TABLE IF NOT EXISTS meta.job_runs (
-    run_id        VARCHAR,
-    job           VARCHAR,
-    step          VARCHAR,          -- whole | ingest | build | train | score | evaluate | publish
-    status        VARCHAR,          -- running | success | failed | skipped
-    started_at    TIMESTAMP,
-    finished_at   TIMESTAMP,
-    seconds       DOUBLE,
-    rows          BIGINT,
-    details       JSON,
-    error         VARCHAR
-);
-"""
+# Bookkeeping tables (`rechub_store.schema`). Columns there are part of the interface (scripts read them).
+META_DDL = ddl(META)
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 

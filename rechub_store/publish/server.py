@@ -44,6 +44,14 @@ from rechub_store.errors import UserError
 from rechub_store.faults import fault_point
 from rechub_store.redact import redact, register
 from rechub_store.results.tables import LEGACY_SEEN_FILTER
+from rechub_store.schema import (
+    EVALUATION_METRICS,
+    JOB_RUNS,
+    MODEL_RUNS,
+    RECOMMENDATIONS,
+    RECOMMENDATIONS_HISTORY,
+)
+from rechub_store.schema import Table as SchemaTable
 from rechub_store.warehouse import Warehouse, column_names, quote_ident, table_exists
 
 log = logging.getLogger(__name__)
@@ -51,19 +59,12 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 250_000  # rows per Arrow record batch / COPY chunk
 LOCK_TIMEOUT_MS = 500  # longest a single swap attempt makes readers queue behind it
 
-REC_COLUMNS = ("user_id", "item_id", "rank", "score", "run_id", "model_run_id", "generated_at")
-METRIC_COLUMNS = (
-    "run_id", "model_run_id", "split", "metric", "k", "value", "n_users", "index", "created_at",
-    "seen_filter", "slice", "n_repeat_targets",
-)  # fmt: skip
-METRIC_KEY = ("run_id", "model_run_id", "split", "slice", "metric", "k", "index")
-MODEL_RUN_COLUMNS = (
-    "model_run_id", "model", "status", "params", "build_id", "vocab_sizes", "history", "best_epoch",
-    "best_metric", "artifact_path", "wall_seconds", "created_at", "finished_at", "error"
-)  # fmt: skip
-JOB_RUN_COLUMNS = (
-    "run_id", "job", "step", "status", "started_at", "finished_at", "seconds", "rows", "details", "error"
-)  # fmt: skip
+# the server tables are derived from the one schema source (`rechub_store.schema`)
+REC_COLUMNS = RECOMMENDATIONS.names
+METRIC_COLUMNS = EVALUATION_METRICS.names
+METRIC_KEY = EVALUATION_METRICS.key
+MODEL_RUN_COLUMNS = MODEL_RUNS.names
+JOB_RUN_COLUMNS = JOB_RUNS.names
 
 
 # ---------------------------------------------------------------------------------------------- URLs
@@ -201,19 +202,30 @@ def _id_type() -> sa.types.TypeEngine:
     return sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
 
 
-def _rec_table(md: sa.MetaData, name: str, schema: str | None, *, with_pk: bool, **kw: Any) -> sa.Table:
-    keys = ("run_id", "user_id", "rank") if name.endswith("recommendations_history") else ("user_id", "rank")
-    cols = [
-        sa.Column("user_id", _id_type(), nullable=False),
-        sa.Column("item_id", _id_type(), nullable=False),
-        sa.Column("rank", sa.Integer, nullable=False),
-        sa.Column("score", sa.Double),
-        sa.Column("run_id", _id_type(), nullable=False),
-        sa.Column("model_run_id", _id_type()),
-        sa.Column("generated_at", sa.DateTime),
+def _sa_type(kind: str) -> sa.types.TypeEngine:
+    return {
+        "id": _id_type(),
+        "text": sa.Text(),
+        "int": sa.Integer(),
+        "bigint": sa.BigInteger(),
+        "double": sa.Double(),
+        "timestamp": sa.DateTime(),
+        "json": _json_type(),
+    }[kind]
+
+
+def _sa_columns(table: SchemaTable, **column_kw: dict[str, Any]) -> list[sa.Column]:
+    """The table's columns from the schema source (`column_kw`: extra arguments per column name)."""
+    return [
+        sa.Column(c.name, _sa_type(c.type), nullable=c.nullable, **column_kw.get(c.name, {}))
+        for c in table.columns
     ]
-    extra: list[Any] = [sa.PrimaryKeyConstraint(*keys, name=f"{name}_pkey")] if with_pk else []
-    return sa.Table(name, md, *cols, *extra, schema=schema, **kw)
+
+
+def _rec_table(md: sa.MetaData, name: str, schema: str | None, *, with_pk: bool, **kw: Any) -> sa.Table:
+    source = RECOMMENDATIONS_HISTORY if name.endswith("recommendations_history") else RECOMMENDATIONS
+    extra: list[Any] = [sa.PrimaryKeyConstraint(*source.key, name=f"{name}_pkey")] if with_pk else []
+    return sa.Table(name, md, *_sa_columns(source), *extra, schema=schema, **kw)
 
 
 def _tables(names: _Names, live: str | None, *, pg: bool) -> tuple[sa.MetaData, dict[str, sa.Table]]:
@@ -229,56 +241,18 @@ def _tables(names: _Names, live: str | None, *, pg: bool) -> tuple[sa.MetaData, 
         "metrics": sa.Table(
             names.name("evaluation_metrics"),
             md,
-            sa.Column("run_id", sa.Text, nullable=False),
-            sa.Column("model_run_id", sa.Text, nullable=False),
-            sa.Column("split", sa.Text, nullable=False),
-            sa.Column("metric", sa.Text, nullable=False),
-            sa.Column("k", sa.Integer, nullable=False),
-            sa.Column("value", sa.Double),
-            sa.Column("n_users", sa.BigInteger),
-            sa.Column("index", sa.Text, nullable=False),
-            sa.Column("created_at", sa.DateTime),
-            # the evaluation protocol (rechub_store.ranking.protocol); `legacy` = rows published
-            # before it was recorded (migrated tables), not comparable with the others
-            sa.Column("seen_filter", sa.Text),
-            sa.Column("slice", sa.Text, nullable=False),
-            sa.Column("n_repeat_targets", sa.BigInteger),
+            *_sa_columns(EVALUATION_METRICS),
             sa.PrimaryKeyConstraint(*METRIC_KEY, name=f"{names.name('evaluation_metrics')}_pkey"),
             schema=s,
         ),
         "model_runs": sa.Table(
             names.name("model_runs"),
             md,
-            sa.Column("model_run_id", sa.Text, primary_key=True),
-            sa.Column("model", sa.Text),
-            sa.Column("status", sa.Text),
-            sa.Column("params", _json_type()),
-            sa.Column("build_id", sa.Text),
-            sa.Column("vocab_sizes", _json_type()),
-            sa.Column("history", _json_type()),
-            sa.Column("best_epoch", sa.Integer),
-            sa.Column("best_metric", sa.Double),
-            sa.Column("artifact_path", sa.Text),
-            sa.Column("wall_seconds", sa.Double),
-            sa.Column("created_at", sa.DateTime),
-            sa.Column("finished_at", sa.DateTime),
-            sa.Column("error", sa.Text),
+            *_sa_columns(MODEL_RUNS, model_run_id={"primary_key": True}),
             schema=s,
         ),
         "job_runs": sa.Table(
-            names.name("job_runs"),
-            md,
-            sa.Column("run_id", sa.Text, nullable=False, index=True),
-            sa.Column("job", sa.Text),
-            sa.Column("step", sa.Text),
-            sa.Column("status", sa.Text),
-            sa.Column("started_at", sa.DateTime),
-            sa.Column("finished_at", sa.DateTime),
-            sa.Column("seconds", sa.Double),
-            sa.Column("rows", sa.BigInteger),
-            sa.Column("details", _json_type()),
-            sa.Column("error", sa.Text),
-            schema=s,
+            names.name("job_runs"), md, *_sa_columns(JOB_RUNS, run_id={"index": True}), schema=s
         ),
         "log": sa.Table(
             names.name("rechub_publish_log"),

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from sklearn.decomposition import PCA
 
+from rechub_store.config import DEFAULT_SEEN_FILTER
 from rechub_store.errors import UserError
 from rechub_store.report.source import Source
 
@@ -47,7 +48,7 @@ ACCURACY = ("recall", "hit", "ndcg", "mrr", "precision", "map", "auc")
 HEADLINE = ("recall", "ndcg", "mrr")  # higher is better for each
 RETRIEVAL_PREFIX = "annoy"
 OVERALL_SLICES = {None, "", "all", "overall"}
-PREFERRED_PROTOCOL = {"seen_filter": "except-target"}  # DESIGN.md's default rule
+PREFERRED_PROTOCOL = {"seen_filter": DEFAULT_SEEN_FILTER}  # the evaluation protocol's default rule
 # beyond-accuracy rows of production lists (rechub_store.results.evaluate): no held-out target, so
 # their seen_filter is the production rule, not an evaluation protocol to match
 PRODUCTION_SPLIT = "production"

@@ -17,29 +17,12 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from rechub_store.schema import RESULTS, ddl
 from rechub_store.warehouse import column_names, table_exists, transaction
 
 log = logging.getLogger(__name__)
 
-RESULTS_DDL = """
-CREATE TABLE IF NOT EXISTS main.recommendations (
-    user_id VARCHAR, item_id VARCHAR, rank INTEGER, score DOUBLE,
-    run_id VARCHAR, model_run_id VARCHAR, generated_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS main.recommendations_history (
-    user_id VARCHAR, item_id VARCHAR, rank INTEGER, score DOUBLE,
-    run_id VARCHAR, model_run_id VARCHAR, generated_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS main.evaluation_metrics (
-    run_id VARCHAR, model_run_id VARCHAR, split VARCHAR, metric VARCHAR, k INTEGER,
-    value DOUBLE, n_users BIGINT, "index" VARCHAR, created_at TIMESTAMP,
-    seen_filter VARCHAR, slice VARCHAR, n_repeat_targets BIGINT
-);
-CREATE TABLE IF NOT EXISTS main.evaluation_lists (
-    run_id VARCHAR, source VARCHAR, model_run_id VARCHAR, "index" VARCHAR,
-    user_code INTEGER, rank INTEGER, item_code INTEGER, score DOUBLE, created_at TIMESTAMP
-);
-"""
+RESULTS_DDL = ddl(RESULTS)  # the working copy's tables (`rechub_store.schema`)
 
 RESULT_TABLES = ("recommendations", "recommendations_history", "evaluation_metrics")
 
