@@ -97,7 +97,7 @@ def _config(model: str, args: argparse.Namespace, **overrides: Any) -> TrainConf
 def _ours(con: Any, model: str, args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
     cfg = _config(model, args, **overrides)
     t0 = time.perf_counter()
-    res = train(con, cfg)
+    res = train(con, cfg, threads=args.threads)
     wall = time.perf_counter() - t0
     hist = res.history
     train_s = sum(h["train_seconds"] for h in hist)

@@ -9,11 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
 from rechub_store.errors import UserError
 from rechub_store.jobs.config import JobConfig
-from rechub_store.jobs.demo import run_demo
-from rechub_store.jobs.job import run_nightly
 
 
 def _run_date(text: str | None) -> dt.date | None:
@@ -47,7 +46,7 @@ def nightly_command(
 ) -> None:
     """ingest -> build-features -> train (per policy) -> score -> evaluate -> publish. 0 = success."""
     config = JobConfig.load(job) if job else None
-    report = run_nightly(warehouse_of(ctx), config, _run_date(run_date), echo=not (quiet or as_json))
+    report = api.nightly(warehouse_of(ctx), config, _run_date(run_date), echo=not (quiet or as_json))
     if as_json:
         print_json(report.as_dict())
         return
@@ -80,7 +79,7 @@ def demo_command(
     """Synthetic data end to end on this warehouse: generate, ingest, build, train, nightly; print results."""
 
     err = Console(stderr=True)
-    report = run_demo(
+    report = api.demo(
         warehouse_of(ctx, create=True),
         n_users=users,
         n_items=items,

@@ -6,6 +6,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, parse_int_list, print_json, warehouse_of
 from rechub_store.config import (
     BASELINE_NAMES,
@@ -17,10 +18,6 @@ from rechub_store.config import (
     check_seen_filter,
 )
 from rechub_store.errors import UserError
-from rechub_store.jobs.status import job_status
-from rechub_store.publish.readonly import query_readonly
-from rechub_store.results.evaluate import evaluate
-from rechub_store.results.score import score
 
 INDEX_HELP = "annoy (approximate, auto-tuned to recall 0.95 vs exact) or exact (brute force)"
 
@@ -79,7 +76,7 @@ def score_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Write every user's top-k items to the warehouse's `recommendations` (working copy)."""
-    report = score(
+    report = api.score(
         warehouse_of(ctx),
         model_run_id=model_run,
         run_id=run_id,
@@ -158,7 +155,7 @@ def evaluate_command(
     for name in names:
         if name not in BASELINE_NAMES:
             raise UserError(f"--baselines: expected names from {', '.join(BASELINE_NAMES)}, got {name!r}")
-    report = evaluate(
+    report = api.evaluate(
         warehouse_of(ctx),
         model_run_id=model_run,
         run_id=run_id,
@@ -186,7 +183,7 @@ def sql_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Query the published analytics database read-only (the warehouse if nothing is published yet)."""
-    names, rows, path = query_readonly(warehouse_of(ctx, analytics_ok=True), query, limit=limit)
+    names, rows, path = api.query(warehouse_of(ctx, analytics_ok=True), query, limit=limit)
     if as_json:
         print_json([dict(zip(names, row, strict=True)) for row in rows])
         return
@@ -196,7 +193,7 @@ def sql_command(
 @app.command("status")
 def status_command(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Last nightly runs, the latest model run, the published run, and whether a job is running now."""
-    status = job_status(warehouse_of(ctx, analytics_ok=True))
+    status = api.status(warehouse_of(ctx, analytics_ok=True))
     if as_json:
         print_json(status)
         return

@@ -6,10 +6,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
 from rechub_store.config import TRAIN_NEG_MODES, TRAIN_NEG_SAMPLERS
 from rechub_store.models import MODELS
-from rechub_store.pipeline.train import train
 from rechub_store.training.config import TrainConfig
 from rechub_store.training.registry import list_runs
 
@@ -85,7 +85,7 @@ def train_command(
         seq_train=seq_train,
         progress=not as_json,
     )
-    result = train(warehouse_of(ctx), config)
+    result = api.train(warehouse_of(ctx), config)
     if as_json:
         print_json(result.to_dict())
         return

@@ -163,9 +163,10 @@ import sys, datetime as dt
 from rechub_store.errors import UserError
 from rechub_store.jobs.config import JobConfig
 from rechub_store.jobs.job import run_nightly
-from rechub_store.warehouse import Warehouse
+from rechub_store.settings import Settings
 try:
-    run_nightly(Warehouse.at(sys.argv[1]), JobConfig.load(sys.argv[2]), dt.date.fromisoformat(sys.argv[3]))
+    warehouse = Settings.from_env(warehouse_path=sys.argv[1]).warehouse()
+    run_nightly(warehouse, JobConfig.load(sys.argv[2]), dt.date.fromisoformat(sys.argv[3]))
 except UserError as exc:
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(exc.exit_code)
