@@ -142,8 +142,14 @@ def evaluate(warehouse: WarehouseLike = None, **options: Any) -> EvaluationRepor
 
 
 def publish(warehouse: WarehouseLike, url: str, **options: Any) -> PublishResult:
-    """Copy the current run's results to a server database (SQLAlchemy URL), atomically."""
-    return publish_to_url(open_warehouse(warehouse), url, **options)
+    """Copy the current run's results to a server database (SQLAlchemy URL), atomically; the retry
+    policy defaults to the warehouse's settings."""
+    wh = open_warehouse(warehouse)
+    if options.get("retries") is None:
+        options["retries"] = wh.publish_retries
+    if options.get("backoff_s") is None:
+        options["backoff_s"] = wh.publish_backoff_s
+    return publish_to_url(wh, url, **options)
 
 
 def nightly(

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rechub_store.errors import UserError
 from rechub_store.paths import DEFAULT_WAREHOUSE
@@ -20,6 +21,8 @@ from rechub_store.warehouse import Warehouse
 WAREHOUSE_ENV = "RECHUB_WAREHOUSE"
 THREADS_ENV = "RECHUB_THREADS"
 MODELS_DIR_ENV = "RECHUB_MODELS_DIR"
+RETRIES_ENV = "RECHUB_PUBLISH_RETRIES"
+BACKOFF_ENV = "RECHUB_PUBLISH_BACKOFF_S"
 
 
 def cpu_threads() -> int:
@@ -35,6 +38,8 @@ class Settings:
     threads: int | None = None  # DuckDB, torch and annoy; None = every core
     memory_limit: str | None = None  # DuckDB's memory limit, e.g. "8GB" (it spills beyond it)
     models_dir: Path | None = None  # the user's own SQL models, built beside the built-in ones
+    publish_retries: int | None = None  # server publish connection retries (None: 5)
+    publish_backoff_s: float | None = None  # first wait between them, doubled each time (None: 1 s)
 
     @classmethod
     def from_env(
@@ -55,7 +60,14 @@ class Settings:
             threads = int(value)
         path = warehouse_path or env.get(WAREHOUSE_ENV) or DEFAULT_WAREHOUSE
         models = models_dir or env.get(MODELS_DIR_ENV) or None
-        return cls(Path(path), threads, memory_limit, Path(models) if models else None)
+        return cls(
+            Path(path),
+            threads,
+            memory_limit,
+            Path(models) if models else None,
+            _number(env, RETRIES_ENV, int),
+            _number(env, BACKOFF_ENV, float),
+        )
 
     def warehouse(self) -> Warehouse:
         """The warehouse these settings describe (bad values are one-line errors here)."""
@@ -64,4 +76,20 @@ class Settings:
             threads=self.threads,
             memory_limit=self.memory_limit,
             user_sql_dir=self.models_dir,
+            publish_retries=self.publish_retries,
+            publish_backoff_s=self.publish_backoff_s,
         )
+
+
+def _number(env: Mapping[str, str], name: str, kind: type[int] | type[float]) -> Any:
+    """A number >= 0 from the environment, None when unset or empty."""
+    value = env.get(name)
+    if not value:
+        return None
+    try:
+        result = kind(value)
+    except ValueError:
+        raise UserError(f"{name}={value!r}: expected a number") from None
+    if result < 0:
+        raise UserError(f"{name}={value!r}: expected a number >= 0")
+    return result

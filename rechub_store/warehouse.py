@@ -50,6 +50,9 @@ class Warehouse:
     # The user's own SQL models (`--models-dir` / RECHUB_MODELS_DIR), built beside the built-in
     # ones; not to be confused with `models_dir`, where trained model artifacts live.
     user_sql_dir: Path | None = None
+    # server publish retry policy (`Settings`; None = the publish defaults)
+    publish_retries: int | None = None
+    publish_backoff_s: float | None = None
 
     def __post_init__(self) -> None:
         """Bad settings are one-line errors here, not DuckDB tracebacks at the first connect."""

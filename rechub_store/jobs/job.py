@@ -440,7 +440,15 @@ class Nightly:
             for key, url in targets:
                 entry: dict[str, Any] = {"key": key, "url": mask_url(url)}
                 try:
-                    res = publish_to_url(con, url, run_id=self.run_id, retention=p.keep_runs, where=key)
+                    res = publish_to_url(
+                        con,
+                        url,
+                        run_id=self.run_id,
+                        retention=p.keep_runs,
+                        where=key,
+                        retries=self.warehouse.publish_retries,
+                        backoff_s=self.warehouse.publish_backoff_s,
+                    )
                 except Exception as exc:  # one target down must not keep the run from the others
                     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                     entry.update(status="failed", error=redact(first))
@@ -540,7 +548,12 @@ class Nightly:
         authentication failure fails at once): (key, URL) pairs, or a one-line UserError."""
         targets = self.job.publish.resolved_targets()
         for key, url in targets:
-            info = check_target(url, key)
+            info = check_target(
+                url,
+                key,
+                retries=self.warehouse.publish_retries,
+                backoff_s=self.warehouse.publish_backoff_s,
+            )
             log.info("%s %s is reachable (%d attempt(s))", key, info["target"], info["attempts"])
         return targets
 

@@ -22,7 +22,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import re
 import secrets
 import time
@@ -791,19 +790,6 @@ def _warehouse_con(warehouse: Warehouse | duckdb.DuckDBPyConnection) -> Iterator
             yield con
 
 
-def _env_number(name: str, default: Any, kind: type) -> Any:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        result = kind(value)
-    except ValueError:
-        raise UserError(f"{name}={value!r}: expected a number") from None
-    if result < 0:
-        raise UserError(f"{name}={value!r}: expected a number >= 0")
-    return result
-
-
 def _engine(url: str, where: str) -> tuple[sa.Engine, sa.URL, str]:
     """(engine, parsed URL, masked URL) for a target; UserError naming `where` on a bad URL."""
     eng_url = parse_url(url, where)
@@ -823,12 +809,15 @@ def _engine(url: str, where: str) -> tuple[sa.Engine, sa.URL, str]:
     return engine, eng_url, target
 
 
+DEFAULT_RETRIES = 5  # connection retries of a publish (`Settings.publish_retries` overrides)
+DEFAULT_BACKOFF_S = 1.0  # first wait between them, doubled each time
+
+
 def _retry_policy(retries: int | None, backoff_s: float | None) -> tuple[int, float]:
-    if retries is None:
-        retries = _env_number("RECHUB_PUBLISH_RETRIES", 5, int)
-    if backoff_s is None:
-        backoff_s = _env_number("RECHUB_PUBLISH_BACKOFF_S", 1.0, float)
-    return retries, backoff_s
+    return (
+        DEFAULT_RETRIES if retries is None else retries,
+        DEFAULT_BACKOFF_S if backoff_s is None else backoff_s,
+    )
 
 
 def _with_retries(
