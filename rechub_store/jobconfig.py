@@ -203,10 +203,13 @@ class TrainSettings:
     max_age_days: float = 7.0  # for if-older-than
     model: str = "dssm"
     params: dict[str, Any] = field(default_factory=dict)  # trainer options (epochs, batch_size, ...)
+    # "last": retrain with the best parameters of the model's newest successful `tune` study
+    # (meta.tuning_studies) under `params`; "none": the trainer's defaults under `params`
+    use_tuned: str = "none"
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> TrainSettings:
-        _check_keys(data, {"policy", "max_age_days", "model", "params"}, "train")
+        _check_keys(data, {"policy", "max_age_days", "model", "params", "use_tuned"}, "train")
         params = data.get("params", {})
         if not isinstance(params, dict):
             raise UserError("train.params: expected a table")
@@ -220,6 +223,7 @@ class TrainSettings:
             ),
             model=model,
             params=dict(params),
+            use_tuned=_choice(data.get("use_tuned", cls.use_tuned), "train.use_tuned", ("none", "last")),
         )
         settings.config()  # checked now, even when no retrain is due tonight
         return settings

@@ -610,13 +610,20 @@ class Nightly:
             raise _Skip({"policy": settings.policy, "model_run_id": latest[0], "reason": "model is current"})
         from rechub_store.training.trainer import train
 
+        config, study_id = _train_config(settings), None
+        if settings.use_tuned == "last":
+            from rechub_store.tuning.study import tuned_config
+
+            config, study_id = tuned_config(con, config)
+            reason += f", parameters of tuning study {study_id}"
         log.info("training %s (%s)", settings.model, reason)
-        result = train(con, _train_config(settings))
+        result = train(con, config, tuned_from=study_id)
         self.state.model_run_id = result.model_run_id
         return 1, {
             "policy": settings.policy,
             "reason": reason,
             "model_run_id": result.model_run_id,
+            "tuned_from": study_id,
             "best_metric": result.best_metric,
             "best_epoch": result.best_epoch,
             "wall_seconds": result.wall_seconds,

@@ -46,8 +46,11 @@ CREATE TABLE IF NOT EXISTS meta.model_runs (
     wall_seconds  DOUBLE,
     created_at    TIMESTAMP,
     finished_at   TIMESTAMP,
-    error         VARCHAR
+    error         VARCHAR,
+    tuned_from    VARCHAR           -- the tuning study (meta.tuning_studies) whose best parameters it used
 );
+-- warehouses from before tuning existed gain the column
+ALTER TABLE meta.model_runs ADD COLUMN IF NOT EXISTS tuned_from VARCHAR;
 CREATE TABLE IF NOT EXISTS meta.job_runs (
     run_id        VARCHAR,
     job           VARCHAR,

@@ -52,6 +52,7 @@ class TrainConfig:
     logq: bool = True  # in-batch: subtract log(popularity) (sampling-bias correction)
     max_seq_len: int | None = None  # default: the feature build's max_seq_len
     patience: int = 3  # epochs without a better validation NDCG@10 before stopping
+    warmup_steps: int = 0  # learning rate rises linearly from 0 over this many optimizer steps
     seed: int = 42
     grad_clip: float = 5.0
     valid_users: int | None = None  # validate on a seeded subsample of this many users (None = all)
@@ -137,7 +138,11 @@ class TrainConfig:
         for name, value, low in checks:
             if not math.isfinite(value) or value < low:
                 raise UserError(f"{name}: expected a finite number >= {low:g}, got {value}")
-        for name, value in (("neg_ratio", self.neg_ratio), ("seed", self.seed)):
+        for name, value in (
+            ("neg_ratio", self.neg_ratio),
+            ("seed", self.seed),
+            ("warmup_steps", self.warmup_steps),
+        ):
             if value is not None and value < 0:
                 raise UserError(f"{name}: expected an integer >= 0, got {value}")
         if self.valid_users is not None and self.valid_users < 1:

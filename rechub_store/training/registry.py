@@ -56,11 +56,21 @@ def start_run(
     params: dict[str, Any],
     build_id: str | None,
     vocab_sizes: dict[str, int],
+    tuned_from: str | None = None,
 ) -> None:
+    """Register a running model run; `tuned_from`: the tuning study whose parameters it uses."""
     con.execute(
         "INSERT INTO meta.model_runs (model_run_id, model, status, params, build_id, vocab_sizes, "
-        "created_at) VALUES (?, ?, 'running', ?, ?, ?, ?)",
-        [run_id, model, json.dumps(params, default=str), build_id, json.dumps(vocab_sizes), _now()],
+        "created_at, tuned_from) VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
+        [
+            run_id,
+            model,
+            json.dumps(params, default=str),
+            build_id,
+            json.dumps(vocab_sizes),
+            _now(),
+            tuned_from,
+        ],
     )
 
 
@@ -129,7 +139,7 @@ def list_runs(con: duckdb.DuckDBPyConnection, limit: int | None = None) -> list[
     require_table(con, "meta.model_runs", "no model runs yet: run `rechub-store train`")
     sql = (
         "SELECT model_run_id, model, status, build_id, best_epoch, best_metric, wall_seconds, artifact_path, "
-        "created_at, finished_at, error, params, vocab_sizes, history FROM meta.model_runs "
+        "created_at, finished_at, error, params, vocab_sizes, history, tuned_from FROM meta.model_runs "
         "ORDER BY created_at DESC, model_run_id DESC"
     )
     if limit:

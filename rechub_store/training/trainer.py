@@ -91,6 +91,12 @@ class FitResult:
     best_metric: float = -1.0
     popularity: dict[str, float] = field(default_factory=dict)
     samples_per_second: float = 0.0
+    stopped_by: str | None = None  # "callback" when an epoch callback ended training early
+
+
+# Called after each epoch with (epoch, validation NDCG@10 or -train loss, the epoch's history row);
+# returning True stops training there (the best epoch so far is kept). Tuning prunes through it.
+EpochCallback = Callable[[int, float, dict[str, Any]], bool | None]
 
 
 @dataclass
@@ -184,6 +190,7 @@ class Trainer:
         self.optimizer = TwoTowerAdam(
             model, float(config.lr), config.weight_decay, sparse=config.sparse_embeddings
         )
+        self.steps = 0  # optimizer steps taken (the warm-up schedule counts them)
         # items enter the tower with point-in-time popularity when it reads popularity at all
         self.item_pit = reads_item_popularity(model, store)
         if self.item_pit and store.popularity_index is None:
@@ -309,6 +316,10 @@ class Trainer:
             raise RuntimeError(f"training diverged at epoch {epoch} (loss {loss.item()}): lower --lr")
         self.optimizer.zero_grad()
         loss.backward()
+        self.steps += 1
+        warmup = int(self.config.warmup_steps or 0)
+        if warmup > 0 and self.steps <= warmup + 1:
+            self.optimizer.set_lr(float(self.config.lr) * min(1.0, self.steps / warmup))
         if self.config.grad_clip and self.config.grad_clip > 0:
             self.optimizer.clip_grad_norm(self.config.grad_clip)
         self.optimizer.step()
@@ -325,7 +336,7 @@ class Trainer:
             return
         yield from prefetch(batches, depth=2)
 
-    def fit(self, valid: Samples | None) -> FitResult:
+    def fit(self, valid: Samples | None, on_epoch: EpochCallback | None = None) -> FitResult:
         cfg = self.config
         result = FitResult()
         if valid is not None and len(valid):
@@ -387,6 +398,9 @@ class Trainer:
                 stale += 1
                 if stale >= cfg.patience:
                     break
+            if on_epoch is not None and on_epoch(epoch, metric, row):
+                result.stopped_by = "callback"
+                break
         if best_state is not None:
             self.model.load_state_dict(best_state)
         self.model.eval()
@@ -419,12 +433,14 @@ def fit_model(
     source: InMemorySamples | StreamingSamples | SequenceSource | None = None,
     threads: int | None = None,
     popularity_index: Callable[[], ItemPopularityIndex] | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> tuple[nn.Module, FitResult, TrainConfig]:
     """Build and fit a model on an already loaded store (no registry); used by `train` and tests.
 
     `threads`: torch intra-op threads (default `rechub_store.paths.thread_count()`).
     `popularity_index`: loads the store's point-in-time popularity index if the model turns out to
     read item popularity and the store was loaded without it (the index holds every event).
+    `on_epoch`: see `EpochCallback` (tuning reports each epoch's validation NDCG and prunes).
     """
     cfg = replace(config.resolve(store.n_items), max_seq_len=config.max_seq_len or store.max_seq_len)
     torch.set_num_threads(max(1, int(threads or thread_count())))
@@ -459,7 +475,7 @@ def fit_model(
     valid = store.samples.get("valid")
     if valid is not None:
         valid = _valid_subset(valid, cfg.valid_users, cfg.seed)
-    result = Trainer(model, store, cfg, source).fit(valid)
+    result = Trainer(model, store, cfg, source).fit(valid, on_epoch)
     return model, result, cfg
 
 
@@ -471,11 +487,14 @@ def _duckdb_threads(con: duckdb.DuckDBPyConnection) -> int | None:
         return None
 
 
-def train(target: Warehouse | duckdb.DuckDBPyConnection, config: TrainConfig) -> ModelRunResult:
-    """Train, register and save one model run; returns its summary. Failures are recorded as failed."""
+def train(
+    target: Warehouse | duckdb.DuckDBPyConnection, config: TrainConfig, tuned_from: str | None = None
+) -> ModelRunResult:
+    """Train, register and save one model run; returns its summary. Failures are recorded as failed.
+    `tuned_from`: the tuning study whose best parameters `config` carries (recorded on the run)."""
     if isinstance(target, Warehouse):
         with target.session() as con:
-            return train(con, config)
+            return train(con, config, tuned_from)
     con = target
     t0 = time.perf_counter()
     static = config.neg_sampler == "static"
@@ -490,7 +509,7 @@ def train(target: Warehouse | duckdb.DuckDBPyConnection, config: TrainConfig) ->
     run_id = registry.new_run_id(cfg.model)
     schema = store.schema(cfg.max_seq_len)
     vocab = schema.vocab_sizes()
-    registry.start_run(con, run_id, cfg.model, cfg.to_dict(), store.build_id, vocab)
+    registry.start_run(con, run_id, cfg.model, cfg.to_dict(), store.build_id, vocab, tuned_from)
     try:
         source = StreamingSamples(con, cfg.seed, static_negatives=static) if cfg.streaming else None
         model, fit, cfg = fit_model(
