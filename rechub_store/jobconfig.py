@@ -230,12 +230,11 @@ class TrainSettings:
 
     def config(self) -> Any:
         """The trainer's config (`TrainConfig`) for these settings; UserError naming the key."""
-        from rechub_store.training.config import MODEL_DEFAULTS, TrainConfig
+        from rechub_store.training.config import MODEL_DEFAULTS, NEIGHBOUR_MODELS, TrainConfig
 
-        if self.model not in MODEL_DEFAULTS:
-            raise UserError(
-                f"train.model: unknown model {self.model!r}; choose one of {', '.join(MODEL_DEFAULTS)}"
-            )
+        if self.model not in MODEL_DEFAULTS and self.model not in NEIGHBOUR_MODELS:
+            known = [*MODEL_DEFAULTS, *NEIGHBOUR_MODELS]
+            raise UserError(f"train.model: unknown model {self.model!r}; choose one of {', '.join(known)}")
         if "model" in self.params or "progress" in self.params:
             raise UserError("train.params: set the model with train.model; progress is not a job option")
         try:

@@ -25,6 +25,8 @@ from rechub_store.errors import UserError
 from rechub_store.jobconfig import AnnoySettings
 from rechub_store.paths import thread_count
 from rechub_store.publish.analytics import RecommendationWriter
+from rechub_store.publish.similar_items import write_similar_items
+from rechub_store.ranking.baselines import SparseScorer
 from rechub_store.ranking.embeddings import (
     annoy_metric,
     encode_items,
@@ -32,7 +34,8 @@ from rechub_store.ranking.embeddings import (
     normalize_for_index,
     reads_item_popularity,
 )
-from rechub_store.ranking.exact import Seen, exact_topk
+from rechub_store.ranking.exact import Seen, exact_topk, scorer_topk
+from rechub_store.ranking.itemknn import ItemKNN
 from rechub_store.retrieval.annoy_index import (
     AnnoyItems,
     Tuning,
@@ -40,7 +43,9 @@ from rechub_store.retrieval.annoy_index import (
     measure_recall,
     sample_rows,
 )
-from rechub_store.training.registry import LoadedModel, load_model, models_dir
+from rechub_store.training.itemknn import NAME as ITEMKNN
+from rechub_store.training.itemknn import load_knn
+from rechub_store.training.registry import LoadedModel, load_artifact, models_dir, resolve_run
 from rechub_store.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -67,17 +72,25 @@ class ScoringContext:
     # item_vecs (and the same annoy index) unless the item tower reads popularity
     eval_item_vecs: np.ndarray | None = None
     eval_annoy: AnnoyItems | None = None
+    # an item-kNN model run: users are scored from their recent items through its neighbour matrix
+    # (exact ranking only; `item_vecs` is then a placeholder column that nothing ranks with)
+    knn: ItemKNN | None = None
+    knn_run: str | None = None
 
     @property
     def model_run_id(self) -> str:
-        return self.loaded.model_run_id
+        return self.knn_run if self.knn_run is not None else self.loaded.model_run_id
 
     @property
     def score_kind(self) -> str:
         return self.loaded.score_kind
 
-    def user_vectors(self, user_codes: np.ndarray, hist_end: np.ndarray | None = None) -> np.ndarray:
-        """Prepared user vectors from histories cut at `hist_end` (None = whole current history)."""
+    def user_vectors(self, user_codes: np.ndarray, hist_end: np.ndarray | None = None) -> Any:
+        """Prepared user vectors from histories cut at `hist_end` (None = whole current history);
+        for item-kNN, the users' recency-weighted recent items (sparse [U, n_items])."""
+        if self.knn is not None:
+            ends = self.store.history_length(user_codes) if hist_end is None else hist_end
+            return self.knn.history_weights(user_codes, ends)
         vecs = encode_users(self.loaded.model, self.store, user_codes, hist_end)
         return normalize_for_index(vecs, self.score_kind)
 
@@ -90,7 +103,23 @@ def load_context(
     con: duckdb.DuckDBPyConnection, model_run_id: str | None = None, splits: tuple[str, ...] = ()
 ) -> ScoringContext:
     """Load the feature store (with the given evaluation splits), the model and its item vectors."""
-    loaded = load_model(con, model_run_id)
+    run_id, model_name, path = resolve_run(con, model_run_id)
+    if model_name == ITEMKNN:
+        store = FeatureStore.load(con, None, splits=splits)
+        if store.n_items < 2:
+            raise UserError(
+                "the catalogue is empty: nothing to recommend (ingest events, then build-features)"
+            )
+        return ScoringContext(
+            store=store,
+            loaded=None,  # type: ignore[arg-type]  # no torch model: `knn` scores
+            item_vecs=np.zeros((store.n_items, 1), dtype=np.float32),
+            metric="dot",
+            model_dir=models_dir(con) / run_id,
+            knn=load_knn(path, store),
+            knn_run=run_id,
+        )
+    loaded = load_artifact(path)
     store = FeatureStore.load(con, loaded.max_seq_len, splits=splits)
     items = normalize_for_index(encode_items(loaded.model, store), loaded.score_kind)
     eval_items = items
@@ -199,6 +228,8 @@ def topk(
     annoy_settings: AnnoySettings | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (codes, scores) by the chosen index, ties by code; seen items and padding never returned."""
+    if ctx.knn is not None:  # item-kNN: exact, from the neighbour matrix (user_vecs: its history rows)
+        return scorer_topk(SparseScorer(user_vecs, ctx.knn.similar, ctx.knn.fallback), k, seen)
     if index == "exact":
         return exact_topk(user_vecs, ctx.item_vecs, k, seen)  # ~256 MB score blocks
     if index == "annoy":
@@ -343,6 +374,12 @@ def score_run(
     """
     if index not in INDEXES:
         raise UserError(f"--index: expected annoy or exact, got {index!r}")
+    if ctx.knn is not None:
+        if index == "annoy":
+            log.info(
+                "item-kNN model run %s is ranked exactly (it has no vectors for annoy)", ctx.model_run_id
+            )
+        index, save_embeddings = "exact", False
     t0 = time.perf_counter()
     if index == "annoy":
         ensure_annoy(ctx, k, annoy_settings)
@@ -380,6 +417,10 @@ def score_run(
     if emb is not None:
         emb.close()
     phases["index"] = index_seconds
+    if ctx.knn is not None:
+        t_similar = time.perf_counter()
+        write_similar_items(con, ctx.knn.similar, ctx.model_run_id, k)
+        phases["similar_items"] = time.perf_counter() - t_similar
     report = ScoreReport(
         run_id=run_id,
         model_run_id=ctx.model_run_id,

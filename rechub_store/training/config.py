@@ -28,6 +28,9 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 # Up to this many items, softmax over the whole catalogue ('full') is cheap and the most accurate
 # objective; above it the default is list-wise sampled softmax with in-batch negatives + logQ.
 FULL_SOFTMAX_MAX_ITEMS = 100_000
+# Models fitted without gradient training (training/itemknn.py): only `model_params`, `seed` and
+# `seen_filter` apply; their parameters and defaults.
+NEIGHBOUR_MODELS: dict[str, dict[str, Any]] = {"itemknn": {"neighbours": 100, "recent": 20, "decay": 0.8}}
 DEFAULT_NEG_RATIO = {"pointwise": 4, "pairwise": 1, "listwise": 20, "full": 0}
 
 
@@ -68,10 +71,13 @@ class TrainConfig:
 
     def resolve(self, n_items: int) -> TrainConfig:
         """Fill model defaults and check values; raises UserError naming the bad option."""
+        if self.model in NEIGHBOUR_MODELS:
+            check_neighbour_params(self.model, self.model_params)
+            check_seen_filter(self.seen_filter)
+            return self
         if self.model not in MODEL_DEFAULTS:
-            raise UserError(
-                f"--model: unknown model {self.model!r}; choose one of {', '.join(MODEL_DEFAULTS)}"
-            )
+            known = [*MODEL_DEFAULTS, *NEIGHBOUR_MODELS]
+            raise UserError(f"--model: unknown model {self.model!r}; choose one of {', '.join(known)}")
         d = MODEL_DEFAULTS[self.model]
         neg_mode = self.neg_mode or ("full" if n_items <= FULL_SOFTMAX_MAX_ITEMS else "listwise")
         if neg_mode not in NEG_MODES:
@@ -161,6 +167,26 @@ class TrainConfig:
         for key, value in data.items():
             _check_type(key, value, hints[key])
         return cls(**data)
+
+
+def check_neighbour_params(model: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A neighbourhood model's parameters over its defaults: neighbours and recent integers >= 1,
+    decay in (0, 1]; unknown keys are a UserError naming them."""
+    defaults = NEIGHBOUR_MODELS[model]
+    unknown = set(params) - set(defaults)
+    if unknown:
+        raise UserError(
+            f"{model}: unknown model_params {', '.join(sorted(unknown))} (known: {', '.join(defaults)})"
+        )
+    merged = {**defaults, **params}
+    for key in ("neighbours", "recent"):
+        value = merged[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{model}: model_params.{key} must be an integer >= 1, got {value!r}")
+    decay = merged["decay"]
+    if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 < decay <= 1:
+        raise UserError(f"{model}: model_params.decay must be a number in (0, 1], got {decay!r}")
+    return merged
 
 
 def _check_type(key: str, value: Any, hint: Any) -> None:

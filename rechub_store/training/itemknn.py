@@ -29,11 +29,11 @@ from rechub_store.ranking.itemknn import ItemKNN
 from rechub_store.ranking.metrics import rank_metrics
 from rechub_store.ranking.protocol import baseline_ranks
 from rechub_store.training import registry
-from rechub_store.training.config import TrainConfig
+from rechub_store.training.config import NEIGHBOUR_MODELS, TrainConfig, check_neighbour_params
 
 NAME = "itemknn"
 ARTIFACT_FILE = "itemknn.npz"
-DEFAULTS: dict[str, Any] = {"neighbours": 100, "recent": 20, "decay": 0.8}
+DEFAULTS: dict[str, Any] = NEIGHBOUR_MODELS[NAME]
 EVAL_K = 10
 
 
@@ -50,20 +50,7 @@ class KNNRun:
 
 
 def knn_params(config: TrainConfig) -> dict[str, Any]:
-    """neighbours >= 1, recent >= 1, decay in (0, 1]; unknown keys are a UserError naming them."""
-    unknown = set(config.model_params) - set(DEFAULTS)
-    if unknown:
-        raise UserError(
-            f"itemknn: unknown model parameters {', '.join(sorted(unknown))} (known: {', '.join(DEFAULTS)})"
-        )
-    params = {**DEFAULTS, **config.model_params}
-    for key in ("neighbours", "recent"):
-        if isinstance(params[key], bool) or not isinstance(params[key], int) or params[key] < 1:
-            raise UserError(f"itemknn: {key} must be an integer >= 1, got {params[key]!r}")
-    decay = params["decay"]
-    if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 < decay <= 1:
-        raise UserError(f"itemknn: decay must be a number in (0, 1], got {decay!r}")
-    return params
+    return check_neighbour_params(NAME, config.model_params)
 
 
 def fit_itemknn(con: duckdb.DuckDBPyConnection, config: TrainConfig, tuned_from: str | None = None) -> KNNRun:

@@ -55,7 +55,8 @@ from rechub_store.ranking.metrics import rank_metrics
 from rechub_store.ranking.options import DEFAULT_SEEN_FILTER
 from rechub_store.ranking.protocol import baseline_ranks, model_ranks
 from rechub_store.training import losses, registry
-from rechub_store.training.config import TrainConfig
+from rechub_store.training.config import NEIGHBOUR_MODELS, TrainConfig
+from rechub_store.training.itemknn import fit_itemknn
 from rechub_store.training.optim import TwoTowerAdam
 from rechub_store.warehouse import Warehouse
 
@@ -496,6 +497,23 @@ def train(
         with target.session() as con:
             return train(con, config, tuned_from)
     con = target
+    if config.model in NEIGHBOUR_MODELS:  # fitted, not trained: training/itemknn.py
+        knn = fit_itemknn(con, config.resolve(0), tuned_from)
+        return ModelRunResult(
+            model_run_id=knn.model_run_id,
+            model=config.model,
+            status="success",
+            best_epoch=1,
+            best_metric=knn.best_metric,
+            popularity_metric=knn.popularity_metric,
+            history=[],
+            artifact_path=knn.artifact_path,
+            wall_seconds=knn.wall_seconds,
+            build_id=knn.build_id,
+            params=knn.params,
+            vocab_sizes=knn.vocab_sizes,
+            samples_per_second=0.0,
+        )
     t0 = time.perf_counter()
     static = config.neg_sampler == "static"
     store = FeatureStore.load(
