@@ -61,6 +61,7 @@ MODEL_RUN_COLUMNS = (
     "model_run_id", "model", "status", "params", "build_id", "vocab_sizes", "history", "best_epoch",
     "best_metric", "artifact_path", "wall_seconds", "created_at", "finished_at", "error"
 )  # fmt: skip
+SIMILAR_COLUMNS = ("item_id", "similar_item_id", "rank", "score", "model_run_id", "generated_at")
 JOB_RUN_COLUMNS = (
     "run_id", "job", "step", "status", "started_at", "finished_at", "seconds", "rows", "details", "error"
 )  # fmt: skip
@@ -267,6 +268,19 @@ def _tables(names: _Names, live: str | None, *, pg: bool) -> tuple[sa.MetaData, 
             sa.Column("error", sa.Text),
             schema=s,
         ),
+        # item-kNN neighbours (publish/similar_items.py): replaced whole when the warehouse has them
+        "similar": sa.Table(
+            names.name("similar_items"),
+            md,
+            sa.Column("item_id", _id_type(), nullable=False),
+            sa.Column("similar_item_id", _id_type(), nullable=False),
+            sa.Column("rank", sa.Integer, nullable=False),
+            sa.Column("score", sa.Double),
+            sa.Column("model_run_id", _id_type()),
+            sa.Column("generated_at", sa.DateTime),
+            sa.PrimaryKeyConstraint("item_id", "rank", name=f"{names.name('similar_items')}_pkey"),
+            schema=s,
+        ),
         "job_runs": sa.Table(
             names.name("job_runs"),
             md,
@@ -321,6 +335,7 @@ class _Source:
     model_run_id: str | None
     generated_at: datetime | None
     fingerprint: str
+    has_similar: bool = False  # main.similar_items exists (an item-kNN run was scored)
     _cursors: list[duckdb.DuckDBPyConnection] = field(default_factory=list)
 
     def reader(self, kind: str) -> pa.RecordBatchReader:
@@ -350,6 +365,10 @@ class _Source:
             "job_runs": (
                 "SELECT run_id, job, step, status, started_at, finished_at, seconds, rows, "
                 f"{mask.format('details')}, {mask.format('error')} FROM meta.job_runs WHERE run_id = $run"
+            ),
+            # the whole current table, whatever the run ($run is bound for every query)
+            "similar_items": (
+                f"SELECT {', '.join(SIMILAR_COLUMNS)} FROM main.similar_items WHERE $run IS NOT NULL"
             ),
         }
         # A cursor of its own: DuckDB refuses new work on a connection with an unfinished result.
@@ -416,8 +435,24 @@ def _open_source(con: duckdb.DuckDBPyConnection, run_id: str | None) -> _Source:
         ).fetchall()[0]
     rows, model_run_id, generated_at, checksum = stats
     fingerprint = f"rows={rows};model={model_run_id};sum={checksum};metrics={mstats[0]}:{mstats[1]}"
+    has_similar = table_exists(con, "main.similar_items")
+    if has_similar:
+        similar = con.execute(
+            "SELECT count(*), sum(hash(item_id, similar_item_id, rank, score, model_run_id)) "
+            "FROM main.similar_items"
+        ).fetchall()[0]
+        fingerprint += f";similar={similar[0]}:{similar[1]}"
     return _Source(
-        con, run_id, table, has_metrics, metric_select, int(rows), model_run_id, generated_at, fingerprint
+        con,
+        run_id,
+        table,
+        has_metrics,
+        metric_select,
+        int(rows),
+        model_run_id,
+        generated_at,
+        fingerprint,
+        has_similar=has_similar,
     )
 
 
@@ -718,6 +753,12 @@ def _publish_once(
             jobs = t["job_runs"]
             conn.execute(jobs.delete().where(jobs.c.run_id == src.run_id))
             result.rows["job_runs"] = _load(conn, jobs, JOB_RUN_COLUMNS, src.reader("job_runs"), pg)
+            if src.has_similar:  # the current item-to-item table replaces the server's
+                similar = t["similar"]
+                conn.execute(similar.delete())
+                result.rows["similar_items"] = _load(
+                    conn, similar, SIMILAR_COLUMNS, src.reader("similar_items"), pg
+                )
 
             # The log row, then retention over it: the newest `retention` runs (and this one) stay.
             conn.execute(lg.delete().where(lg.c.run_id == src.run_id))
