@@ -1,6 +1,7 @@
 """Quality per log shape: each model with its defaults and after `tune`, baselines beside them.
 
-For every shape (`rechub-store generate --shape`, at the shape's own sizes: 100k events), generate
+For every shape (`rechub-store generate --shape`, at the shape's own sizes, 100k events, divided by
+`--scale`), generate
 the log, build the features with the default parameters, then per model: train with the defaults,
 `tune` with the given wall-clock budget (validation split only), and evaluate both runs on the test
 split (exact full ranking, the protocol's default seen filter), with the popularity, item-kNN and
@@ -55,7 +56,7 @@ def _test_metrics(wh: Warehouse, model_run_id: str, baselines: bool) -> dict[str
 
 
 def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
-    users, items, events = SHAPES[shape].sizes
+    users, items, events = (max(1, n // args.scale) for n in SHAPES[shape].sizes)
     work = OUT / "work" / f"tune-{shape}"
     shutil.rmtree(work, ignore_errors=True)
     wh = Warehouse(work / "rechub.duckdb", threads=args.threads)
@@ -149,6 +150,7 @@ def main() -> None:
     ap.add_argument("--tune-models", default="sasrec")
     ap.add_argument("--budget", default="5m", help="tune's wall-clock budget per model and shape")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale", type=int, default=1, help="divide the shape's sizes by this")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("RECHUB_THREADS", "2")))
     ap.add_argument("--out", type=Path, default=OUT / "tune.json")
     ap.add_argument("--table", type=Path)
@@ -161,6 +163,7 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "threads": args.threads,
+        "scale": args.scale,
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),

@@ -92,11 +92,10 @@ class TuneConfig:
             raise UserError(f"--trials: expected an integer >= 1, got {self.max_trials}")
         if self.budget_seconds is not None and not self.budget_seconds > 0:
             raise UserError(f"--budget: expected a positive duration, got {self.budget_seconds}")
-        unknown = set(self.base) - TRAIN_FIELDS
-        if unknown or "model" in self.base:
-            raise UserError(
-                f"tune: unknown training options {', '.join(sorted(unknown | {'model'} & set(self.base)))}"
-            )
+        # the model, the seed and progress are the study's own, not per-trial training options
+        refused = (set(self.base) - TRAIN_FIELDS) | ({"model", "seed", "progress"} & set(self.base))
+        if refused:
+            raise UserError(f"tune: unknown training options {', '.join(sorted(refused))}")
         self.train_config({}).validate()
         return self
 

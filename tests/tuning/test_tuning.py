@@ -119,3 +119,5 @@ def test_check_rejects_unbounded_and_unknown(planted_warehouse: Warehouse) -> No
         TuneConfig(budget_seconds=None, max_trials=None).check()
     with pytest.raises(UserError, match="unknown training options"):
         replace(TuneConfig(), base={"epoch": 3}).check()
+    with pytest.raises(UserError, match="seed"):
+        replace(TuneConfig(), base={"seed": 3}).check()
