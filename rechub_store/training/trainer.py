@@ -98,6 +98,9 @@ class FitResult:
 # Called after each epoch with (epoch, validation NDCG@10 or -train loss, the epoch's history row);
 # returning True stops training there (the best epoch so far is kept). Tuning prunes through it.
 EpochCallback = Callable[[int, float, dict[str, Any]], bool | None]
+# Asked before every step; True abandons the running epoch unvalidated and ends training with the best
+# epoch so far (tuning's wall-clock budget, when one epoch is long).
+StopCheck = Callable[[], bool]
 
 
 @dataclass
@@ -337,7 +340,12 @@ class Trainer:
             return
         yield from prefetch(batches, depth=2)
 
-    def fit(self, valid: Samples | None, on_epoch: EpochCallback | None = None) -> FitResult:
+    def fit(
+        self,
+        valid: Samples | None,
+        on_epoch: EpochCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> FitResult:
         cfg = self.config
         result = FitResult()
         if valid is not None and len(valid):
@@ -357,6 +365,9 @@ class Trainer:
             ):
                 t_data = time.perf_counter()
                 for prep in batches:
+                    if should_stop is not None and should_stop():
+                        result.stopped_by = "stop check"
+                        break
                     data_s += time.perf_counter() - t_data  # time the step waited for its data
                     loss, n_targets = self.train_step(prep, epoch)
                     loss_sum += loss * n_targets
@@ -367,6 +378,8 @@ class Trainer:
                             bar[1], advance=1, info=f"loss {loss_sum / seen_rows:.4f}  {rate:,.0f} samples/s"
                         )
                     t_data = time.perf_counter()
+            if result.stopped_by is not None:
+                break
             train_s = time.perf_counter() - t0
             total_samples += seen_rows
             total_time += train_s
@@ -435,13 +448,15 @@ def fit_model(
     threads: int | None = None,
     popularity_index: Callable[[], ItemPopularityIndex] | None = None,
     on_epoch: EpochCallback | None = None,
+    should_stop: StopCheck | None = None,
 ) -> tuple[nn.Module, FitResult, TrainConfig]:
     """Build and fit a model on an already loaded store (no registry); used by `train` and tests.
 
     `threads`: torch intra-op threads (default `rechub_store.paths.thread_count()`).
     `popularity_index`: loads the store's point-in-time popularity index if the model turns out to
     read item popularity and the store was loaded without it (the index holds every event).
-    `on_epoch`: see `EpochCallback` (tuning reports each epoch's validation NDCG and prunes).
+    `on_epoch`: see `EpochCallback` (tuning reports each epoch's validation NDCG and prunes);
+    `should_stop`: see `StopCheck`.
     """
     cfg = replace(config.resolve(store.n_items), max_seq_len=config.max_seq_len or store.max_seq_len)
     torch.set_num_threads(max(1, int(threads or thread_count())))
@@ -476,7 +491,7 @@ def fit_model(
     valid = store.samples.get("valid")
     if valid is not None:
         valid = _valid_subset(valid, cfg.valid_users, cfg.seed)
-    result = Trainer(model, store, cfg, source).fit(valid, on_epoch)
+    result = Trainer(model, store, cfg, source).fit(valid, on_epoch, should_stop)
     return model, result, cfg
 
 

@@ -8,8 +8,10 @@ Why this shape:
   TPE is seeded and CPU training with a fixed thread count is deterministic.
 - Trials report each epoch's validation NDCG@10 through the trainer's epoch callback; the pruner
   (median or successive halving) stops a trial that trails the others at the same epoch.
-- The wall-clock budget is kept: no trial starts after it, and a running trial stops before an epoch
-  that would end past it (its best epoch so far is its value: status `stopped`).
+- The wall-clock budget is kept: no trial starts when its first epoch would not fit, a running trial
+  stops before an epoch that would end past it (its best epoch so far is its value: status
+  `stopped`), and a step that would start past it is not taken (an epoch cut short is not
+  validated; a trial with no finished epoch has no value).
 - The best trial's model is kept in memory, not retrained, and registered as a normal model run with
   `tuned_from` = the study, so `score`, `evaluate` and `nightly` use it like any other run.
 """
@@ -338,10 +340,21 @@ def _run_trial(
                 return True
         return False
 
+    def out_of_time() -> bool:
+        if deadline is None or time.monotonic() < deadline:
+            return False
+        stop.append("stopped")
+        return True
+
     try:
         train_cfg = cfg.train_config(params)
         model, fit, resolved = fit_model(
-            store, train_cfg, threads=threads, popularity_index=popularity_index, on_epoch=on_epoch
+            store,
+            train_cfg,
+            threads=threads,
+            popularity_index=popularity_index,
+            on_epoch=on_epoch,
+            should_stop=out_of_time,
         )
     except TRIAL_ERRORS as exc:
         error = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -361,8 +374,10 @@ def _run_trial(
         return "failed", None, {"first_epoch": curve[0]["seconds"] if curve else 0.0}
     seconds = time.monotonic() - t0
     status = stop[0] if stop else "complete"
-    value = float(fit.best_metric)
-    if status == "pruned":
+    value: float | None = float(fit.best_metric) if fit.best_epoch else None
+    if value is None:  # the budget ran out inside its first epoch: nothing to judge it by
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    elif status == "pruned":
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     else:
         study.tell(trial, value)
@@ -383,7 +398,7 @@ def _run_trial(
         status=status,
         curve=curve,
         value=value,
-        best_epoch=fit.best_epoch,
+        best_epoch=fit.best_epoch or None,
         seconds=seconds,
     )
     return (

@@ -121,3 +121,22 @@ def test_check_rejects_unbounded_and_unknown(planted_warehouse: Warehouse) -> No
         replace(TuneConfig(), base={"epoch": 3}).check()
     with pytest.raises(UserError, match="seed"):
         replace(TuneConfig(), base={"seed": 3}).check()
+
+
+def test_stop_check_abandons_the_running_epoch(planted_warehouse: Warehouse) -> None:
+    """Tuning's wall clock: a stop asked for mid-epoch ends training before the next step, without
+    validating the cut epoch; the best finished epoch is kept."""
+    with planted_warehouse.session() as con:
+        store = FeatureStore.load(con, splits=("train", "valid"))
+    steps: list[int] = []
+
+    def stop() -> bool:
+        steps.append(1)
+        return len(fit_history) == 1 and len(steps) > 3  # stop inside the second epoch
+
+    fit_history: list[int] = []
+    cfg = TrainConfig(model="gru4rec", epochs=5, patience=5, batch_size=64, progress=False)
+    _, fit, _ = fit_model(
+        store, cfg, on_epoch=lambda epoch, metric, row: fit_history.append(epoch), should_stop=stop
+    )
+    assert fit.stopped_by == "stop check" and len(fit.history) == 1 and fit.best_epoch == 1
