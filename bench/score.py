@@ -141,11 +141,11 @@ def mode_annoy(a: argparse.Namespace, world: World) -> dict:
 def mode_e2e(a: argparse.Namespace, world: World) -> dict:
     from rechub_store.publish.analytics import publish_analytics
     from rechub_store.ranking.exact import exact_topk
-    from rechub_store.retrieval.scoring import write_topk
-    from rechub_store.warehouse import Warehouse
+    from rechub_store.results.score import write_topk
+    from rechub_store.settings import Settings
 
     root = Path(a.workdir or tempfile.mkdtemp(prefix="rechub-bench-"))
-    wh = Warehouse(root / "rechub.duckdb", memory_limit=a.memory_limit)
+    wh = Settings.from_env(warehouse_path=root / "rechub.duckdb", memory_limit=a.memory_limit).warehouse()
     wh.path.unlink(missing_ok=True)
     con = wh.connect()
     con.execute(

@@ -27,9 +27,9 @@ from typing import Any
 
 from rechub_store.data.build import BuildParams, build_features
 from rechub_store.data.generate import SHAPES, generate_into
-from rechub_store.retrieval.evaluate import evaluate
+from rechub_store.pipeline.train import train
+from rechub_store.results.evaluate import evaluate
 from rechub_store.training.config import TrainConfig
-from rechub_store.training.trainer import train
 from rechub_store.tuning.study import TuneConfig, parse_duration, tune
 from rechub_store.warehouse import Warehouse
 

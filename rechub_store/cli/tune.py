@@ -8,9 +8,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
 from rechub_store.models import SEARCH_SPACES
-from rechub_store.tuning.study import PRUNERS, TuneConfig, parse_duration, tune
+from rechub_store.tuning.study import PRUNERS, TuneConfig, parse_duration
 
 
 @app.command("tune")
@@ -50,7 +51,7 @@ def tune_command(
         base=base,
         progress=not as_json,
     )
-    result = tune(warehouse_of(ctx), config)
+    result = api.tune(warehouse_of(ctx), config)
     if as_json:
         print_json(result.to_dict())
         return

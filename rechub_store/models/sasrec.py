@@ -9,13 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rechub_store.models.features import (
-    Embeddings,
-    FeatureSchema,
-    embedding_features,
-    fit_window,
-    sparse_codes,
-)
+from rechub_store.data.specs import FeatureSchema
+from rechub_store.models.features import Embeddings, embedding_features, fit_window, sparse_codes
 from rechub_store.models.space import TRAINER_SPACE, Choice, Float, Int, Range
 
 # Searched by `rechub-store tune` (see models/space.py); embed_dim choices are divisible by every head count.

@@ -12,11 +12,8 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from rechub_store.config import DEFAULT_SEEN_FILTER, TRAIN_NEG_MODES, TRAIN_NEG_SAMPLERS, check_seen_filter
 from rechub_store.errors import UserError
-from rechub_store.ranking.options import DEFAULT_SEEN_FILTER, check_seen_filter
-
-NEG_MODES = ("pointwise", "pairwise", "listwise", "full")
-NEG_SAMPLERS = ("uniform", "popularity", "static")
 
 # Per model: trainer defaults, then model keyword arguments.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -28,7 +25,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 # Up to this many items, softmax over the whole catalogue ('full') is cheap and the most accurate
 # objective; above it the default is list-wise sampled softmax with in-batch negatives + logQ.
 FULL_SOFTMAX_MAX_ITEMS = 100_000
-# Models fitted without gradient training (training/itemknn.py): only `model_params`, `seed` and
+# Models fitted without gradient training (pipeline/itemknn.py): only `model_params`, `seed` and
 # `seen_filter` apply; their parameters and defaults.
 NEIGHBOUR_MODELS: dict[str, dict[str, Any]] = {"itemknn": {"neighbours": 100, "recent": 20, "decay": 0.8}}
 DEFAULT_NEG_RATIO = {"pointwise": 4, "pairwise": 1, "listwise": 20, "full": 0}
@@ -80,11 +77,11 @@ class TrainConfig:
             raise UserError(f"--model: unknown model {self.model!r}; choose one of {', '.join(known)}")
         d = MODEL_DEFAULTS[self.model]
         neg_mode = self.neg_mode or ("full" if n_items <= FULL_SOFTMAX_MAX_ITEMS else "listwise")
-        if neg_mode not in NEG_MODES:
-            raise UserError(f"--neg-mode: expected one of {', '.join(NEG_MODES)}, got {neg_mode!r}")
-        if self.neg_sampler not in NEG_SAMPLERS:
+        if neg_mode not in TRAIN_NEG_MODES:
+            raise UserError(f"--neg-mode: expected one of {', '.join(TRAIN_NEG_MODES)}, got {neg_mode!r}")
+        if self.neg_sampler not in TRAIN_NEG_SAMPLERS:
             raise UserError(
-                f"--neg-sampler: expected one of {', '.join(NEG_SAMPLERS)}, got {self.neg_sampler!r}"
+                f"--neg-sampler: expected one of {', '.join(TRAIN_NEG_SAMPLERS)}, got {self.neg_sampler!r}"
             )
         in_batch = (
             self.in_batch if self.in_batch is not None else (neg_mode == "listwise" and self.neg_mode is None)

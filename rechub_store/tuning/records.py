@@ -1,10 +1,11 @@
 """`meta.tuning_studies` and `meta.tuning_trials`: what each study searched and what each trial gave.
 
-A study row is written when the study starts and completed when it ends (status `running` ->
-`success` | `failed`); a trial row when the trial starts, completed when it ends (`running` ->
-`complete` | `pruned` | `failed` | `stopped`: cut short by the study's wall-clock budget, its value the
-best epoch reached). `best_params` of the newest successful study of a model is what
-`train.use_tuned = "last"` in a job file retrains with.
+Columns: `rechub_store.schema` (TUNING_STUDIES, TUNING_TRIALS). A study row is written when the
+study starts and completed when it ends (status `running` -> `success` | `failed`); a trial row when
+the trial starts, completed when it ends (`running` -> `complete` | `pruned` | `failed` | `stopped`:
+cut short by the study's wall-clock budget, its value the best epoch reached, if any).
+`best_params` of the newest successful study of a model is what `train.use_tuned = "last"` in a
+job file retrains with.
 """
 
 from __future__ import annotations
@@ -16,45 +17,10 @@ from typing import Any
 import duckdb
 
 from rechub_store.errors import UserError
+from rechub_store.schema import TUNING, ddl
 from rechub_store.warehouse import table_exists
 
-TUNING_DDL = """
-CREATE TABLE IF NOT EXISTS meta.tuning_studies (
-    study_id        VARCHAR PRIMARY KEY,
-    model           VARCHAR,
-    status          VARCHAR,        -- running | success | failed
-    seed            BIGINT,
-    sampler         VARCHAR,        -- tpe
-    pruner          VARCHAR,        -- median | halving | none
-    budget_seconds  DOUBLE,         -- wall-clock budget (NULL: none)
-    max_trials      INTEGER,        -- trial budget (NULL: none)
-    base_params     JSON,           -- the TrainConfig fields fixed for every trial
-    n_trials        INTEGER,        -- trials started
-    best_trial      INTEGER,
-    best_value      DOUBLE,         -- validation NDCG@10 of the best trial's best epoch
-    best_params     JSON,           -- the searched parameters of the best trial
-    model_run_id    VARCHAR,        -- the best trial's model, registered in meta.model_runs
-    build_id        VARCHAR,
-    started_at      TIMESTAMP,
-    finished_at     TIMESTAMP,
-    seconds         DOUBLE,
-    error           VARCHAR
-);
-CREATE TABLE IF NOT EXISTS meta.tuning_trials (
-    study_id        VARCHAR,
-    trial           INTEGER,        -- 0, 1, ... in the order run
-    status          VARCHAR,        -- running | complete | pruned | failed | stopped
-    params          JSON,           -- the sampled parameters
-    curve           JSON,           -- per epoch: epoch, valid_ndcg@10, train_loss, seconds
-    value           DOUBLE,         -- best validation NDCG@10 over its epochs (NULL: none)
-    best_epoch      INTEGER,
-    started_at      TIMESTAMP,
-    finished_at     TIMESTAMP,
-    seconds         DOUBLE,
-    error           VARCHAR,
-    PRIMARY KEY (study_id, trial)
-);
-"""
+TUNING_DDL = ddl(TUNING)
 
 
 def now() -> datetime:

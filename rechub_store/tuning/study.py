@@ -30,15 +30,17 @@ from typing import Any
 
 import duckdb
 import optuna
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rechub_store.data.readers import FeatureStore, ItemPopularityIndex
 from rechub_store.errors import UserError
 from rechub_store.models import SEARCH_SPACES
 from rechub_store.models.space import Choice, Float, Int, Range
-from rechub_store.paths import thread_count
+from rechub_store.pipeline.train import fit_model
 from rechub_store.training import registry
 from rechub_store.training.config import FULL_SOFTMAX_MAX_ITEMS, TrainConfig
-from rechub_store.training.trainer import EVAL_K, fit_model
+from rechub_store.training.trainer import EVAL_K
 from rechub_store.tuning import records
 from rechub_store.warehouse import Warehouse
 
@@ -180,9 +182,6 @@ def _progress(enabled: bool, cfg: TuneConfig) -> Iterator[Any]:
     if not enabled:
         yield None
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     with Progress(
         TextColumn(f"tune {cfg.model}"),
         BarColumn(),
@@ -195,11 +194,14 @@ def _progress(enabled: bool, cfg: TuneConfig) -> Iterator[Any]:
         yield bar, bar.add_task("trials", total=cfg.max_trials, info="")
 
 
-def tune(target: Warehouse | duckdb.DuckDBPyConnection, cfg: TuneConfig) -> TuneResult:
-    """Run one study and register its best model; every trial and the study are recorded in meta."""
+def tune(
+    target: Warehouse | duckdb.DuckDBPyConnection, cfg: TuneConfig, threads: int | None = None
+) -> TuneResult:
+    """Run one study and register its best model; every trial and the study are recorded in meta.
+    Torch uses the warehouse's thread count (`threads` for an open connection; None: every core)."""
     if isinstance(target, Warehouse):
         with target.session() as con:
-            return tune(con, cfg)
+            return tune(con, cfg, target.threads)
     con = target
     cfg.check()
     t0 = time.monotonic()
@@ -224,7 +226,6 @@ def tune(target: Warehouse | duckdb.DuckDBPyConnection, cfg: TuneConfig) -> Tune
     study = optuna.create_study(
         direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.seed), pruner=_pruner(cfg.pruner)
     )
-    threads = thread_count()
     pit_index: list[ItemPopularityIndex] = []
 
     def popularity_index() -> ItemPopularityIndex:  # loaded once, for the trials of models reading it
@@ -308,7 +309,7 @@ def _run_trial(
     params: dict[str, Any],
     cfg: TuneConfig,
     store: FeatureStore,
-    threads: int,
+    threads: int | None,
     deadline: float | None,
     popularity_index: Any,
     best: dict[str, Any],

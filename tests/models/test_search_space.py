@@ -10,7 +10,8 @@ import torch
 from rechub_store.data.readers import FeatureStore, InMemorySamples, SequenceSource
 from rechub_store.models import MODELS, SEARCH_SPACES, build_model
 from rechub_store.models.space import Choice, Float, Int
-from rechub_store.training.trainer import Trainer, evaluate_model
+from rechub_store.ranking.validation import evaluate_model
+from rechub_store.training.trainer import Trainer
 from rechub_store.tuning.study import TuneConfig, space_for, suggest
 
 

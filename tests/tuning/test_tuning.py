@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from rechub_store.cli import app
 from rechub_store.data.readers import FeatureStore, Samples
 from rechub_store.errors import UserError
+from rechub_store.pipeline.train import fit_model
 from rechub_store.training.config import TrainConfig
 from rechub_store.training.registry import load_model
-from rechub_store.training.trainer import fit_model
 from rechub_store.tuning.study import TuneConfig, parse_duration, tune, tuned_config
 from rechub_store.warehouse import Warehouse
 

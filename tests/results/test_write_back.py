@@ -13,13 +13,9 @@ import numpy as np
 import pytest
 
 from rechub_store.errors import UserError
-from rechub_store.publish.analytics import (
-    RecommendationWriter,
-    publish_analytics,
-    published_run,
-    write_metrics,
-)
+from rechub_store.publish.analytics import publish_analytics, published_run
 from rechub_store.publish.readonly import check_read_only, query_readonly
+from rechub_store.results.tables import RecommendationWriter, write_metrics
 from rechub_store.warehouse import Warehouse
 
 ODD_USERS = ["u1", "O'Brien", "名前", 'a,"b"', "18446744073709551616", " spaced "]

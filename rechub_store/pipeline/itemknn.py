@@ -1,5 +1,7 @@
 """Item-kNN as a model run (`rechub-store train --model itemknn`): fitted, not trained.
 
+A pipeline composition: the model is ranking's `ItemKNN`, the run goes through training's registry.
+
 The model is `ranking.itemknn.ItemKNN` (cosine item-item similarity of the training interactions,
 scored from the user's recent items with recency weights), the same code the `itemknn` baseline runs.
 As a model run it is fitted on the training split, validated by the evaluation protocol on the

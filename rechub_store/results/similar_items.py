@@ -16,9 +16,10 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
+from rechub_store.schema import SIMILAR_ITEMS
 from rechub_store.warehouse import transaction
 
-TABLE = "main.similar_items"
+TABLE = SIMILAR_ITEMS.qualified
 
 
 def top_neighbours(similar: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
