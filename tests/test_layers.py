@@ -34,6 +34,7 @@ TOP_MODULES = {"__main__": "cli", "api": "api"}  # single-module layers
 LAZY = {
     ("rechub_store.report.charts", "matplotlib.figure"),  # matplotlib loads only when a chart is drawn
     ("rechub_store.report.charts", "matplotlib"),
+    ("rechub_store.data", "rechub_store.data"),  # `from rechub_store.data import tables`: torch + Polars
 }
 
 

@@ -148,7 +148,7 @@ class Analyst:
         self.proc.wait(timeout=30)
 
 
-ANALYST = Path(__file__).resolve().parents[1] / "nightly" / "analyst.py"
+ANALYST = Path(__file__).resolve().parents[1] / "jobs" / "analyst.py"
 
 
 @pytest.mark.parametrize("mode", ["duckdb", "sqlalchemy"])
