@@ -41,6 +41,8 @@ from rechub_store.results.score import score as _score
 from rechub_store.settings import Settings
 from rechub_store.training.config import TrainConfig
 from rechub_store.training.trainer import ModelRunResult
+from rechub_store.tuning.study import TuneConfig, TuneResult
+from rechub_store.tuning.study import tune as _tune
 from rechub_store.warehouse import Warehouse
 
 WarehouseLike = Warehouse | Path | str | None
@@ -50,6 +52,7 @@ __all__ = [
     "JobConfig",
     "Settings",
     "TrainConfig",
+    "TuneConfig",
     "Warehouse",
     "build",
     "demo",
@@ -67,6 +70,7 @@ __all__ = [
     "score",
     "status",
     "train",
+    "tune",
 ]
 
 
@@ -127,6 +131,12 @@ def build(
 def train(warehouse: WarehouseLike, config: TrainConfig) -> ModelRunResult:
     """Train one model run (validation under the evaluation protocol), registered in meta.model_runs."""
     return _train(open_warehouse(warehouse), config)
+
+
+def tune(warehouse: WarehouseLike, config: TuneConfig) -> TuneResult:
+    """A hyperparameter study on the validation split (`tuning.study`); the best trial's model is
+    registered as a model run with `tuned_from` = the study."""
+    return _tune(open_warehouse(warehouse), config)
 
 
 def score(warehouse: WarehouseLike = None, **options: Any) -> ScoreReport:

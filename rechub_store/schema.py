@@ -115,6 +115,20 @@ EVALUATION_LISTS = Table(
         Column("created_at", "timestamp"),
     ),
 )
+# each item's best neighbours from the latest item-kNN model run scored (results/similar_items.py)
+SIMILAR_ITEMS = Table(
+    "main",
+    "similar_items",
+    (
+        Column("item_id", "id", nullable=False, comment="raw id"),
+        Column("similar_item_id", "id", nullable=False, comment="raw id"),
+        Column("rank", "int", nullable=False, comment="1.., score descending, ties by item code"),
+        Column("score", "double", comment="cosine similarity of the two items' training users"),
+        Column("model_run_id", "id"),
+        Column("generated_at", "timestamp"),
+    ),
+    key=("item_id", "rank"),
+)
 BUILDS = Table(
     "meta",
     "builds",
@@ -149,6 +163,9 @@ MODEL_RUNS = Table(
         Column("created_at", "timestamp"),
         Column("finished_at", "timestamp"),
         Column("error", "text"),
+        Column(
+            "tuned_from", "text", comment="the tuning study (meta.tuning_studies) it took parameters from"
+        ),
     ),
     key=("model_run_id",),
     warehouse_key=True,
@@ -170,7 +187,56 @@ JOB_RUNS = Table(
     ),
 )
 
+# `rechub-store tune` (tuning/records.py): one row per study, one per trial
+TUNING_STUDIES = Table(
+    "meta",
+    "tuning_studies",
+    (
+        Column("study_id", "text", nullable=False),
+        Column("model", "text"),
+        Column("status", "text", comment="running | success | failed"),
+        Column("seed", "bigint"),
+        Column("sampler", "text", comment="tpe"),
+        Column("pruner", "text", comment="median | halving | none"),
+        Column("budget_seconds", "double", comment="wall-clock budget (NULL: none)"),
+        Column("max_trials", "int", comment="trial budget (NULL: none)"),
+        Column("base_params", "json", comment="the TrainConfig fields fixed for every trial"),
+        Column("n_trials", "int", comment="trials started"),
+        Column("best_trial", "int"),
+        Column("best_value", "double", comment="validation NDCG@10 of the best trial's best epoch"),
+        Column("best_params", "json", comment="the searched parameters of the best trial"),
+        Column("model_run_id", "text", comment="the best trial's model, registered in meta.model_runs"),
+        Column("build_id", "text"),
+        Column("started_at", "timestamp"),
+        Column("finished_at", "timestamp"),
+        Column("seconds", "double"),
+        Column("error", "text"),
+    ),
+    key=("study_id",),
+    warehouse_key=True,
+)
+TUNING_TRIALS = Table(
+    "meta",
+    "tuning_trials",
+    (
+        Column("study_id", "text", nullable=False),
+        Column("trial", "int", nullable=False, comment="0, 1, ... in the order run"),
+        Column("status", "text", comment="running | complete | pruned | failed | stopped"),
+        Column("params", "json", comment="the sampled parameters"),
+        Column("curve", "json", comment="per epoch: epoch, valid_ndcg@10, train_loss, seconds"),
+        Column("value", "double", comment="best validation NDCG@10 over its epochs (NULL: none)"),
+        Column("best_epoch", "int"),
+        Column("started_at", "timestamp"),
+        Column("finished_at", "timestamp"),
+        Column("seconds", "double"),
+        Column("error", "text"),
+    ),
+    key=("study_id", "trial"),
+    warehouse_key=True,
+)
+
 META = (BUILDS, MODEL_RUNS, JOB_RUNS)  # the warehouse's bookkeeping
+TUNING = (TUNING_STUDIES, TUNING_TRIALS)  # created by the first `tune`
 RESULTS = (RECOMMENDATIONS, RECOMMENDATIONS_HISTORY, EVALUATION_METRICS, EVALUATION_LISTS)  # working copy
 
 

@@ -24,6 +24,8 @@ SCHEMAS = ("raw", "staging", "features", "meta")
 
 # Bookkeeping tables (`rechub_store.schema`). Columns there are part of the interface (scripts read them).
 META_DDL = ddl(META)
+# warehouses from before tuning existed gain `tuned_from` (schema.MODEL_RUNS)
+META_MIGRATIONS = "ALTER TABLE meta.model_runs ADD COLUMN IF NOT EXISTS tuned_from VARCHAR;"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -131,6 +133,7 @@ class Warehouse:
             for schema in SCHEMAS:
                 con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             con.execute(META_DDL)
+            con.execute(META_MIGRATIONS)
         return con
 
     @contextlib.contextmanager

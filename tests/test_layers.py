@@ -19,6 +19,7 @@ LAYERS = (
     "training",
     "ranking",
     "pipeline",
+    "tuning",
     "retrieval",
     "results",
     "publish",

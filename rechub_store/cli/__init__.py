@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rechub_store.cli import build, ingest, nightly, publish, report, score, train  # noqa: F401  (registers commands)
+from rechub_store.cli import build, ingest, nightly, publish, report, score, train, tune  # noqa: F401  (registers commands)
 from rechub_store.cli.app import app
 
 

@@ -11,7 +11,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
-from rechub_store.data.generate import generate, generate_into
+from rechub_store.data.generate import SHAPES, generate, generate_into, get_shape
 from rechub_store.data.ingest import (
     IngestResult,
     RejectRatioExceeded,
@@ -219,9 +219,16 @@ def items_cmd(
 def generate_cmd(
     ctx: typer.Context,
     out_dir: Path = typer.Argument(..., help="Folder to write interactions/users/items files into."),
-    users: int = typer.Option(10_000, "--users", min=1, help="Number of users."),
-    items: int = typer.Option(5_000, "--items", min=1, help="Number of items."),
-    events: int = typer.Option(1_000_000, "--events", min=1, help="Number of interaction rows."),
+    users: int = typer.Option(None, "--users", min=1, help="Number of users (default: the shape's, 10000)."),
+    items: int = typer.Option(None, "--items", min=1, help="Number of items (default: the shape's, 5000)."),
+    events: int = typer.Option(
+        None, "--events", min=1, help="Number of interaction rows (default: the shape's, 1000000)."
+    ),
+    shape: str = typer.Option(
+        "default",
+        "--shape",
+        help=f"Log shape: {' | '.join(SHAPES)} (distribution and default sizes; README, Data).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same files)."),
     fmt: str = typer.Option("parquet", "--format", help="parquet | csv"),
     chunk_events: int = typer.Option(2_000_000, "--chunk-events", min=1, help="Rows generated per chunk."),
@@ -229,6 +236,8 @@ def generate_cmd(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Write seeded synthetic logs (heavy tails, sequential structure, ties, odd ids)."""
+    sizes = get_shape(shape).sizes
+    users, items, events = (given or size for given, size in zip((users, items, events), sizes, strict=True))
     if ingest:
         with warehouse_of(ctx, create=True).session() as con:
             results = generate_into(
@@ -239,6 +248,7 @@ def generate_cmd(
                 n_events=events,
                 seed=seed,
                 fmt=fmt,  # type: ignore[arg-type]
+                shape=shape,
             )
         _print_results(results, as_json)
         return
@@ -254,6 +264,7 @@ def generate_cmd(
             fmt=fmt,  # type: ignore[arg-type]
             chunk_events=chunk_events,
             on_chunk=lambda done, _total: progress.update(task, completed=done),
+            shape=shape,
         )
     if as_json:
         print_json({k: str(v) for k, v in vars(data).items()})

@@ -10,14 +10,16 @@ from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
 from rechub_store.config import TRAIN_NEG_MODES, TRAIN_NEG_SAMPLERS
 from rechub_store.models import MODELS
-from rechub_store.training.config import TrainConfig
+from rechub_store.training.config import NEIGHBOUR_MODELS, TrainConfig
 from rechub_store.training.registry import list_runs
 
 
 @app.command("train")
 def train_command(
     ctx: typer.Context,
-    model: str = typer.Option("sasrec", "--model", "-m", help=f"Model: {' | '.join(MODELS)}."),
+    model: str = typer.Option(
+        "sasrec", "--model", "-m", help=f"Model: {' | '.join([*MODELS, *NEIGHBOUR_MODELS])}."
+    ),
     epochs: int = typer.Option(None, help="Maximum epochs (default: dssm/youtubednn 20, gru4rec/sasrec 50)."),
     batch_size: int = typer.Option(None, help="Samples per batch (default: 512)."),
     lr: float = typer.Option(None, help="Adam learning rate (default: 1e-3)."),

@@ -17,6 +17,11 @@ The model behind the data:
 - Activity per user is log-normal (>= a few events each); gaps between a user's events are
   heavy-tailed with ~5% zero gaps, i.e. timestamp ties.
 
+Shapes (`SHAPES`, `generate --shape`): the same model with other knobs, so that defaults and tuning
+are judged on logs unlike each other: short histories over a large catalogue with a strong
+first-order signal (`short`), long histories (`long`), a weak sequential signal (`weak-seq`), heavy
+or mild popularity skew (`skewed`, `mild`). Each names the sizes it is meant for (100k events).
+
 Memory is O(chunk_events + n_users + n_items): users are generated a block at a time (whole
 users per chunk, chunk rows sorted by time), each chunk written as its own Parquet row group
 or appended to the CSV.
@@ -64,6 +69,64 @@ TAGS = np.array([f"tag{i:02d}" for i in range(40)])
 
 
 @dataclass(frozen=True)
+class Shape:
+    """The generator's knobs; `default` is the generator as it always was (same seed, same bytes)."""
+
+    name: str
+    description: str
+    zipf: float = 0.9  # item popularity ~ 1 / rank^zipf
+    p_successor: float = P_SUCCESSOR  # a step follows a successor of the current item (sequence signal)
+    p_cluster: float = P_CLUSTER  # ... or a popular item of the current cluster (the rest: anywhere)
+    successor_p: tuple[float, ...] = tuple(SUCCESSOR_P)  # which of the N_SUCCESSORS successors
+    activity_sigma: float = 1.0  # log-normal spread of events per user
+    min_events: int = 5  # every user has at least this many events (fewer if events < 5 x users)
+    sizes: tuple[int, int, int] = (10_000, 5_000, 1_000_000)  # users, items, events it is meant for
+
+
+SHAPES: dict[str, Shape] = {
+    s.name: s
+    for s in (
+        Shape("default", "100 events per user over half as many items as users"),
+        Shape(
+            "short",
+            "short histories (median under 10 events) over 20k items, strong first-order signal",
+            p_successor=0.85,
+            p_cluster=0.05,
+            successor_p=(0.70, 0.12, 0.08, 0.05, 0.05),
+            activity_sigma=0.7,
+            min_events=3,
+            sizes=(12_000, 20_000, 100_000),
+        ),
+        Shape(
+            "long",
+            "long histories (about 200 events per user) over 2k items, slow taste drift",
+            p_successor=0.65,
+            p_cluster=0.15,
+            activity_sigma=0.5,
+            sizes=(500, 2_000, 100_000),
+        ),
+        Shape(
+            "weak-seq",
+            "weak sequential signal: mostly taste (cluster) and popularity, rarely the next item",
+            p_successor=0.20,
+            p_cluster=0.50,
+            sizes=(4_000, 5_000, 100_000),
+        ),
+        Shape("skewed", "heavy popularity skew (Zipf 1.3)", zipf=1.3, sizes=(4_000, 5_000, 100_000)),
+        Shape("mild", "mild popularity skew (Zipf 0.5)", zipf=0.5, sizes=(4_000, 5_000, 100_000)),
+    )
+}
+
+
+def get_shape(name: str) -> Shape:
+    """A named shape; UserError listing the names."""
+    try:
+        return SHAPES[name]
+    except KeyError:
+        raise UserError(f"--shape: expected one of {', '.join(SHAPES)}, got {name!r}") from None
+
+
+@dataclass(frozen=True)
 class GeneratedData:
     """Paths of the written files and the sizes they were generated with."""
 
@@ -101,12 +164,13 @@ def _ids(prefix: str, n: int, odd_every: int) -> pa.Array:
 class _World:
     """Item clusters, popularity and successor table: O(n_items) state shared by all chunks."""
 
-    def __init__(self, rng: np.random.Generator, n_items: int) -> None:
+    def __init__(self, rng: np.random.Generator, n_items: int, shape: Shape = SHAPES["default"]) -> None:
         self.n_items = n_items
+        self.shape = shape
         self.n_clusters = int(np.clip(round(np.sqrt(n_items) / 2), 1, 2000))
         self.cluster = rng.integers(0, self.n_clusters, n_items)
         rank = rng.permutation(n_items)
-        self.weight = 1.0 / (rank + 1.0) ** 0.9
+        self.weight = 1.0 / (rank + 1.0) ** shape.zipf
         # Items sorted by cluster; cumulative weights let us sample "by weight within a cluster"
         # for many rows at once with one searchsorted. Successors use flatter weights than the
         # popularity noise so that the walk does not collapse onto a cluster's top item.
@@ -141,13 +205,15 @@ class _World:
         return self.order[np.minimum(pos, self.n_items - 1)]
 
 
-def _events_per_user(rng: np.random.Generator, n_users: int, n_events: int) -> np.ndarray:
+def _events_per_user(
+    rng: np.random.Generator, n_users: int, n_events: int, shape: Shape = SHAPES["default"]
+) -> np.ndarray:
     if n_users < 1 or n_events < n_users:
         raise UserError(
             f"need at least 1 user and at least one event per user, got {n_users} users, {n_events} events"
         )
-    base = min(5, n_events // n_users)
-    activity = rng.lognormal(0.0, 1.0, n_users)
+    base = min(shape.min_events, n_events // n_users)
+    activity = rng.lognormal(0.0, shape.activity_sigma, n_users)
     extra = rng.multinomial(n_events - base * n_users, activity / activity.sum())
     return base + extra
 
@@ -156,6 +222,8 @@ def _chunk(
     rng: np.random.Generator, world: _World, lengths: np.ndarray, first_user: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Walk every user of the chunk one step at a time (all users at once per step)."""
+    shape = world.shape
+    p_successor, p_cluster = shape.p_successor, shape.p_cluster
     k = len(lengths)
     by_len = np.argsort(-lengths, kind="stable")  # longest first: active users are a prefix
     lens = lengths[by_len]
@@ -172,7 +240,7 @@ def _chunk(
     pick_u = rng.random(total)
     gaps = np.ceil(rng.lognormal(np.log(900.0), 2.0, total)).astype(np.int64)
     gaps[rng.random(total) < P_TIE] = 0
-    succ_cum = np.cumsum(SUCCESSOR_P)
+    succ_cum = np.cumsum(np.asarray(shape.successor_p))
     recent = np.full((k, RECENT), -1, dtype=np.int64)
     for t in range(steps):
         a, lo = int(active[t]), int(offsets[t])
@@ -184,10 +252,10 @@ def _chunk(
             u = pick_u[lo:hi]
             j = np.minimum(np.searchsorted(succ_cum, u * succ_cum[-1]), N_SUCCESSORS - 1)
             nxt = world.successors[cur, j]
-            clus = m >= P_SUCCESSOR
+            clus = m >= p_successor
             if clus.any():
                 nxt[clus] = world.in_cluster(world.cluster[cur[clus]], u[clus])
-            glob = m >= P_SUCCESSOR + P_CLUSTER
+            glob = m >= p_successor + p_cluster
             if glob.any():
                 nxt[glob] = world.anywhere(u[glob])
             # Users rarely go back to what they just consumed: a pick among the user's last
@@ -274,6 +342,7 @@ def generate(
     fmt: Literal["parquet", "csv"] = "parquet",
     chunk_events: int = 2_000_000,
     on_chunk: Callable[[int, int], None] | None = None,
+    shape: str = "default",
 ) -> GeneratedData:
     """Write interactions, users and items files into `out_dir`; same arguments, same bytes.
 
@@ -281,7 +350,9 @@ def generate(
     `users.<fmt>` (user_id, gender, age_bucket, occupation, country, account_age_days),
     `items.<fmt>` (item_id, title, year, category, price, tags 'a|b').
     `on_chunk(events_written, n_events)` is called after each chunk (progress display).
+    `shape`: a name of `SHAPES` (the distribution knobs; sizes are the arguments).
     """
+    spec = get_shape(shape)
     if fmt not in ("parquet", "csv"):
         raise UserError(f"--format: expected parquet or csv, got {fmt!r}")
     if n_items < 1 or chunk_events < 1:
@@ -289,8 +360,8 @@ def generate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 0])
-    world = _World(rng, n_items)
-    lengths = _events_per_user(rng, n_users, n_events)
+    world = _World(rng, n_items, spec)
+    lengths = _events_per_user(rng, n_users, n_events, spec)
     user_ids = _ids("u", n_users, 53)
     item_ids = _ids("i", n_items, 41)
 
@@ -340,12 +411,15 @@ def generate_into(
     n_events: int,
     seed: int = 0,
     fmt: Literal["parquet", "csv"] = "parquet",
+    shape: str = "default",
 ) -> list[IngestResult]:
     """Generate data and ingest all three files into an open warehouse connection.
 
     Returns the three `IngestResult`s (interactions, users, items).
     """
-    data = generate(out_dir, n_users=n_users, n_items=n_items, n_events=n_events, seed=seed, fmt=fmt)
+    data = generate(
+        out_dir, n_users=n_users, n_items=n_items, n_events=n_events, seed=seed, fmt=fmt, shape=shape
+    )
     return [
         ingest_interactions(
             con,

@@ -34,7 +34,7 @@ from rechub_store.data.encodings import normalize_encoding
 from rechub_store.data.ingest import TIME_FORMATS, parse_time_bound
 from rechub_store.errors import UserError
 from rechub_store.publish.server import parse_url
-from rechub_store.training.config import MODEL_DEFAULTS, TrainConfig
+from rechub_store.training.config import MODEL_DEFAULTS, NEIGHBOUR_MODELS, TrainConfig
 
 RETRAIN_POLICIES = ("never", "always", "if-older-than", "if-missing")
 INDEX_KINDS = (*INDEXES, "auto")
@@ -186,10 +186,13 @@ class TrainSettings:
     max_age_days: float = 7.0  # for if-older-than
     model: str = "dssm"
     params: dict[str, Any] = field(default_factory=dict)  # trainer options (epochs, batch_size, ...)
+    # "last": retrain with the best parameters of the model's newest successful `tune` study
+    # (meta.tuning_studies) under `params`; "none": the trainer's defaults under `params`
+    use_tuned: str = "none"
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> TrainSettings:
-        check_keys(data, {"policy", "max_age_days", "model", "params"}, "train")
+        check_keys(data, {"policy", "max_age_days", "model", "params", "use_tuned"}, "train")
         params = data.get("params", {})
         if not isinstance(params, dict):
             raise UserError("train.params: expected a table")
@@ -203,16 +206,16 @@ class TrainSettings:
             ),
             model=model,
             params=dict(params),
+            use_tuned=as_choice(data.get("use_tuned", cls.use_tuned), "train.use_tuned", ("none", "last")),
         )
         settings.config()  # checked now, even when no retrain is due tonight
         return settings
 
     def config(self) -> Any:
         """The trainer's config (`TrainConfig`) for these settings; UserError naming the key."""
-        if self.model not in MODEL_DEFAULTS:
-            raise UserError(
-                f"train.model: unknown model {self.model!r}; choose one of {', '.join(MODEL_DEFAULTS)}"
-            )
+        if self.model not in MODEL_DEFAULTS and self.model not in NEIGHBOUR_MODELS:
+            known = [*MODEL_DEFAULTS, *NEIGHBOUR_MODELS]
+            raise UserError(f"train.model: unknown model {self.model!r}; choose one of {', '.join(known)}")
         if "model" in self.params or "progress" in self.params:
             raise UserError("train.params: set the model with train.model; progress is not a job option")
         try:

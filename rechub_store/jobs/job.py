@@ -55,6 +55,7 @@ from rechub_store.results.evaluate import evaluate_run
 from rechub_store.results.score import score_run
 from rechub_store.results.tables import utcnow
 from rechub_store.retrieval.scoring import load_context
+from rechub_store.tuning.study import tuned_config
 from rechub_store.warehouse import Warehouse, table_exists
 
 log = logging.getLogger(__name__)
@@ -332,13 +333,18 @@ class Nightly:
             assert latest is not None
             self.state.model_run_id = latest[0]
             raise _Skip({"policy": settings.policy, "model_run_id": latest[0], "reason": "model is current"})
+        config, study_id = _train_config(settings), None
+        if settings.use_tuned == "last":
+            config, study_id = tuned_config(con, config)
+            reason += f", parameters of tuning study {study_id}"
         log.info("training %s (%s)", settings.model, reason)
-        result = train(con, _train_config(settings), self.warehouse.threads)
+        result = train(con, config, self.warehouse.threads, tuned_from=study_id)
         self.state.model_run_id = result.model_run_id
         return 1, {
             "policy": settings.policy,
             "reason": reason,
             "model_run_id": result.model_run_id,
+            "tuned_from": study_id,
             "best_metric": result.best_metric,
             "best_epoch": result.best_epoch,
             "wall_seconds": result.wall_seconds,

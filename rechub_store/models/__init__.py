@@ -13,9 +13,11 @@ from torch import nn
 
 from rechub_store.data.specs import FeatureSchema
 from rechub_store.errors import UserError
+from rechub_store.models import dssm, gru4rec, sasrec, youtubednn
 from rechub_store.models.dssm import DSSM
 from rechub_store.models.gru4rec import GRU4Rec
 from rechub_store.models.sasrec import SASRec
+from rechub_store.models.space import Range
 from rechub_store.models.youtubednn import YoutubeDNN
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -23,6 +25,14 @@ MODELS: dict[str, type[nn.Module]] = {
     "youtubednn": YoutubeDNN,
     "gru4rec": GRU4Rec,
     "sasrec": SASRec,
+}
+
+# What `rechub-store tune` searches per model: each model file's SEARCH_SPACE (models/space.py).
+SEARCH_SPACES: dict[str, dict[str, Range]] = {
+    "dssm": dssm.SEARCH_SPACE,
+    "youtubednn": youtubednn.SEARCH_SPACE,
+    "gru4rec": gru4rec.SEARCH_SPACE,
+    "sasrec": sasrec.SEARCH_SPACE,
 }
 
 
@@ -35,4 +45,4 @@ def build_model(name: str, schema: FeatureSchema, **kwargs: Any) -> nn.Module:
     return cls(schema, **kwargs)
 
 
-__all__ = ["DSSM", "MODELS", "GRU4Rec", "SASRec", "YoutubeDNN", "build_model"]
+__all__ = ["DSSM", "MODELS", "SEARCH_SPACES", "GRU4Rec", "SASRec", "YoutubeDNN", "build_model"]

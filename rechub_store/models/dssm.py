@@ -17,6 +17,16 @@ from rechub_store.models.features import (
     user_input_dim,
     user_inputs,
 )
+from rechub_store.models.space import TRAINER_SPACE, Choice, Float, Range
+
+# Searched by `rechub-store tune` (see models/space.py).
+SEARCH_SPACE: dict[str, Range] = {
+    **TRAINER_SPACE,
+    "hidden": Choice(((256, 128), (128,), (512, 256))),
+    "dropout": Float(0.0, 0.3),
+    "temperature": Float(0.02, 0.2, log=True),
+    "history_pooling": Choice(("mean", "sum")),
+}
 
 
 class DSSM(nn.Module):

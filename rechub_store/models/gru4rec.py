@@ -9,6 +9,15 @@ from torch import Tensor, nn
 
 from rechub_store.data.specs import FeatureSchema
 from rechub_store.models.features import Embeddings, embedding_features, sparse_codes
+from rechub_store.models.space import TRAINER_SPACE, Choice, Float, Int, Range
+
+# Searched by `rechub-store tune` (see models/space.py).
+SEARCH_SPACE: dict[str, Range] = {
+    **TRAINER_SPACE,
+    "hidden_size": Choice((64, 128, 256)),
+    "num_layers": Int(1, 2),
+    "dropout": Float(0.0, 0.5),
+}
 
 
 def right_align(hist: Tensor) -> tuple[Tensor, Tensor]:

@@ -11,6 +11,15 @@ from torch import Tensor, nn
 
 from rechub_store.data.specs import FeatureSchema
 from rechub_store.models.features import Embeddings, embedding_features, fit_window, sparse_codes
+from rechub_store.models.space import TRAINER_SPACE, Choice, Float, Int, Range
+
+# Searched by `rechub-store tune` (see models/space.py); embed_dim choices are divisible by every head count.
+SEARCH_SPACE: dict[str, Range] = {
+    **TRAINER_SPACE,
+    "num_layers": Int(1, 3),
+    "num_heads": Choice((1, 2, 4)),
+    "dropout": Float(0.0, 0.5),
+}
 
 
 class _Block(nn.Module):

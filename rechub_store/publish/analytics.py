@@ -172,7 +172,8 @@ def publish_analytics(
 
     `con` is the job's (writable) warehouse connection; the new file is ATTACHed to it so the
     copy runs inside DuckDB. Tables: recommendations (the current run), evaluation_metrics,
-    model_runs, job_runs, items, item_attributes, item_tags, published, history_files;
+    model_runs, job_runs, items, item_attributes, item_tags, published, history_files, and
+    similar_items when an item-kNN run has been scored;
     `recommendations_history` is a view over one immutable Parquet file per PUBLISHED run
     (`analytics-history/`): the runs the previous analytics file held plus this one, the newest
     `keep_runs` by publish time (runs scored but never published, e.g. a failed nightly or a manual
@@ -235,6 +236,8 @@ def publish_analytics(
         try:
             for table in ("recommendations", "evaluation_metrics"):
                 con.execute(f"CREATE TABLE _publish.main.{table} AS SELECT * FROM main.{table}")
+            if table_exists(con, "main.similar_items"):  # item-to-item neighbours of an item-kNN run
+                con.execute("CREATE TABLE _publish.main.similar_items AS SELECT * FROM main.similar_items")
             if table_exists(con, "meta.model_runs"):
                 con.execute("CREATE TABLE _publish.main.model_runs AS SELECT * FROM meta.model_runs")
             if table_exists(con, "meta.job_runs"):

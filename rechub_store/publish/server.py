@@ -49,6 +49,7 @@ from rechub_store.schema import (
     MODEL_RUNS,
     RECOMMENDATIONS,
     RECOMMENDATIONS_HISTORY,
+    SIMILAR_ITEMS,
 )
 from rechub_store.schema import Table as SchemaTable
 from rechub_store.warehouse import Warehouse, column_names, quote_ident, table_exists
@@ -64,6 +65,7 @@ METRIC_COLUMNS = EVALUATION_METRICS.names
 METRIC_KEY = EVALUATION_METRICS.key
 MODEL_RUN_COLUMNS = MODEL_RUNS.names
 JOB_RUN_COLUMNS = JOB_RUNS.names
+SIMILAR_COLUMNS = SIMILAR_ITEMS.names
 
 
 # ---------------------------------------------------------------------------------------------- URLs
@@ -250,6 +252,14 @@ def _tables(names: _Names, live: str | None, *, pg: bool) -> tuple[sa.MetaData, 
             *_sa_columns(MODEL_RUNS, model_run_id={"primary_key": True}),
             schema=s,
         ),
+        # item-kNN neighbours (results/similar_items.py): replaced whole when the warehouse has them
+        "similar": sa.Table(
+            names.name("similar_items"),
+            md,
+            *_sa_columns(SIMILAR_ITEMS),
+            sa.PrimaryKeyConstraint(*SIMILAR_ITEMS.key, name=f"{names.name('similar_items')}_pkey"),
+            schema=s,
+        ),
         "job_runs": sa.Table(
             names.name("job_runs"), md, *_sa_columns(JOB_RUNS, run_id={"index": True}), schema=s
         ),
@@ -292,6 +302,7 @@ class _Source:
     model_run_id: str | None
     generated_at: datetime | None
     fingerprint: str
+    has_similar: bool = False  # main.similar_items exists (an item-kNN run was scored)
     _cursors: list[duckdb.DuckDBPyConnection] = field(default_factory=list)
 
     def reader(self, kind: str) -> pa.RecordBatchReader:
@@ -309,7 +320,8 @@ class _Source:
             "model_runs": (
                 "SELECT model_run_id, model, status, CAST(params AS VARCHAR), build_id, "
                 "CAST(vocab_sizes AS VARCHAR), CAST(history AS VARCHAR), best_epoch, best_metric, "
-                "artifact_path, wall_seconds, created_at, finished_at, error FROM meta.model_runs "
+                "artifact_path, wall_seconds, created_at, finished_at, error, tuned_from "
+                "FROM meta.model_runs "
                 f"WHERE model_run_id IN (SELECT DISTINCT model_run_id FROM {self.rec_table} "
                 "WHERE run_id = $run"
                 + (
@@ -321,6 +333,10 @@ class _Source:
             "job_runs": (
                 "SELECT run_id, job, step, status, started_at, finished_at, seconds, rows, "
                 f"{mask.format('details')}, {mask.format('error')} FROM meta.job_runs WHERE run_id = $run"
+            ),
+            # the whole current table, whatever the run ($run is bound for every query)
+            "similar_items": (
+                f"SELECT {', '.join(SIMILAR_COLUMNS)} FROM main.similar_items WHERE $run IS NOT NULL"
             ),
         }
         # A cursor of its own: DuckDB refuses new work on a connection with an unfinished result.
@@ -387,8 +403,24 @@ def _open_source(con: duckdb.DuckDBPyConnection, run_id: str | None) -> _Source:
         ).fetchall()[0]
     rows, model_run_id, generated_at, checksum = stats
     fingerprint = f"rows={rows};model={model_run_id};sum={checksum};metrics={mstats[0]}:{mstats[1]}"
+    has_similar = table_exists(con, "main.similar_items")
+    if has_similar:
+        similar = con.execute(
+            "SELECT count(*), sum(hash(item_id, similar_item_id, rank, score, model_run_id)) "
+            "FROM main.similar_items"
+        ).fetchall()[0]
+        fingerprint += f";similar={similar[0]}:{similar[1]}"
     return _Source(
-        con, run_id, table, has_metrics, metric_select, int(rows), model_run_id, generated_at, fingerprint
+        con,
+        run_id,
+        table,
+        has_metrics,
+        metric_select,
+        int(rows),
+        model_run_id,
+        generated_at,
+        fingerprint,
+        has_similar=has_similar,
     )
 
 
@@ -400,6 +432,21 @@ def _metric_select(con: duckdb.DuckDBPyConnection) -> str:
     return ", ".join(
         quote_ident(c) if c in have else f"{legacy[c]} AS {quote_ident(c)}" for c in METRIC_COLUMNS
     )
+
+
+def _add_missing_columns(conn: sa.Connection, table: sa.Table) -> list[str]:
+    """Add the nullable columns a server table created by an older version lacks (model_runs gained
+    `tuned_from`); rows are kept, the new columns NULL. Returns the columns added."""
+    prep = conn.dialect.identifier_preparer
+    qualified = prep.format_table(table)
+    have = set(conn.execute(sa.text(f"SELECT * FROM {qualified} WHERE 1 = 0")).keys())
+    added = [c for c in table.columns if c.name not in have and c.nullable]
+    for column in added:
+        kind = column.type.compile(dialect=conn.dialect)
+        conn.execute(sa.text(f"ALTER TABLE {qualified} ADD COLUMN {prep.quote(column.name)} {kind}"))
+    if added:
+        log.info("added %s to %s", ", ".join(c.name for c in added), qualified)
+    return [c.name for c in added]
 
 
 def _migrate_metrics(conn: sa.Connection, table: sa.Table, pg: bool) -> bool:
@@ -576,6 +623,7 @@ def _publish_once(
         conn.commit()
         with conn.begin():
             _migrate_metrics(conn, t["metrics"], pg)
+            _add_missing_columns(conn, t["model_runs"])
 
         lg = t["log"]
         previous = conn.execute(
@@ -672,6 +720,12 @@ def _publish_once(
             jobs = t["job_runs"]
             conn.execute(jobs.delete().where(jobs.c.run_id == src.run_id))
             result.rows["job_runs"] = _load(conn, jobs, JOB_RUN_COLUMNS, src.reader("job_runs"), pg)
+            if src.has_similar:  # the current item-to-item table replaces the server's
+                similar = t["similar"]
+                conn.execute(similar.delete())
+                result.rows["similar_items"] = _load(
+                    conn, similar, SIMILAR_COLUMNS, src.reader("similar_items"), pg
+                )
 
             # The log row, then retention over it: the newest `retention` runs (and this one) stay.
             conn.execute(lg.delete().where(lg.c.run_id == src.run_id))

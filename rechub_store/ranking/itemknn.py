@@ -39,6 +39,19 @@ class ItemKNN:
         self.fallback = fallback_scores(store)
         return self
 
+    @classmethod
+    def from_similar(
+        cls, similar: sp.csr_matrix, store: FeatureStore, neighbours: int, recent: int, decay: float
+    ) -> ItemKNN:
+        """A fitted model from a saved neighbour matrix, over `store` (possibly a newer build: items
+        the matrix does not know have no neighbours and fall back to popularity)."""
+        knn = cls(neighbours, recent, decay)
+        n = store.n_items
+        similar = sp.csr_matrix(similar, dtype=np.float32, copy=True)
+        similar.resize((n, n))
+        knn.similar, knn.store, knn.fallback = similar, store, fallback_scores(store)
+        return knn
+
     def _top_neighbours(self, interactions: sp.csr_matrix) -> sp.csr_matrix:
         """[n_items, n_items] CSR: each item's `neighbours` most similar other items (cosine > 0)."""
         n = interactions.shape[0]

@@ -186,8 +186,14 @@ def evaluate_split(
     repeat = repeat_targets(store, samples)
     masks = slice_masks(store, samples, repeat)
     exclude = exclusions(store, samples.user_code, samples.pos, samples.target, seen_filter)
-    users, items = evaluation_vectors(ctx.loaded.model, store, samples, ctx.eval_item_vecs)
     rows: list[dict[str, Any]] = []
+    if ctx.knn is not None:  # an item-kNN model run: exact ranking from its neighbour matrix
+        ranks = scorer_ranks(ctx.knn.scorer(samples.user_code, samples.pos), samples.target, exclude)
+        results = slice_metrics(ranks, masks, repeat, ks)
+        rows += _rows(run_id, ctx.model_run_id, split, "exact", seen_filter, results)
+        indexes = ()
+    else:
+        users, items = evaluation_vectors(ctx.loaded.model, store, samples, ctx.eval_item_vecs)
     for index in indexes:
         if index == "exact":
             ranks = exact_ranks(users, items, samples.target, exclude)
@@ -291,6 +297,8 @@ def evaluate_run(
     ks = sorted(set(int(k) for k in ks))
     for index in indexes:
         check_index(index)
+    if ctx.knn is not None:  # item-kNN model runs have no vectors for annoy: exact only
+        indexes = ("exact",)
     check_seen_filter(seen_filter)
     report = EvaluationReport(run_id, ctx.model_run_id, seen_filter)
     fitted = fit_baselines(ctx, baselines)

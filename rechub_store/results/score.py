@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from rechub_store.config import AnnoySettings, check_index
 from rechub_store.ranking.exact import Seen
+from rechub_store.results.similar_items import write_similar_items
 from rechub_store.results.tables import RecommendationWriter
 from rechub_store.retrieval.scoring import (
     ANNOY_FILE,
@@ -153,6 +154,10 @@ def score_run(
     history keeps `keep_runs` runs; re-scoring a run_id replaces it.
     """
     check_index(index)
+    if ctx.knn is not None:
+        if index == "annoy":
+            log.info("item-kNN run %s is ranked exactly (it has no vectors for annoy)", ctx.model_run_id)
+        index, save_embeddings = "exact", False
     t0 = time.perf_counter()
     if index == "annoy":
         ensure_annoy(ctx, k, annoy_settings)
@@ -190,6 +195,10 @@ def score_run(
     if emb is not None:
         emb.close()
     phases["index"] = index_seconds
+    if ctx.knn is not None:
+        t_similar = time.perf_counter()
+        write_similar_items(con, ctx.knn.similar, ctx.model_run_id, k)
+        phases["similar_items"] = time.perf_counter() - t_similar
     report = ScoreReport(
         run_id=run_id,
         model_run_id=ctx.model_run_id,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -19,13 +20,17 @@ from rechub_store.config import AnnoySettings, check_index
 from rechub_store.data.readers import FeatureStore
 from rechub_store.errors import UserError
 from rechub_store.models.features import reads_item_popularity
+from rechub_store.pipeline.itemknn import NAME as ITEMKNN
+from rechub_store.pipeline.itemknn import load_knn
+from rechub_store.ranking.baselines import SparseScorer
 from rechub_store.ranking.embeddings import (
     annoy_metric,
     encode_items,
     encode_users,
     normalize_for_index,
 )
-from rechub_store.ranking.exact import Seen, exact_topk
+from rechub_store.ranking.exact import Seen, exact_topk, scorer_topk
+from rechub_store.ranking.itemknn import ItemKNN
 from rechub_store.retrieval.annoy_index import (
     AnnoyItems,
     Tuning,
@@ -33,7 +38,7 @@ from rechub_store.retrieval.annoy_index import (
     measure_recall,
     sample_rows,
 )
-from rechub_store.training.registry import LoadedModel, load_model, models_dir
+from rechub_store.training.registry import LoadedModel, load_artifact, models_dir, resolve_run
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +64,25 @@ class ScoringContext:
     eval_item_vecs: np.ndarray | None = None
     eval_annoy: AnnoyItems | None = None
     threads: int | None = None  # annoy build and search threads (the warehouse's); None = every core
+    # an item-kNN model run: users are scored from their recent items through its neighbour matrix
+    # (exact ranking only; `item_vecs` is then a placeholder column that nothing ranks with)
+    knn: ItemKNN | None = None
+    knn_run: str | None = None
 
     @property
     def model_run_id(self) -> str:
-        return self.loaded.model_run_id
+        return self.knn_run if self.knn_run is not None else self.loaded.model_run_id
 
     @property
     def score_kind(self) -> str:
         return self.loaded.score_kind
 
-    def user_vectors(self, user_codes: np.ndarray, hist_end: np.ndarray | None = None) -> np.ndarray:
-        """Prepared user vectors from histories cut at `hist_end` (None = whole current history)."""
+    def user_vectors(self, user_codes: np.ndarray, hist_end: np.ndarray | None = None) -> Any:
+        """Prepared user vectors from histories cut at `hist_end` (None = whole current history);
+        for item-kNN, the users' recency-weighted recent items (sparse [U, n_items])."""
+        if self.knn is not None:
+            ends = self.store.history_length(user_codes) if hist_end is None else hist_end
+            return self.knn.history_weights(user_codes, ends)
         vecs = encode_users(self.loaded.model, self.store, user_codes, hist_end)
         return normalize_for_index(vecs, self.score_kind)
 
@@ -85,8 +98,25 @@ def load_context(
     threads: int | None = None,
 ) -> ScoringContext:
     """Load the feature store (with the given evaluation splits), the model and its item vectors;
-    `threads` for annoy (the warehouse's thread count)."""
-    loaded = load_model(con, model_run_id)
+    `threads` for annoy (the warehouse's thread count). An item-kNN run loads its neighbour matrix."""
+    run_id, model_name, path = resolve_run(con, model_run_id)
+    if model_name == ITEMKNN:
+        store = FeatureStore.load(con, None, splits=splits)
+        if store.n_items < 2:
+            raise UserError(
+                "the catalogue is empty: nothing to recommend (ingest events, then build-features)"
+            )
+        return ScoringContext(
+            store=store,
+            loaded=None,  # type: ignore[arg-type]  # no torch model: `knn` scores
+            item_vecs=np.zeros((store.n_items, 1), dtype=np.float32),
+            metric="dot",
+            model_dir=models_dir(con) / run_id,
+            threads=threads,
+            knn=load_knn(path, store),
+            knn_run=run_id,
+        )
+    loaded = load_artifact(path)
     store = FeatureStore.load(con, loaded.max_seq_len, splits=splits)
     items = normalize_for_index(encode_items(loaded.model, store), loaded.score_kind)
     eval_items = items
@@ -197,6 +227,8 @@ def topk(
     annoy_settings: AnnoySettings | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (codes, scores) by the chosen index, ties by code; seen items and padding never returned."""
+    if ctx.knn is not None:  # item-kNN: exact, from the neighbour matrix (user_vecs: its history rows)
+        return scorer_topk(SparseScorer(user_vecs, ctx.knn.similar, ctx.knn.fallback), k, seen)
     if check_index(index) == "exact":
         return exact_topk(user_vecs, ctx.item_vecs, k, seen)  # ~256 MB score blocks
     return ensure_annoy(ctx, k, annoy_settings).topk(user_vecs, k, seen, n_threads=ctx.threads)

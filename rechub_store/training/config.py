@@ -25,6 +25,9 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 # Up to this many items, softmax over the whole catalogue ('full') is cheap and the most accurate
 # objective; above it the default is list-wise sampled softmax with in-batch negatives + logQ.
 FULL_SOFTMAX_MAX_ITEMS = 100_000
+# Models fitted without gradient training (pipeline/itemknn.py): only `model_params`, `seed` and
+# `seen_filter` apply; their parameters and defaults.
+NEIGHBOUR_MODELS: dict[str, dict[str, Any]] = {"itemknn": {"neighbours": 100, "recent": 20, "decay": 0.8}}
 DEFAULT_NEG_RATIO = {"pointwise": 4, "pairwise": 1, "listwise": 20, "full": 0}
 
 
@@ -49,6 +52,7 @@ class TrainConfig:
     logq: bool = True  # in-batch: subtract log(popularity) (sampling-bias correction)
     max_seq_len: int | None = None  # default: the feature build's max_seq_len
     patience: int = 3  # epochs without a better validation NDCG@10 before stopping
+    warmup_steps: int = 0  # learning rate rises linearly from 0 over this many optimizer steps
     seed: int = 42
     grad_clip: float = 5.0
     valid_users: int | None = None  # validate on a seeded subsample of this many users (None = all)
@@ -64,10 +68,13 @@ class TrainConfig:
 
     def resolve(self, n_items: int) -> TrainConfig:
         """Fill model defaults and check values; raises UserError naming the bad option."""
+        if self.model in NEIGHBOUR_MODELS:
+            check_neighbour_params(self.model, self.model_params)
+            check_seen_filter(self.seen_filter)
+            return self
         if self.model not in MODEL_DEFAULTS:
-            raise UserError(
-                f"--model: unknown model {self.model!r}; choose one of {', '.join(MODEL_DEFAULTS)}"
-            )
+            known = [*MODEL_DEFAULTS, *NEIGHBOUR_MODELS]
+            raise UserError(f"--model: unknown model {self.model!r}; choose one of {', '.join(known)}")
         d = MODEL_DEFAULTS[self.model]
         neg_mode = self.neg_mode or ("full" if n_items <= FULL_SOFTMAX_MAX_ITEMS else "listwise")
         if neg_mode not in TRAIN_NEG_MODES:
@@ -134,7 +141,11 @@ class TrainConfig:
         for name, value, low in checks:
             if not math.isfinite(value) or value < low:
                 raise UserError(f"{name}: expected a finite number >= {low:g}, got {value}")
-        for name, value in (("neg_ratio", self.neg_ratio), ("seed", self.seed)):
+        for name, value in (
+            ("neg_ratio", self.neg_ratio),
+            ("seed", self.seed),
+            ("warmup_steps", self.warmup_steps),
+        ):
             if value is not None and value < 0:
                 raise UserError(f"{name}: expected an integer >= 0, got {value}")
         if self.valid_users is not None and self.valid_users < 1:
@@ -153,6 +164,26 @@ class TrainConfig:
         for key, value in data.items():
             _check_type(key, value, hints[key])
         return cls(**data)
+
+
+def check_neighbour_params(model: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A neighbourhood model's parameters over its defaults: neighbours and recent integers >= 1,
+    decay in (0, 1]; unknown keys are a UserError naming them."""
+    defaults = NEIGHBOUR_MODELS[model]
+    unknown = set(params) - set(defaults)
+    if unknown:
+        raise UserError(
+            f"{model}: unknown model_params {', '.join(sorted(unknown))} (known: {', '.join(defaults)})"
+        )
+    merged = {**defaults, **params}
+    for key in ("neighbours", "recent"):
+        value = merged[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{model}: model_params.{key} must be an integer >= 1, got {value!r}")
+    decay = merged["decay"]
+    if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 < decay <= 1:
+        raise UserError(f"{model}: model_params.decay must be a number in (0, 1], got {decay!r}")
+    return merged
 
 
 def _check_type(key: str, value: Any, hint: Any) -> None:

@@ -44,6 +44,13 @@ class TwoTowerAdam:
         self._lazy_state: dict[int, list] = {}
         self._built = False
 
+    def set_lr(self, lr: float) -> None:
+        """Change the learning rate of every parameter (a warm-up schedule calls this per step)."""
+        self.lr = lr
+        if self._dense is not None:
+            for group in self._dense.param_groups:
+                group["lr"] = lr
+
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None

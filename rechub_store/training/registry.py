@@ -56,11 +56,21 @@ def start_run(
     params: dict[str, Any],
     build_id: str | None,
     vocab_sizes: dict[str, int],
+    tuned_from: str | None = None,
 ) -> None:
+    """Register a running model run; `tuned_from`: the tuning study whose parameters it uses."""
     con.execute(
         "INSERT INTO meta.model_runs (model_run_id, model, status, params, build_id, vocab_sizes, "
-        "created_at) VALUES (?, ?, 'running', ?, ?, ?, ?)",
-        [run_id, model, json.dumps(params, default=str), build_id, json.dumps(vocab_sizes), _now()],
+        "created_at, tuned_from) VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
+        [
+            run_id,
+            model,
+            json.dumps(params, default=str),
+            build_id,
+            json.dumps(vocab_sizes),
+            _now(),
+            tuned_from,
+        ],
     )
 
 
@@ -129,7 +139,7 @@ def list_runs(con: duckdb.DuckDBPyConnection, limit: int | None = None) -> list[
     require_table(con, "meta.model_runs", "no model runs yet: run `rechub-store train`")
     sql = (
         "SELECT model_run_id, model, status, build_id, best_epoch, best_metric, wall_seconds, artifact_path, "
-        "created_at, finished_at, error, params, vocab_sizes, history FROM meta.model_runs "
+        "created_at, finished_at, error, params, vocab_sizes, history, tuned_from FROM meta.model_runs "
         "ORDER BY created_at DESC, model_run_id DESC"
     )
     if limit:
@@ -237,18 +247,22 @@ def load_artifact(path: Path | str) -> LoadedModel:
     )
 
 
-def load_model(target: Warehouse | duckdb.DuckDBPyConnection, model_run_id: str | None = None) -> LoadedModel:
-    """Load a registered model run (default: the latest successful one)."""
-    if isinstance(target, Warehouse):
-        with target.session(read_only=True) as con:
-            return load_model(con, model_run_id)
-    con = target
+def resolve_run(con: duckdb.DuckDBPyConnection, model_run_id: str | None = None) -> tuple[str, str, Path]:
+    """(model run id, model name, artifact folder) of a successful run (default: the latest)."""
     run_id = model_run_id or latest_run_id(con)
     row = con.execute(
-        "SELECT status, artifact_path FROM meta.model_runs WHERE model_run_id = ?", [run_id]
+        "SELECT status, artifact_path, model FROM meta.model_runs WHERE model_run_id = ?", [run_id]
     ).fetchone()
     if row is None:
         raise UserError(f"model run {run_id!r} not found: see `rechub-store runs`")
     if row[0] != "success" or not row[1]:
         raise UserError(f"model run {run_id!r} has status {row[0]} and no usable artifact")
-    return load_artifact(artifact_location(con, run_id, row[1]))
+    return run_id, str(row[2]), artifact_location(con, run_id, row[1])
+
+
+def load_model(target: Warehouse | duckdb.DuckDBPyConnection, model_run_id: str | None = None) -> LoadedModel:
+    """Load a registered model run (default: the latest successful one)."""
+    if isinstance(target, Warehouse):
+        with target.session(read_only=True) as con:
+            return load_model(con, model_run_id)
+    return load_artifact(resolve_run(target, model_run_id)[2])

@@ -91,6 +91,15 @@ class FitResult:
     best_metric: float = -1.0
     popularity: dict[str, float] = field(default_factory=dict)
     samples_per_second: float = 0.0
+    stopped_by: str | None = None  # "callback" when an epoch callback ended training early
+
+
+# Called after each epoch with (epoch, validation NDCG@10 or -train loss, the epoch's history row);
+# returning True stops training there (the best epoch so far is kept). Tuning prunes through it.
+EpochCallback = Callable[[int, float, dict[str, Any]], bool | None]
+# Asked before every step; True abandons the running epoch unvalidated and ends training with the best
+# epoch so far (tuning's wall-clock budget, when one epoch is long).
+StopCheck = Callable[[], bool]
 
 
 @dataclass
@@ -168,6 +177,7 @@ class Trainer:
         self.optimizer = TwoTowerAdam(
             model, float(config.lr), config.weight_decay, sparse=config.sparse_embeddings
         )
+        self.steps = 0  # optimizer steps taken (the warm-up schedule counts them)
         # items enter the tower with point-in-time popularity when it reads popularity at all
         self.item_pit = reads_item_popularity(model, store)
         if self.item_pit and store.popularity_index is None:
@@ -293,6 +303,10 @@ class Trainer:
             raise RuntimeError(f"training diverged at epoch {epoch} (loss {loss.item()}): lower --lr")
         self.optimizer.zero_grad()
         loss.backward()
+        self.steps += 1
+        warmup = int(self.config.warmup_steps or 0)
+        if warmup > 0 and self.steps <= warmup + 1:
+            self.optimizer.set_lr(float(self.config.lr) * min(1.0, self.steps / warmup))
         if self.config.grad_clip and self.config.grad_clip > 0:
             self.optimizer.clip_grad_norm(self.config.grad_clip)
         self.optimizer.step()
@@ -309,9 +323,16 @@ class Trainer:
             return
         yield from prefetch(batches, depth=2)
 
-    def fit(self, valid: Samples | None, validation: Validation | None = None) -> FitResult:
+    def fit(
+        self,
+        valid: Samples | None,
+        validation: Validation | None = None,
+        on_epoch: EpochCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> FitResult:
         """Epochs until `patience` epochs without a better validation NDCG@10 (without validation
-        samples or a `validation`: the training loss); the best epoch's weights are restored."""
+        samples or a `validation`: the training loss); the best epoch's weights are restored.
+        `on_epoch` / `should_stop`: see `EpochCallback` / `StopCheck`."""
         cfg = self.config
         result = FitResult()
         if validation is None:
@@ -333,6 +354,9 @@ class Trainer:
             ):
                 t_data = time.perf_counter()
                 for prep in batches:
+                    if should_stop is not None and should_stop():
+                        result.stopped_by = "stop check"
+                        break
                     data_s += time.perf_counter() - t_data  # time the step waited for its data
                     loss, n_targets = self.train_step(prep, epoch)
                     loss_sum += loss * n_targets
@@ -343,6 +367,8 @@ class Trainer:
                             bar[1], advance=1, info=f"loss {loss_sum / seen_rows:.4f}  {rate:,.0f} samples/s"
                         )
                     t_data = time.perf_counter()
+            if result.stopped_by is not None:
+                break
             train_s = time.perf_counter() - t0
             total_samples += seen_rows
             total_time += train_s
@@ -371,6 +397,9 @@ class Trainer:
                 stale += 1
                 if stale >= cfg.patience:
                     break
+            if on_epoch is not None and on_epoch(epoch, metric, row):
+                result.stopped_by = "callback"
+                break
         if best_state is not None:
             self.model.load_state_dict(best_state)
         self.model.eval()
@@ -402,6 +431,8 @@ def fit_model(
     threads: int | None = None,
     popularity_index: Callable[[], ItemPopularityIndex] | None = None,
     validation: Validation | None = None,
+    on_epoch: EpochCallback | None = None,
+    should_stop: StopCheck | None = None,
 ) -> tuple[nn.Module, FitResult, TrainConfig]:
     """Build and fit a model on an already loaded store (no registry); used by `train` and tests.
 
@@ -409,6 +440,8 @@ def fit_model(
     `validation`: how the validation samples are scored (None: no validation, the training loss).
     `popularity_index`: loads the store's point-in-time popularity index if the model turns out to
     read item popularity and the store was loaded without it (the index holds every event).
+    `on_epoch`: see `EpochCallback` (tuning reports each epoch's validation NDCG and prunes);
+    `should_stop`: see `StopCheck`.
     """
     cfg = replace(config.resolve(store.n_items), max_seq_len=config.max_seq_len or store.max_seq_len)
     torch.set_num_threads(max(1, int(threads or os.cpu_count() or 1)))
@@ -443,7 +476,7 @@ def fit_model(
     valid = store.samples.get("valid")
     if valid is not None:
         valid = _valid_subset(valid, cfg.valid_users, cfg.seed)
-    result = Trainer(model, store, cfg, source).fit(valid, validation)
+    result = Trainer(model, store, cfg, source).fit(valid, validation, on_epoch, should_stop)
     return model, result, cfg
 
 
@@ -455,11 +488,13 @@ def train(
     config: TrainConfig,
     validation: ValidationFor | None = None,
     threads: int | None = None,
+    tuned_from: str | None = None,
 ) -> ModelRunResult:
     """Train, register and save one model run; returns its summary. Failures are recorded as failed.
 
     `validation` builds the validation scoring for the loaded store (None: no validation);
-    `threads`: torch threads, the warehouse's (`Warehouse.threads`) when called through the pipeline.
+    `threads`: torch threads, the warehouse's (`Warehouse.threads`) when called through the pipeline;
+    `tuned_from`: the tuning study whose best parameters `config` carries (recorded on the run).
     """
     t0 = time.perf_counter()
     static = config.neg_sampler == "static"
@@ -474,7 +509,7 @@ def train(
     run_id = registry.new_run_id(cfg.model)
     schema = store.schema(cfg.max_seq_len)
     vocab = schema.vocab_sizes()
-    registry.start_run(con, run_id, cfg.model, cfg.to_dict(), store.build_id, vocab)
+    registry.start_run(con, run_id, cfg.model, cfg.to_dict(), store.build_id, vocab, tuned_from)
     try:
         source = StreamingSamples(con, cfg.seed, static_negatives=static) if cfg.streaming else None
         model, fit, cfg = fit_model(

@@ -170,3 +170,47 @@ def test_bad_sizes_are_user_errors(tmp_path: Path) -> None:
         generate(tmp_path, n_users=10, n_items=5, n_events=3)
     with pytest.raises(UserError):
         generate(tmp_path, n_users=10, n_items=5, n_events=100, fmt="json")  # type: ignore[arg-type]
+
+
+def _shape_stats(tmp_path: Path, shape: str, scale: int = 1, sizes_of: str | None = None) -> dict[str, float]:
+    """Median events per user, distinct items, share of events on the top 1% of items, and how often
+    the next item is the most common successor of the previous one (first-order predictability)."""
+    from rechub_store.data.generate import SHAPES
+
+    users, items, events = (max(1, n // scale) for n in SHAPES[sizes_of or shape].sizes)
+    d = generate(
+        tmp_path / f"{shape}-{sizes_of}", n_users=users, n_items=items, n_events=events, seed=0, shape=shape
+    )
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE ev AS SELECT user_id, item_id, "
+        f"row_number() OVER (PARTITION BY user_id ORDER BY ts) AS rn FROM '{d.interactions}'"
+    )
+    median, n_items = con.execute(
+        "SELECT median(c), (SELECT count(DISTINCT item_id) FROM ev) FROM "
+        "(SELECT count(*) c FROM ev GROUP BY user_id)"
+    ).fetchone()
+    top = con.execute(
+        "SELECT sum(c) FILTER (WHERE r <= greatest(1, n // 100)) / sum(c) FROM (SELECT count(*) c, "
+        "row_number() OVER (ORDER BY count(*) DESC, item_id) r, count(*) OVER () n FROM ev GROUP BY item_id)"
+    ).fetchone()[0]
+    first_order = con.execute(
+        "WITH pairs AS (SELECT a.item_id p, b.item_id n, count(*) c FROM ev a JOIN ev b "
+        "ON a.user_id = b.user_id AND b.rn = a.rn + 1 GROUP BY a.item_id, b.item_id) "
+        "SELECT sum(m) / sum(t) FROM (SELECT max(c) m, sum(c) t FROM pairs GROUP BY p)"
+    ).fetchone()[0]
+    return {"median": median, "items": n_items, "top1": top, "first_order": first_order}
+
+
+def test_shapes_have_the_promised_statistics(tmp_path: Path) -> None:
+    short = _shape_stats(tmp_path, "short")
+    assert short["median"] < 10 and short["items"] >= 10_000 and short["first_order"] > 0.5
+    long = _shape_stats(tmp_path, "long", scale=4)
+    assert long["median"] >= 100
+    weak = _shape_stats(tmp_path, "weak-seq", scale=4)
+    default = _shape_stats(tmp_path, "default", scale=4, sizes_of="weak-seq")
+    assert weak["first_order"] < 0.6 * default["first_order"]
+    skewed, mild = _shape_stats(tmp_path, "skewed", scale=4), _shape_stats(tmp_path, "mild", scale=4)
+    assert skewed["top1"] > 3 * mild["top1"]
+    with pytest.raises(UserError, match="--shape"):
+        generate(tmp_path / "x", n_users=5, n_items=5, n_events=50, shape="wide")

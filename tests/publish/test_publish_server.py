@@ -392,3 +392,25 @@ def test_a_duckdb_file_through_duckdb_engine_works_too(warehouse, fill_results, 
         ).fetchall() == [("run-1", 6), ("run-2", 9)]
     finally:
         con.close()
+
+
+def test_similar_items_are_published_whole_and_replaced(warehouse, pg_url, fill_results):
+    """An item-kNN run's `similar_items` (results/similar_items.py) goes to the server beside the run;
+    a new neighbour table replaces the old one (the fingerprint notices the change)."""
+    fill_results(warehouse, "run-1", ODD_USERS, day=1)
+    with warehouse.session() as con:
+        con.execute(
+            "CREATE TABLE main.similar_items AS SELECT * FROM (VALUES ('ä,1', 'b\"2', 1, 0.9, 'knn-1', "
+            "TIMESTAMP '2026-01-01'), ('ä,1', 'c', 2, 0.5, 'knn-1', TIMESTAMP '2026-01-01')) "
+            "t(item_id, similar_item_id, rank, score, model_run_id, generated_at)"
+        )
+    assert publish_to_url(warehouse, pg_url).rows["similar_items"] == 2
+    assert _rows(pg_url, "SELECT item_id, similar_item_id, rank FROM similar_items ORDER BY rank") == [
+        ("ä,1", 'b"2', 1),
+        ("ä,1", "c", 2),
+    ]
+    assert _pk(pg_url, "similar_items") == ["item_id", "rank"]
+    with warehouse.session() as con:
+        con.execute("DELETE FROM main.similar_items WHERE rank = 2")
+    assert publish_to_url(warehouse, pg_url, run_id="run-1").status == "published"
+    assert _rows(pg_url, "SELECT count(*) FROM similar_items") == [(1,)]
