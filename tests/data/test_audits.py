@@ -61,7 +61,8 @@ FAULTS = {
         "UPDATE features.samples SET user_event_count = user_event_count + 1 WHERE pos = 3",
         # counts one event too few: the event before the count is not the last one before event_ts
         "UPDATE features.samples SET user_event_count = user_event_count - 1 "
-        "WHERE user_event_count > 0 AND user_code = (SELECT code FROM features.vocab_user_id WHERE value = 'u0')",
+        "WHERE user_event_count > 0 "
+        "AND user_code = (SELECT code FROM features.vocab_user_id WHERE value = 'u0')",
         "UPDATE features.samples SET user_event_count = -1 WHERE pos = 1",
         # the item's popularity reaches its total: it counted the sample itself
         "UPDATE features.samples SET item_popularity = item_popularity + 10 WHERE pos = 2",
@@ -74,7 +75,8 @@ FAULTS = {
         "UPDATE features.samples_valid SET pos = pos - 1",
         "UPDATE features.samples_train SET pos = 0 WHERE pos = 1",
         "INSERT INTO features.samples_test SELECT * FROM features.samples_valid",
-        "DELETE FROM features.user_history WHERE user_code = (SELECT min(user_code) FROM features.samples_test)",
+        "DELETE FROM features.user_history "
+        "WHERE user_code = (SELECT min(user_code) FROM features.samples_test)",
         "UPDATE features.events SET item_code = item_code % 8 + 1 WHERE seq = 2",
     ],
     "history_matches_events": [
@@ -82,9 +84,11 @@ FAULTS = {
         "UPDATE features.user_history SET ts_list = list_transform(ts_list, lambda t: t + INTERVAL 1 SECOND) "
         "WHERE n_events > 4",
         "UPDATE features.user_history SET n_events = n_events + 1 WHERE n_events = 2",
-        "UPDATE features.user_history SET item_codes = item_codes[2:], ts_list = ts_list[2:] WHERE n_events = 4",
+        "UPDATE features.user_history SET item_codes = item_codes[2:], ts_list = ts_list[2:] "
+        "WHERE n_events = 4",
         "DELETE FROM features.events WHERE seq = 1",
-        "INSERT INTO features.events SELECT user_code, item_code, ts, seq + 100 FROM features.events WHERE seq = 0",
+        "INSERT INTO features.events "
+        "SELECT user_code, item_code, ts, seq + 100 FROM features.events WHERE seq = 0",
     ],
 }
 
