@@ -132,6 +132,7 @@ def step_bare(source: Path, wh_path: Path, threads: int, memory_limit: str | Non
     import duckdb
 
     db = wh_path.with_name("bare.duckdb")
+    db.parent.mkdir(parents=True, exist_ok=True)
     for leftover in (db, db.with_name(db.name + ".wal")):
         leftover.unlink(missing_ok=True)
     con = duckdb.connect(str(db))

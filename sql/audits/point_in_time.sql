@@ -1,24 +1,23 @@
 -- Must return no rows: a sample whose point-in-time features count its own event or later ones.
 -- user_event_count = c must mean: the user's event at seq c - 1 is strictly before event_ts and the
 -- one at seq c is not (events are numbered in time order). item_popularity can never reach the
--- item's total. Checked set-wise: each sample meets the two events it needs by a join on
--- (user_code, seq), never by indexing its user's whole history list.
+-- item's total. Checked set-wise: each event carries its predecessor's time (one pass over the
+-- events in user order), and each sample meets the event at seq c by one join on (user_code, seq),
+-- never by indexing its user's whole history list.
 with samples as (
     select user_code, target_item_code, pos, event_ts, user_event_count, item_popularity
     from features.samples
 ),
 
 events as (
-    select user_code, seq, ts from features.events
+    select user_code, seq, ts, lag(ts) over (partition by user_code order by seq) as previous_ts
+    from features.events
 ),
 
 checked as (
-    select s.*, before.ts as ts_before, at_count.ts as ts_at, p.n_events as item_events
+    select s.*, e.previous_ts as ts_before, e.ts as ts_at, p.n_events as item_events
     from samples s
-    left join events before
-        on before.user_code = s.user_code and before.seq = s.user_event_count - 1
-    left join events at_count
-        on at_count.user_code = s.user_code and at_count.seq = s.user_event_count
+    left join events e on e.user_code = s.user_code and e.seq = s.user_event_count
     left join features.item_popularity p on p.item_code = s.target_item_code
 ),
 
