@@ -79,6 +79,19 @@ FAULTS = {
         "WHERE user_code = (SELECT min(user_code) FROM features.samples_test)",
         "UPDATE features.events SET item_code = item_code % 8 + 1 WHERE seq = 2",
     ],
+    "negatives_not_positive": [
+        # a negative that is the sample's own target, or an item of its history
+        "UPDATE features.negatives_train n SET neg_item_code = s.target_item_code "
+        "FROM features.samples_train s "
+        "WHERE s.user_code = n.user_code AND s.pos = n.pos AND n.neg_rank = 1 AND s.pos = 2",
+        "UPDATE features.negatives_train n SET neg_item_code = e.item_code FROM features.events e "
+        "WHERE e.user_code = n.user_code AND e.seq = 0 AND n.neg_rank = 1",
+        # a negative whose sample is not a training sample (past the range, or in a hole of it)
+        "UPDATE features.negatives_train SET pos = pos + 10 WHERE neg_rank = 2",
+        "DELETE FROM features.samples_train WHERE pos = 2",
+        "DELETE FROM features.samples_train "
+        "WHERE user_code = (SELECT min(user_code) FROM features.negatives_train)",
+    ],
     "history_matches_events": [
         "UPDATE features.user_history SET item_codes = list_reverse(item_codes)",
         "UPDATE features.user_history SET ts_list = list_transform(ts_list, lambda t: t + INTERVAL 1 SECOND) "
