@@ -111,10 +111,14 @@ def blocked_topk(
         return codes_out, scores_out
     item_block = max(1, min(item_block, n_items))
     buffer = torch.empty((min(row_block, n_rows), item_block), dtype=torch.float32)
+    scratch = np.empty(tuple(buffer.shape), dtype=np.float32)
+    passing = np.empty(tuple(buffer.shape), dtype=bool)
     with torch.inference_mode():
         for start in range(0, n_rows, row_block):
             stop = min(start + row_block, n_rows)
-            best = _row_block_topk(score, start, stop, n_items, take, item_block, buffer, exclude)
+            best = _row_block_topk(
+                score, start, stop, n_items, take, item_block, buffer, scratch, passing, exclude
+            )
             best = -np.sort(-best, axis=1)  # (score desc, code asc)
             scores = key_scores(best)
             finite = np.isfinite(scores)
@@ -131,9 +135,13 @@ def _row_block_topk(
     take: int,
     item_block: int,
     buffer: torch.Tensor,
+    scratch: np.ndarray,
+    passing: np.ndarray,
     exclude: tuple[np.ndarray, np.ndarray] | None,
 ) -> np.ndarray:
-    """The `take` best keys (unsorted) of rows [start, stop)."""
+    """The `take` best keys (unsorted) of rows [start, stop). `buffer`, `scratch` and `passing` are
+    [row_block, item_block] work arrays reused for every block (fresh multi-MiB arrays per block
+    cost page faults)."""
     rows = stop - start
     seen = None
     if exclude is not None:
@@ -159,9 +167,13 @@ def _row_block_topk(
             seen.mask(block, lo, hi)
         if not full and width >= take:
             # the take-th best score of this block alone: `take` items beat anything below it
-            own = np.partition(block, width - take, axis=1)[:, width - take : width - take + 1]
-            threshold = np.maximum(threshold, own)
-        flat = np.flatnonzero(block >= threshold)
+            # (partitioned in a reused buffer: a fresh copy per block costs page faults)
+            work = scratch[:rows, :width]
+            work[...] = block
+            work.partition(width - take, axis=1)
+            threshold = np.maximum(threshold, work[:, width - take : width - take + 1])
+        np.greater_equal(block, threshold, out=passing[:rows, :width])
+        flat = np.flatnonzero(passing[:rows, :width])
         if not len(flat):
             continue
         r = flat // width
