@@ -11,6 +11,8 @@ is excluded, as in production.
 
 Each mode runs in its own process so its peak RSS is its own:
 - `exact`: blocked matmul + running top-k for every user (ranking/exact.py, ranking/topk.py).
+- `auto`: what `index = auto` would measure and choose for this catalogue (both indexes timed on
+  `--tune-users` sampled users; `--users` is the run size it projects to).
 - `roofline`: exact top-k users/s beside `torch.mm` alone on the same users (the machine's matmul
   throughput) and beside the previous full-row `torch.topk`, alternating in one process.
 - `annoy`: build + auto-tune to recall@k >= 0.95 vs exact on 1000 users, then every user;
@@ -265,7 +267,36 @@ def mode_roofline(a: argparse.Namespace, world: World) -> dict:
     return out
 
 
-MODES = {"exact": mode_exact, "annoy": mode_annoy, "e2e": mode_e2e, "roofline": mode_roofline}
+def mode_auto(a: argparse.Namespace, world: World) -> dict:
+    """What `index = auto` measures and decides for this catalogue: the tuned annoy index and exact
+    top-k timed on the same `--tune-users` sampled users (retrieval/autoindex.py's calibrate)."""
+    from rechub_store.paths import thread_count
+    from rechub_store.ranking.exact import exact_topk
+    from rechub_store.retrieval.annoy_index import measure_recall
+    from rechub_store.retrieval.autoindex import calibrate
+
+    t0 = time.perf_counter()
+    index, tuning = _tuned_index(a, world)
+    build = time.perf_counter() - t0
+    vecs, seen = world.users(np.arange(1, a.tune_users + 1, dtype=np.int64), a.hist)
+    c = calibrate(
+        a.users,
+        len(vecs),
+        exact=lambda: exact_topk(vecs, world.item_vecs, a.k, seen),
+        annoy=lambda: index.topk(vecs, a.k, seen, n_threads=thread_count()),
+        annoy_recall=lambda: measure_recall(index, vecs, a.k, seen, thread_count()),
+        target_recall=a.target_recall,
+    )
+    return {**c.as_dict(), "annoy_build_and_tune_seconds": round(build, 2), "search_k": tuning.search_k}
+
+
+MODES = {
+    "exact": mode_exact,
+    "annoy": mode_annoy,
+    "e2e": mode_e2e,
+    "roofline": mode_roofline,
+    "auto": mode_auto,
+}
 
 
 # ---------------------------------------------------------------------------- driver
