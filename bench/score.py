@@ -270,7 +270,6 @@ def mode_roofline(a: argparse.Namespace, world: World) -> dict:
 def mode_auto(a: argparse.Namespace, world: World) -> dict:
     """What `index = auto` measures and decides for this catalogue: the tuned annoy index and exact
     top-k timed on the same `--tune-users` sampled users (retrieval/autoindex.py's calibrate)."""
-    from rechub_store.paths import thread_count
     from rechub_store.ranking.exact import exact_topk
     from rechub_store.retrieval.annoy_index import measure_recall
     from rechub_store.retrieval.autoindex import calibrate
@@ -283,8 +282,8 @@ def mode_auto(a: argparse.Namespace, world: World) -> dict:
         a.users,
         len(vecs),
         exact=lambda: exact_topk(vecs, world.item_vecs, a.k, seen),
-        annoy=lambda: index.topk(vecs, a.k, seen, n_threads=thread_count()),
-        annoy_recall=lambda: measure_recall(index, vecs, a.k, seen, thread_count()),
+        annoy=lambda: index.topk(vecs, a.k, seen, n_threads=a.threads),
+        annoy_recall=lambda: measure_recall(index, vecs, a.k, seen, a.threads),
         target_recall=a.target_recall,
     )
     return {**c.as_dict(), "annoy_build_and_tune_seconds": round(build, 2), "search_k": tuning.search_k}
