@@ -2,12 +2,16 @@
 side with Torch-RecHub 0.9.0's `generate_seq_feature_match` + `gen_model_input` on the same log.
 
     RECHUB_THREADS=2 python bench/featgen.py --events 1000000
+    RECHUB_THREADS=2 python bench/featgen.py --events 1000000 10000000 --source movielens
     python bench/featgen.py --events 1000000 10000000 100000000 --memory-limit 10GB
     python bench/featgen.py --events 100000 1000000 --compare 100000 1000000   # needs torch-rechub, pandas
 
 Each measured step runs in its own child process, so peak RSS (ru_maxrss) is that step's own:
 `generate` (not part of the target), `ingest`, `build` (build-features with default parameters),
-`rechub` (Torch-RecHub). Results go to bench/out/featgen.json (one entry per size, appended runs
+`rechub` (Torch-RecHub), and `bare`: DuckDB alone reading the same interactions file and grouping
+it into per-user time-ordered lists (the floor; the ratio (ingest + build) / bare is printed).
+`--source movielens` writes the log as an ml-1m ratings.dat and times `ingest movielens`.
+Results go to bench/out/featgen.json (one entry per size, appended runs
 replace the same size). Generated files are kept under --work (default bench/out/work, git-ignored)
 and reused when present.
 """
@@ -108,6 +112,54 @@ def step_ingest(data_dir: Path, wh_path: Path, threads: int, memory_limit: str |
     return {"seconds": time.perf_counter() - t0, "raw_interactions": rows, "batches": len(results)}
 
 
+def step_ingest_movielens(
+    ml_dir: Path, wh_path: Path, threads: int, memory_limit: str | None
+) -> dict[str, Any]:
+    """`ingest movielens` of the log written as an ml-1m ratings.dat (no users.dat / movies.dat)."""
+    from rechub_store.data.movielens import ingest_movielens
+
+    if wh_path.exists():
+        wh_path.unlink()
+    t0 = time.perf_counter()
+    with _warehouse(wh_path, threads, memory_limit).session() as con:
+        results = ingest_movielens(con, ml_dir, max_reject_ratio=None)
+    return {"seconds": time.perf_counter() - t0, "raw_interactions": results[0].rows_accepted}
+
+
+def step_bare(source: Path, wh_path: Path, threads: int, memory_limit: str | None) -> dict[str, Any]:
+    """DuckDB alone: read the same interactions file and group it into per-user time-ordered lists,
+    written to a DuckDB file beside the warehouse (the floor that ingest + build is compared with)."""
+    import duckdb
+
+    db = wh_path.with_name("bare.duckdb")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in (db, db.with_name(db.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    con = duckdb.connect(str(db))
+    con.execute(f"SET threads = {threads}")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    if source.is_dir():  # movielens: ratings.dat
+        path = str(source / "ratings.dat").replace("'", "''")
+        reader = (
+            f"read_csv('{path}', delim='::', header=false, auto_detect=false, "
+            "columns={'user_id': 'BIGINT', 'item_id': 'BIGINT', 'rating': 'DOUBLE', 'ts': 'BIGINT'})"
+        )
+    else:
+        reader = f"read_parquet('{str(source).replace(chr(39), chr(39) * 2)}')"
+    t0 = time.perf_counter()
+    con.execute(
+        "CREATE TABLE user_lists AS SELECT user_id, list(item_id ORDER BY ts) AS items, "
+        f"list(ts ORDER BY ts) AS ts_list, count(*) AS n FROM {reader} GROUP BY user_id"
+    )
+    con.execute("CHECKPOINT")
+    seconds = time.perf_counter() - t0
+    (users,) = con.execute("SELECT count(*) FROM user_lists").fetchone()  # type: ignore[misc]
+    con.close()
+    db.unlink(missing_ok=True)
+    return {"seconds": seconds, "users": users}
+
+
 def step_build(wh_path: Path, threads: int, memory_limit: str | None) -> dict[str, Any]:
     from rechub_store.data.build import BuildParams, build_features
 
@@ -120,6 +172,8 @@ def step_build(wh_path: Path, threads: int, memory_limit: str | None) -> dict[st
         "samples": report.samples,
         "split_report": report.split,
         "models": {m.model: m.seconds for m in report.models},
+        "audits": report.audits,
+        "audit_share": round(sum(report.audits.values()) / seconds, 4) if seconds else None,
         # models built in several passes (`-- partition:` header), e.g. negatives_train at 100M
         "partitions": {m.model: m.partitions for m in report.models if m.partitions > 1},
     }
@@ -172,6 +226,11 @@ def child(args: argparse.Namespace) -> None:
         out = step_generate(args.n_events, data_dir)
     elif args.step == "ingest":
         out = step_ingest(data_dir, wh_path, args.threads, args.memory_limit)
+    elif args.step == "ingest_movielens":
+        out = step_ingest_movielens(data_dir / "movielens", wh_path, args.threads, args.memory_limit)
+    elif args.step == "bare":
+        source = data_dir / "movielens" if args.source == "movielens" else data_dir / "interactions.parquet"
+        out = step_bare(source, wh_path, args.threads, args.memory_limit)
     elif args.step == "build":
         out = step_build(wh_path, args.threads, args.memory_limit)
     else:
@@ -203,6 +262,7 @@ def run_step(
     ]
     if args.memory_limit:
         cmd += ["--memory-limit", args.memory_limit]
+    cmd += ["--source", args.source]
     env = dict(os.environ, RECHUB_THREADS=str(args.threads))
     if step == "rechub":
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -238,8 +298,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=str(ROOT / "bench" / "out" / "work"), help="data + warehouses")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "featgen.json"))
     ap.add_argument("--drop-warehouse", action="store_true", help="delete each warehouse after its run")
+    ap.add_argument(
+        "--source",
+        choices=["parquet", "movielens"],
+        default="parquet",
+        help="ingest the generated Parquet files (interactions, users, items) or the log as an ml-1m "
+        "ratings.dat (`ingest movielens`); the bare DuckDB read-and-aggregate reads the same file",
+    )
     # internal: one measured step in a child process
-    ap.add_argument("--child", choices=["generate", "ingest", "build", "rechub"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--child",
+        choices=["generate", "ingest", "ingest_movielens", "bare", "build", "rechub"],
+        help=argparse.SUPPRESS,
+    )
     ap.add_argument("--n-events", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--data-dir", help=argparse.SUPPRESS)
     ap.add_argument("--warehouse", help=argparse.SUPPRESS)
@@ -262,7 +333,15 @@ def main(argv: list[str] | None = None) -> int:
             entry["generate"] = run_step("generate", n, data_dir, wh_path, args)
         if wh_path.parent.exists():
             shutil.rmtree(wh_path.parent)
-        entry["ingest"] = run_step("ingest", n, data_dir, wh_path, args)
+        entry["source"] = args.source
+        if args.source == "movielens":
+            from mlformat import write_ratings_dat
+
+            write_ratings_dat(data_dir / "interactions.parquet", data_dir / "movielens")
+        entry["bare"] = run_step("bare", n, data_dir, wh_path, args)
+        entry["ingest"] = run_step(
+            "ingest_movielens" if args.source == "movielens" else "ingest", n, data_dir, wh_path, args
+        )
         entry["build"] = run_step("build", n, data_dir, wh_path, args)
         if n in args.compare:
             if why_no_rechub:
@@ -277,9 +356,11 @@ def main(argv: list[str] | None = None) -> int:
             entry["ingest"].get("seconds", float("nan")) + entry["build"].get("seconds", float("nan")), 2
         )
         entry["peak_rss_mib"] = max(entry[s].get("peak_rss_mib", 0) for s in ("ingest", "build"))
+        bare = entry["bare"].get("seconds")
+        entry["ratio_to_bare"] = round(entry["ingest_plus_build_seconds"] / bare, 2) if bare else None
         if args.drop_warehouse and wh_path.parent.exists():
             shutil.rmtree(wh_path.parent)
-        results[str(n)] = entry
+        results[str(n) if args.source == "parquet" else f"{n}-{args.source}"] = entry
         b, ingest = entry["build"], entry["ingest"]
         line = (
             f"{n:>12,} events: ingest {ingest.get('seconds', float('nan')):.2f} s, "
@@ -287,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
             f"peak RSS {entry['peak_rss_mib']:.0f} MiB"
         )
         line += f", samples {b['samples']}" if "samples" in b else f", error {b.get('error')}"
+        line += (
+            f", audits {sum((b.get('audits') or {}).values()):.2f} s ({b.get('audit_share')}), "
+            f"bare read+aggregate {entry['bare'].get('seconds', float('nan')):.2f} s, "
+            f"(ingest + build) / bare = {entry['ratio_to_bare']}"
+        )
         if "rechub" in entry:
             line += f", Torch-RecHub {entry['rechub']}"
         print(line, flush=True)

@@ -1,7 +1,8 @@
-"""Benchmark: `ingest interactions` of a generated CSV (and Parquet) file, optionally side by side
-with another source tree of rechub-store (e.g. an export of `main`) on the same file.
+"""Benchmark: `ingest interactions` of a generated CSV (and Parquet) file, and `ingest movielens` of
+the same log as an ml-1m `ratings.dat`, optionally side by side with another source tree of
+rechub-store (e.g. an export of `main`) on the same file.
 
-    RECHUB_THREADS=2 python bench/ingest.py --events 1000000
+    RECHUB_THREADS=2 python bench/ingest.py --events 1000000 --formats movielens,csv,parquet
     git archive main | tar -x -C /tmp/rechub-main
     RECHUB_THREADS=2 python bench/ingest.py --events 1000000 --compare /tmp/rechub-main --repeat 5
 
@@ -33,6 +34,8 @@ if src:
     sys.path.insert(0, src)
 import duckdb
 from rechub_store.data.ingest import ingest_interactions
+from rechub_store.data.movielens import ingest_movielens
+from pathlib import Path
 assert not src or __import__("rechub_store").__file__.startswith(src)
 con = duckdb.connect()
 con.execute(f"SET threads = {int(sys.argv[3])}")
@@ -42,14 +45,23 @@ def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 t0, c0 = time.perf_counter(), cpu()
-r = ingest_interactions(con, path, user_col="user_id", item_col="item_id", time_col="ts",
-                        rating_col="rating", max_reject_ratio=None)
+if Path(path).is_dir():
+    r = ingest_movielens(con, path, max_reject_ratio=None)[0]
+else:
+    r = ingest_interactions(con, path, user_col="user_id", item_col="item_id", time_col="ts",
+                            rating_col="rating", max_reject_ratio=None)
 print(json.dumps({"seconds": time.perf_counter() - t0, "cpu_seconds": cpu() - c0,
                   "rows_read": r.rows_read, "rows_accepted": r.rows_accepted}))
 """
 
 
 def _generate(work: Path, events: int, fmt: str) -> Path:
+    if fmt == "movielens":  # a folder holding ratings.dat, written from the generated Parquet log
+        from mlformat import write_ratings_dat
+
+        folder = work / f"ingest-{events}-movielens"
+        write_ratings_dat(_generate(work, events, "parquet"), folder)
+        return folder
     folder = work / f"ingest-{events}-{fmt}"
     path = folder / f"interactions.{fmt}"
     if not path.exists():
@@ -74,7 +86,7 @@ def _measure(src: str, path: Path, threads: int) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=1_000_000)
-    ap.add_argument("--formats", default="csv,parquet")
+    ap.add_argument("--formats", default="movielens,csv,parquet")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("RECHUB_THREADS", "2")))
     ap.add_argument("--compare", default=None, help="another source tree (its rechub_store is imported)")

@@ -2,6 +2,7 @@
 
     python bench/score.py                          # 1M users x 100k items, k=100, 64-d (the target)
     python bench/score.py --users 50000 --items 20000 --k 100   # a quick run
+    python bench/score.py --modes roofline --users 8192 --items 100000 --out bench/out/score-roofline.json
 
 Vectors are synthetic but shaped like trained two-tower embeddings: hierarchical Gaussian
 clusters (topics and sub-topics) with overlap and log-normal item norms, not isotropic noise
@@ -9,7 +10,11 @@ clusters (topics and sub-topics) with overlap and log-normal item norms, not iso
 is excluded, as in production.
 
 Each mode runs in its own process so its peak RSS is its own:
-- `exact`: chunked matmul + top-k for every user (retrieval/exact.py).
+- `exact`: blocked matmul + running top-k for every user (ranking/exact.py, ranking/topk.py).
+- `auto`: what `index = auto` would measure and choose for this catalogue (both indexes timed on
+  `--tune-users` sampled users; `--users` is the run size it projects to).
+- `roofline`: exact top-k users/s beside `torch.mm` alone on the same users (the machine's matmul
+  throughput) and beside the previous full-row `torch.topk`, alternating in one process.
 - `annoy`: build + auto-tune to recall@k >= 0.95 vs exact on 1000 users, then every user;
   annoy's recall@k vs exact measured on 2000 other users (seen items excluded in both).
 - `e2e`: what `rechub-store nightly` does after encoding: index build/tune, per-chunk top-k,
@@ -212,7 +217,85 @@ def mode_e2e(a: argparse.Namespace, world: World) -> dict:
     }
 
 
-MODES = {"exact": mode_exact, "annoy": mode_annoy, "e2e": mode_e2e}
+def mode_roofline(a: argparse.Namespace, world: World) -> dict:
+    """Exact top-k against the machine's matmul throughput, side by side in one process: the same
+    users' scores computed by `torch.mm` alone (the roofline: 2 * items * dim FLOP per user, in
+    the same 1024-user blocks into a reused buffer), by `exact_topk` (blocked matmul + running
+    top-k, seen items removed), and by the previous exact path's core (full score rows +
+    torch.topk). Repeated `--repeat` times, alternating; the best time of each is kept."""
+    import torch
+
+    from rechub_store.ranking.exact import exact_topk
+
+    torch.set_num_threads(int(os.environ.get("RECHUB_THREADS", "2")))
+    vecs, seen = world.users(np.arange(1, a.users + 1, dtype=np.int64), a.hist)
+    users_t = torch.from_numpy(vecs)
+    items_t = torch.from_numpy(world.item_vecs).T.contiguous()
+    rows = 1024
+    buffer = torch.empty((min(rows, a.users), items_t.shape[1]), dtype=torch.float32)
+
+    def matmul() -> None:
+        for lo in range(0, a.users, rows):
+            hi = min(lo + rows, a.users)
+            torch.mm(users_t[lo:hi], items_t, out=buffer[: hi - lo])
+
+    def full_topk() -> None:
+        for lo in range(0, a.users, rows):
+            hi = min(lo + rows, a.users)
+            block = buffer[: hi - lo]
+            torch.mm(users_t[lo:hi], items_t, out=block)
+            torch.topk(block, a.k, dim=1)
+
+    variants = {
+        "matmul": matmul,
+        "exact_topk": lambda: exact_topk(vecs, world.item_vecs, a.k, seen),
+        "full_rows_torch_topk": full_topk,
+    }
+    best = dict.fromkeys(variants, float("inf"))
+    with torch.inference_mode():
+        for _ in range(a.repeat):
+            for name, run in variants.items():
+                t0 = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - t0)
+    flop = 2.0 * a.users * world.item_vecs.shape[0] * a.dim
+    out = {f"{name}_users_per_second": round(a.users / t) for name, t in best.items()}
+    out["matmul_gflops"] = round(flop / best["matmul"] / 1e9, 1)
+    out["exact_share_of_roofline"] = round(best["matmul"] / best["exact_topk"], 3)
+    out["full_rows_share_of_roofline"] = round(best["matmul"] / best["full_rows_torch_topk"], 3)
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+def mode_auto(a: argparse.Namespace, world: World) -> dict:
+    """What `index = auto` measures and decides for this catalogue: the tuned annoy index and exact
+    top-k timed on the same `--tune-users` sampled users (retrieval/autoindex.py's calibrate)."""
+    from rechub_store.ranking.exact import exact_topk
+    from rechub_store.retrieval.annoy_index import measure_recall
+    from rechub_store.retrieval.autoindex import calibrate
+
+    t0 = time.perf_counter()
+    index, tuning = _tuned_index(a, world)
+    build = time.perf_counter() - t0
+    vecs, seen = world.users(np.arange(1, a.tune_users + 1, dtype=np.int64), a.hist)
+    c = calibrate(
+        a.users,
+        len(vecs),
+        exact=lambda: exact_topk(vecs, world.item_vecs, a.k, seen),
+        annoy=lambda: index.topk(vecs, a.k, seen, n_threads=a.threads),
+        annoy_recall=lambda: measure_recall(index, vecs, a.k, seen, a.threads),
+        target_recall=a.target_recall,
+    )
+    return {**c.as_dict(), "annoy_build_and_tune_seconds": round(build, 2), "search_k": tuning.search_k}
+
+
+MODES = {
+    "exact": mode_exact,
+    "annoy": mode_annoy,
+    "e2e": mode_e2e,
+    "roofline": mode_roofline,
+    "auto": mode_auto,
+}
 
 
 # ---------------------------------------------------------------------------- driver
@@ -236,6 +319,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--threads", type=int, default=int(os.environ.get("RECHUB_THREADS") or os.cpu_count() or 1)
     )  # annoy build and search threads
+    p.add_argument("--repeat", type=int, default=3, help="roofline mode: timings per variant (best kept)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)

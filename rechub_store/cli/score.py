@@ -14,12 +14,14 @@ from rechub_store.config import (
     SEEN_FILTERS,
     SLICES,
     AnnoySettings,
+    as_choice,
     check_index,
     check_seen_filter,
 )
 from rechub_store.errors import UserError
 
 INDEX_HELP = "annoy (approximate, auto-tuned to recall 0.95 vs exact) or exact (brute force)"
+SCORE_INDEX_HELP = INDEX_HELP + ", or auto (whichever scores a sample of this run's users faster)"
 
 
 def _print_rows(title: str, names: list[str], rows: list, console: Console | None = None) -> None:
@@ -62,7 +64,7 @@ def score_command(
         None, "--model-run", help="Model run to score with [default: latest successful]"
     ),
     k: int = typer.Option(100, "--k", min=1, help="Recommendations per user"),
-    index: str = typer.Option("annoy", "--index", help=INDEX_HELP),
+    index: str = typer.Option("annoy", "--index", help=SCORE_INDEX_HELP),
     run_id: str = typer.Option(None, "--run-id", help="Run id to write [default: manual-<model run>]"),
     target_recall: float = typer.Option(
         0.95, "--target-recall", help="annoy auto-tuning target (recall@k vs exact)"
@@ -81,7 +83,7 @@ def score_command(
         model_run_id=model_run,
         run_id=run_id,
         k=k,
-        index=check_index(index),
+        index=as_choice(index, "--index", (*INDEXES, "auto")),
         annoy_settings=AnnoySettings(target_recall=target_recall),
         keep_runs=keep_runs,
         exclude_seen=exclude_seen,
@@ -99,6 +101,12 @@ def score_command(
             f"annoy: {a['metric']}, n_trees={a['n_trees']}, search_k={a['search_k']} (for k={a['tuned_k']}), "
             f"recall@{a['measured_k']} vs exact this run {a['measured_recall']:.4f} "
             f"(at tuning: recall@{a['tuned_k']} {a['recall']:.4f}, target {a['target_recall']})"
+        )
+    if report.auto:
+        c = report.auto
+        typer.echo(
+            f"index auto: {c['index']} ({c['reason']}; exact {c['exact_users_per_second']:,.0f} users/s, "
+            f"annoy {c['annoy_users_per_second'] or 0:,.0f} users/s on {c['sample_users']:,} sampled users)"
         )
     typer.echo(
         "publish to analysts with `rechub-store nightly` (or copy to a server with `rechub-store publish`)"

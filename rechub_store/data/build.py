@@ -124,6 +124,7 @@ class BuildReport:
     vocab_views: list[str] = field(default_factory=list)
     skipped_views: list[str] = field(default_factory=list)  # attribute names that are not identifiers
     select: str | None = None
+    audits: dict[str, float] = field(default_factory=dict)  # audit name -> seconds
 
     @property
     def users_dropped_short(self) -> int:
@@ -145,6 +146,7 @@ class BuildReport:
             "models": [asdict(m) for m in self.models],
             "vocab_views": self.vocab_views,
             "skipped_views": self.skipped_views,
+            "audits": self.audits,
         }
 
 
@@ -261,4 +263,5 @@ def build_features(
         vocab_views=views[0],
         skipped_views=views[1],
         select=select,
+        audits=result.audits,
     )

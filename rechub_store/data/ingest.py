@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import duckdb
 
+from rechub_store.data import fastread
 from rechub_store.data.encodings import detect_encoding, python_codec
 from rechub_store.errors import UserError
 from rechub_store.warehouse import quote_ident, transaction
@@ -413,11 +414,11 @@ def _prepare_csv(con: duckdb.DuckDBPyConnection, spec: FileSpec) -> None:
 
 
 def _csv_rows_sql(spec: FileSpec) -> str:
-    """SELECT line, raw, _err, f1..fN over the prepared records."""
+    """SELECT line, raw, _ctl, _err, f1..fN over the prepared records."""
     n = len(spec.names)
     picks = ", ".join(f"fields[{i + 1}] AS f{i + 1}" for i in range(n))
     return f"""
-        SELECT line, raw,
+        SELECT line, raw, true AS _ctl,
                CASE WHEN _rerr IS NOT NULL THEN _rerr
                     WHEN fields IS NULL THEN 'malformed quoting'
                     WHEN len(fields) <> {n}
@@ -432,7 +433,10 @@ def _parquet_rows_sql(spec: FileSpec, names: Sequence[str], casts: dict[str, str
     picks = ", ".join(
         f"CAST({_col(c)} AS {casts.get(c, 'VARCHAR')}) AS f{i + 1}" for i, c in enumerate(names)
     )
-    return f"SELECT file_row_number + 1 AS line, {raw} AS raw, NULL::VARCHAR AS _err, {picks} FROM {src}"
+    return (
+        f"SELECT file_row_number + 1 AS line, {raw} AS raw, true AS _ctl, NULL::VARCHAR AS _err, {picks} "
+        f"FROM {src}"
+    )
 
 
 class Source:
@@ -454,6 +458,7 @@ class Source:
         self.columns = columns
         self.used: list[str] = []
         self.casts: dict[str, str] = {}
+        self.fast: fastread.FileFacts | None = None  # set when fastread's whole-file read was exact
 
     def ref(self, column: str, role: str, as_list: bool = False) -> str:
         """The SQL name of source column `column` (a VARCHAR), or a UserError naming file and column.
@@ -473,19 +478,24 @@ class Source:
         return f"f{self.used.index(column) + 1}"
 
     def prepare(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Read a CSV file once into a temporary table of records (Parquet is read in place)."""
+        """Read a CSV file once into a temporary table of records (Parquet is read in place):
+        DuckDB's own reader when that is exact for this file (fastread.py), else line by line."""
         if self.spec.fmt == "csv":
-            _prepare_csv(con, self.spec)
+            self.fast = fastread.read_whole_records(con, self.spec, MAX_LINE_BYTES)
+            if not self.fast:
+                _prepare_csv(con, self.spec)
 
     def release(self, con: duckdb.DuckDBPyConnection) -> None:
         if self.spec.fmt == "csv":
+            fastread.drop(con)
             con.execute("DROP TABLE IF EXISTS _ingest_records")
             con.execute(f"DROP TABLE IF EXISTS {_READ_ERRORS}; DROP TABLE IF EXISTS {_READ_ERRORS}_scans")
 
     def rows_sql(self) -> str:
-        """SELECT line, raw, _err, f1..fN: the file's rows as text (after `prepare`)."""
+        """SELECT line, raw, _ctl, _err, f1..fN: the file's rows as text (after `prepare`); `_ctl` is
+        false when no row can hold a control character."""
         if self.spec.fmt == "csv":
-            return _csv_rows_sql(self.spec)
+            return fastread.rows_sql(self.spec, self.fast) if self.fast else _csv_rows_sql(self.spec)
         return _parquet_rows_sql(self.spec, self.used, self.casts)
 
     def is_list(self, column: str) -> bool:
@@ -501,7 +511,10 @@ def _first(exc: BaseException) -> str:
 
 
 def _blank(expr: str) -> str:
-    return f"({expr} IS NULL OR trim({expr}, ' \t\r') = '')"
+    """NULL, empty, or only spaces, tabs and carriage returns. The trim runs only on values that
+    start with one of those (a value that does not cannot be blank): trim is costly per row."""
+    starts = " OR ".join(f"starts_with({expr}, {c})" for c in ("' '", "chr(9)", "chr(13)"))
+    return f"({expr} IS NULL OR {expr} = '' OR (({starts}) AND trim({expr}, ' \t\r') = ''))"
 
 
 class Derived:
@@ -560,10 +573,22 @@ def parse_number(d: Derived, expr: str, tag: str) -> tuple[str, str]:
     return value, f"(NOT {_blank(expr)} AND {value} IS NULL)"
 
 
-def _reason_sql(checks: Sequence[tuple[str, str]]) -> str:
-    """CASE over (condition, reason) pairs, first failing check wins; NULL = row accepted."""
+def _reason_sql(checks: Sequence[tuple[str, str]], accept: Sequence[str] = ()) -> str:
+    """CASE over (condition, reason) pairs, first failing check wins; NULL = row accepted.
+
+    `accept`: conditions that together prove a row passes every check, tested first with cheap
+    comparisons; only rows they cannot prove good walk the checks one by one (a CASE of many
+    string checks costs more per row than reading the file).
+    """
     whens = " ".join(f"WHEN {cond} THEN {_sql_str(reason)}" for cond, reason in checks)
-    return f"CASE WHEN _err IS NOT NULL THEN _err {whens} END"
+    fast = f"WHEN _err IS NULL AND {' AND '.join(accept)} THEN NULL " if accept else ""
+    return f"CASE {fast}WHEN _err IS NOT NULL THEN _err {whens} END"
+
+
+def _surely_filled(expr: str) -> str:
+    """True only for text that is not blank: its first byte is above the space (so neither empty,
+    nor a space, tab or carriage return: `_blank` is false). False proves nothing."""
+    return f"{expr} >= '!'"
 
 
 # --------------------------------------------------------------------------- batches
@@ -728,7 +753,9 @@ def time_window(min_time: Any = None, max_time: Any = None) -> tuple[dt.datetime
 
 
 def _has_control(expr: str) -> str:
-    return f"regexp_matches({expr}, {_sql_str(_CONTROL_CHARS)})"
+    """`_ctl` (a column of every source's rows) is false where the whole file was shown to hold no
+    control character (fastread.py), which spares the regular expression on every row."""
+    return f"(_ctl AND regexp_matches({expr}, {_sql_str(_CONTROL_CHARS)}))"
 
 
 def _id_checks(expr: str, name: str) -> list[tuple[str, str]]:
@@ -756,7 +783,7 @@ def interactions_plan(
     ts_col = parse_time(d, ts, time_format, "ts")
     lo, hi = window if window is not None else time_window()
     # one regexp over both ids per row; which id it was is asked only where it matched
-    ids_cc = d.add(0, "_ids_cc", f"regexp_matches(concat({user}, {item}), {_sql_str(_CONTROL_CHARS)})")
+    ids_cc = d.add(0, "_ids_cc", _has_control(f"concat({user}, {item})"))
     checks = [
         (_blank(user), f"empty id: {user_name}"),
         (_blank(item), f"empty id: {item_name}"),
@@ -765,20 +792,26 @@ def interactions_plan(
         (_blank(ts), f"empty time: {time_name}"),
         (f"{ts_col} IS NULL", f"unparsable time: {time_name}"),
     ]
+    # a row meeting all of these passes every check above (see _reason_sql)
+    accept = [_surely_filled(user), _surely_filled(item), f"NOT {ids_cc}", _surely_filled(ts)]
+    accept.append(f"{ts_col} IS NOT NULL")
     if lo is not None:
         checks.append(
             (f"{ts_col} < TIMESTAMP '{lo.isoformat()}'", f"time out of range: {time_name} before {lo}")
         )
+        accept.append(f"{ts_col} >= TIMESTAMP '{lo.isoformat()}'")
     if hi is not None:
         checks.append(
             (f"{ts_col} > TIMESTAMP '{hi.isoformat()}'", f"time out of range: {time_name} after {hi}")
         )
+        accept.append(f"{ts_col} <= TIMESTAMP '{hi.isoformat()}'")
     rating_col = "NULL::DOUBLE"
     if rating is not None:
         rating_col, bad = parse_number(d, rating, "rating")
         checks.append((bad, f"unparsable number: {rating_name}"))
+        accept.append(f"{rating_col} IS NOT NULL")
     select = f"SELECT {user}, {item}, {ts_col}, {rating_col}, __SEQ__, line FROM _ingest_ok"
-    return Plan("interactions", _reason_sql(checks), [("raw.interactions", select)], derived=d)
+    return Plan("interactions", _reason_sql(checks, accept), [("raw.interactions", select)], derived=d)
 
 
 def ingest_interactions(

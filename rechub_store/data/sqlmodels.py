@@ -133,6 +133,7 @@ class RunResult:
     seconds: float = 0.0
     views: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    audits: dict[str, float] = field(default_factory=dict)  # audit name -> seconds
 
 
 # ---------------------------------------------------------------- parsing
@@ -601,7 +602,9 @@ def run(
             for audit, (path, sql) in audits.items():
                 current = f"audit {_display(path, *roots)}"
                 sql = _rewrite(sql, _references(sql, models), targets)
+                t0 = time.perf_counter()
                 row = con.execute(f"SELECT count(*), any_value(v::VARCHAR) FROM ({sql}) v").fetchone()
+                result.audits[audit] = round(time.perf_counter() - t0, 4)
                 if row and row[0]:
                     raise UserError(
                         f"audit {audit} failed ({_display(path, *roots)}): {row[0]} rows violate it, "
@@ -619,7 +622,7 @@ def run(
                     "WHERE build_id = ?",
                     [
                         _models_json(result),
-                        json.dumps(result.summary, default=str),
+                        json.dumps({**result.summary, "audit_seconds": result.audits}, default=str),
                         build_id,
                     ],
                 )

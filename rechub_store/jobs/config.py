@@ -227,8 +227,8 @@ class TrainSettings:
 @dataclass(frozen=True)
 class ScoreSettings:
     k: int = 100
-    index: str = "annoy"  # annoy | exact | auto (exact up to exact_max_items items, else annoy)
-    exact_max_items: int = 20_000
+    index: str = "annoy"  # annoy | exact | auto (the faster on a sample of this run's users)
+    exact_max_items: int = 20_000  # read for older job files; auto no longer uses a fixed item count
     exclude_seen: bool = True  # false: re-consumption domains (repeats may be recommended)
     annoy: AnnoySettings = field(default_factory=AnnoySettings)
 
@@ -244,11 +244,6 @@ class ScoreSettings:
             exclude_seen=_bool(data.get("exclude_seen", cls.exclude_seen), "score.exclude_seen"),
             annoy=AnnoySettings.parse(_table(data, "annoy", "score.")),
         )
-
-    def index_for(self, n_items: int) -> str:
-        if self.index != "auto":
-            return self.index
-        return "exact" if n_items <= self.exact_max_items else "annoy"
 
 
 @dataclass(frozen=True)

@@ -362,13 +362,12 @@ class Nightly:
     def score(self, con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, Any]]:
         ctx = self._context(con)
         s = self.job.score
-        index = s.index_for(ctx.item_vecs.shape[0] - 1)
         report = score_run(
             con,
             ctx,
             self.run_id,
             k=s.k,
-            index=index,
+            index=s.index,  # auto: measured on this run's users (retrieval/autoindex.py)
             annoy_settings=s.annoy,
             keep_runs=self.job.publish.keep_runs,
             exclude_seen=s.exclude_seen,
@@ -376,7 +375,7 @@ class Nightly:
         self.state.score = {
             "k": s.k,
             "n_items": ctx.item_vecs.shape[0] - 1,
-            "annoy_recall": (report.annoy or {}).get("measured_recall") if index == "annoy" else None,
+            "annoy_recall": (report.annoy or {}).get("measured_recall") if report.index == "annoy" else None,
         }
         return report.rows, report.as_dict()
 

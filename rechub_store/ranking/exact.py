@@ -22,7 +22,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-NO_ITEM = 0  # code returned where a user has fewer than k unseen items
+from rechub_store.ranking.topk import NO_ITEM, BlockScore, blocked_topk, default_blocks
+
 MISS = np.iinfo(np.int64).max  # rank of a target that cannot be ranked (filtered out, unknown item)
 
 
@@ -117,6 +118,10 @@ class VectorScorer:
     def block(self, start: int, stop: int, out: torch.Tensor) -> None:
         torch.mm(self.users[start:stop], self.items_t, out=out)
 
+    def block_items(self, start: int, stop: int, lo: int, hi: int, out: torch.Tensor) -> None:
+        """Scores of rows [start, stop) for items [lo, hi) only (ranking.topk scores item blocks)."""
+        torch.mm(self.users[start:stop], self.items_t[:, lo:hi], out=out)
+
 
 def _chunk_rows(n_items: int, chunk_size: int | None) -> int:
     """Rows per score block: ~256 MB of float32 unless told otherwise."""
@@ -149,23 +154,20 @@ def _blocks(
         yield start, stop, block
 
 
-def _sorted_topk(block: torch.Tensor, take: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top `take` columns of each row by (score desc, column asc); -inf entries become NO_ITEM."""
-    top_scores, top_idx = torch.topk(block, take, dim=1)
-    kth = top_scores[:, -1:]
-    # torch.topk picks arbitrarily among items tied with the k-th score; rows where the tie group
-    # straddles the cut are re-ranked with a stable sort (ascending code among equal scores)
-    straddle = torch.isfinite(kth[:, 0]) & ((block >= kth).sum(dim=1) > take)
-    for row in torch.nonzero(straddle).flatten().tolist():
-        s, i = torch.sort(block[row], descending=True, stable=True)
-        top_scores[row], top_idx[row] = s[:take], i[:take]
-    scores = top_scores.numpy()
-    codes = top_idx.numpy().astype(np.int64)
-    order = np.lexsort((codes, -scores), axis=-1)  # within ties: code ascending
-    codes = np.take_along_axis(codes, order, axis=1)
-    scores = np.take_along_axis(scores, order, axis=1)
-    codes[np.isneginf(scores)] = NO_ITEM
-    return codes, scores
+def _full_block_slices(scorer: Scorer, chunk_size: int | None) -> tuple[BlockScore, int]:
+    """A block-score function for a scorer that only scores whole rows (the baselines): each row
+    block is scored once and handed out item block by item block. Returns it and its row count."""
+    rows = _chunk_rows(scorer.n_items, chunk_size)
+    held: dict[str, object] = {}
+
+    def score(start: int, stop: int, lo: int, hi: int, out: torch.Tensor) -> None:
+        if held.get("rows") != (start, stop):
+            full = torch.empty((stop - start, scorer.n_items), dtype=torch.float32)
+            scorer.block(start, stop, full)
+            held.update(rows=(start, stop), block=full)
+        out.copy_(held["block"][:, lo:hi])  # type: ignore[index]
+
+    return score, rows
 
 
 def scorer_topk(
@@ -174,17 +176,26 @@ def scorer_topk(
     """Top-k (codes int64 [U, k], scores float32 [U, k]) of every row, best first, ties by code.
 
     Where a row has fewer than k rankable items the tail holds `NO_ITEM` (0) with score -inf.
+    Selection is ranking.topk's blocked running k-best; scorers with `block_items` (vectors)
+    are scored one item block at a time, others one row block at a time.
     """
-    n_rows = scorer.n_rows
-    take = min(k, max(scorer.n_items - 1, 0))
-    codes = np.full((n_rows, k), NO_ITEM, dtype=np.int64)
-    scores = np.full((n_rows, k), -np.inf, dtype=np.float32)
-    if take == 0 or n_rows == 0:
-        return codes, scores
-    with torch.inference_mode():
-        for start, stop, block in _blocks(scorer, exclude, chunk_size):
-            codes[start:stop, :take], scores[start:stop, :take] = _sorted_topk(block, take)
-    return codes, scores
+    if exclude is not None and exclude.n_rows != scorer.n_rows:
+        raise ValueError(f"exclusions have {exclude.n_rows} rows for {scorer.n_rows} users")
+    rows, item_block = default_blocks(scorer.n_items)
+    block_items = getattr(scorer, "block_items", None)
+    if block_items is not None:
+        score, rows = block_items, chunk_size or rows
+    else:
+        score, rows = _full_block_slices(scorer, chunk_size)
+    return blocked_topk(
+        score,
+        scorer.n_rows,
+        scorer.n_items,
+        k,
+        None if exclude is None else (exclude.indptr, exclude.indices),
+        row_block=rows,
+        item_block=item_block,
+    )
 
 
 def scorer_ranks(

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rechub_store.config import AnnoySettings, check_index
+from rechub_store.config import INDEXES, AnnoySettings, as_choice
 from rechub_store.ranking.exact import Seen
 from rechub_store.results.similar_items import write_similar_items
 from rechub_store.results.tables import RecommendationWriter
@@ -26,6 +26,7 @@ from rechub_store.retrieval.scoring import (
     ANNOY_FILE,
     ScoringContext,
     annoy_recall_now,
+    choose_index,
     ensure_annoy,
     load_context,
     topk,
@@ -46,6 +47,7 @@ class ScoreReport:
     seconds: float
     seconds_by_phase: dict[str, float] = field(default_factory=dict)
     annoy: dict[str, Any] | None = None
+    auto: dict[str, Any] | None = None  # index = auto: what was measured and why `index` was chosen
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,12 +155,17 @@ def score_run(
     is excluded (`exclude_seen=False`: re-consumption domains, where repeats are welcome). The
     history keeps `keep_runs` runs; re-scoring a run_id replaces it.
     """
-    check_index(index)
+    as_choice(index, "--index", (*INDEXES, "auto"))
     if ctx.knn is not None:
-        if index == "annoy":
+        if index != "exact":
             log.info("item-kNN run %s is ranked exactly (it has no vectors for annoy)", ctx.model_run_id)
         index, save_embeddings = "exact", False
     t0 = time.perf_counter()
+    calibration = None
+    if index == "auto":  # measured on this run's users (retrieval/autoindex.py)
+        calibration = choose_index(ctx, k, annoy_settings, exclude_seen)
+        index = calibration.index
+        log.info("index auto: %s (%s)", index, calibration.reason)
     if index == "annoy":
         ensure_annoy(ctx, k, annoy_settings)
         annoy_recall_now(ctx, k, annoy_settings)
@@ -209,6 +216,7 @@ def score_run(
         seconds=round(time.perf_counter() - t0, 3),
         seconds_by_phase={name: round(v, 3) for name, v in phases.items()},
         annoy=_annoy_summary(ctx, k) if index == "annoy" else None,
+        auto=None if calibration is None else calibration.as_dict(),
     )
     log.info("scored %d users -> %d rows in %.1fs (%s)", report.users, rows, report.seconds, index)
     return report

@@ -38,6 +38,7 @@ from rechub_store.retrieval.annoy_index import (
     measure_recall,
     sample_rows,
 )
+from rechub_store.retrieval.autoindex import Calibration, calibrate
 from rechub_store.training.registry import LoadedModel, load_artifact, models_dir, resolve_run
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,30 @@ def topk(
     if check_index(index) == "exact":
         return exact_topk(user_vecs, ctx.item_vecs, k, seen)  # ~256 MB score blocks
     return ensure_annoy(ctx, k, annoy_settings).topk(user_vecs, k, seen, n_threads=ctx.threads)
+
+
+def choose_index(
+    ctx: ScoringContext, k: int, annoy_settings: AnnoySettings | None = None, exclude_seen: bool = True
+) -> Calibration:
+    """`index = auto`: time exact and annoy on the run's seeded sample of users (the one annoy's
+    recall is measured on) and pick the faster one that meets the recall target (autoindex.py)."""
+    settings = annoy_settings or AnnoySettings()
+    users = ctx.production_users()
+    sample = users[sample_rows(len(users), settings.sample_users, settings.seed)]
+    ends = ctx.store.history_length(sample)
+    vecs = ctx.user_vectors(sample, ends)
+    seen = Seen(*ctx.store.seen(sample, ends)) if exclude_seen else None
+    if len(sample) == 0:
+        return calibrate(0, 0, lambda: None, lambda: None, lambda: 1.0, settings.target_recall)
+    items = ensure_annoy(ctx, k, settings)
+    return calibrate(
+        len(users),
+        len(sample),
+        exact=lambda: exact_topk(vecs, ctx.item_vecs, k, seen),
+        annoy=lambda: items.topk(vecs, k, seen, n_threads=ctx.threads),
+        annoy_recall=lambda: annoy_recall_now(ctx, k, settings),
+        target_recall=settings.target_recall,
+    )
 
 
 def production_lists(
