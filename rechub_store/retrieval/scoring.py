@@ -33,6 +33,7 @@ from rechub_store.ranking.embeddings import (
     reads_item_popularity,
 )
 from rechub_store.ranking.exact import Seen, exact_topk
+from rechub_store.retrieval import rescoring
 from rechub_store.retrieval.annoy_index import (
     AnnoyItems,
     Tuning,
@@ -234,6 +235,8 @@ class ScoreReport:
     seconds: float
     seconds_by_phase: dict[str, float] = field(default_factory=dict)
     annoy: dict[str, Any] | None = None
+    rescored: int = 0  # users whose lists were computed this run (the others kept theirs)
+    rescoring: str = ""  # why everyone or only those
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -295,13 +298,20 @@ def write_topk(
     keep_runs: int = 30,
     chunk_users: int = 65_536,
     progress: Callable[[int, int], None] | None = None,
+    keep_users: np.ndarray | None = None,
 ) -> tuple[int, dict[str, float]]:
     """The scoring loop, model-agnostic: per chunk of users get vectors + seen, search, stage; commit.
 
-    Returns (rows written, seconds per phase). `bench/score.py` drives it with synthetic vectors.
+    `keep_users`: users whose rows of the current `recommendations` are staged again unchanged
+    (incremental scoring). Returns (rows written, seconds per phase). `bench/score.py` drives it
+    with synthetic vectors.
     """
     phases = {"encode": 0.0, "topk": 0.0, "stage": 0.0}
     writer = RecommendationWriter(con, run_id, model_run_id)
+    if keep_users is not None:
+        t0 = time.perf_counter()
+        writer.keep_previous(keep_users)
+        phases["keep"] = time.perf_counter() - t0
     for lo in range(0, len(users), chunk_users):
         part = users[lo : lo + chunk_users]
         t0 = time.perf_counter()
@@ -334,12 +344,16 @@ def score_run(
     save_embeddings: bool = True,
     progress: Callable[[int, int], None] | None = None,
     exclude_seen: bool = True,
+    incremental: bool = False,
 ) -> ScoreReport:
     """Score every user with events and replace the warehouse's `recommendations` with run `run_id`.
 
     Users are encoded from their whole current history; everything they have interacted with
     is excluded (`exclude_seen=False`: re-consumption domains, where repeats are welcome). The
     history keeps `keep_runs` runs; re-scoring a run_id replaces it.
+    `incremental`: users whose vector and seen items equal the previous run's, under the same
+    model run, item vectors and settings, keep their rows (see `rescoring`); the result is the
+    same as rescoring everyone.
     """
     if index not in INDEXES:
         raise UserError(f"--index: expected annoy or exact, got {index!r}")
@@ -349,16 +363,59 @@ def score_run(
         annoy_recall_now(ctx, k, annoy_settings)
     index_seconds = time.perf_counter() - t0
     users = ctx.production_users()
+    ctx.model_dir.mkdir(parents=True, exist_ok=True)
+    key = rescoring.scoring_key(
+        ctx.item_vecs,
+        rescoring.settings_of(ctx.model_run_id, k, index, exclude_seen, annoy_settings, ctx.tuning),
+    )
+    previous, why = (None, "full rescore requested")
+    if incremental and index == "annoy" and ctx.annoy_built:
+        why = "annoy index built this run"
+    elif incremental:
+        previous, why = rescoring.load_previous(con, ctx.model_dir, key)
+    rescoring.forget(ctx.model_dir)
+    n_seen, seen_hash = rescoring.history_state(ctx.store, users)
     emb = None
-    if save_embeddings:
+    if save_embeddings or previous is not None:
         write_item_embeddings(ctx)
         emb = _UserEmbeddingsWriter(ctx.model_dir / "user_embeddings.parquet", ctx.item_vecs.shape[1])
 
-    def source(part: np.ndarray) -> tuple[np.ndarray, Seen | None]:
-        ends = ctx.store.history_length(part)
-        vecs = ctx.user_vectors(part, ends)
-        if emb is not None:
+    keep_users = None
+    todo = users
+    t_plan = time.perf_counter()
+    if previous is not None:
+        # encode everyone once (the embeddings file holds every scored user), compare with the previous run
+        # (the changed users' vectors are kept for their top-k: the numbers a full rescore uses)
+        assert emb is not None
+        changed = np.zeros(len(users), dtype=bool)
+        changed_vecs = []
+        for lo in range(0, len(users), chunk_users):
+            part = users[lo : lo + chunk_users]
+            vecs = ctx.user_vectors(part, ctx.store.history_length(part))
             emb.add(part, vecs)
+            same = previous.unchanged(
+                part, vecs, n_seen[lo : lo + chunk_users], seen_hash[lo : lo + chunk_users]
+            )
+            changed[lo : lo + chunk_users] = ~same
+            changed_vecs.append(vecs[~same])
+        keep_users, todo = users[~changed], users[changed]
+        todo_vecs = np.concatenate(changed_vecs)
+        why = f"{len(todo)} of {len(users)} users changed since {previous.run_id}"
+    plan_seconds = time.perf_counter() - t_plan
+    log.info("scoring %s: %s", "incrementally" if previous is not None else "every user", why)
+
+    done = 0
+
+    def source(part: np.ndarray) -> tuple[np.ndarray, Seen | None]:
+        nonlocal done
+        ends = ctx.store.history_length(part)
+        if previous is None:
+            vecs = ctx.user_vectors(part, ends)
+            if emb is not None:
+                emb.add(part, vecs)
+        else:  # the changed users are scored in order, chunk after chunk
+            vecs = todo_vecs[done : done + len(part)]
+            done += len(part)
         return vecs, Seen(*ctx.store.seen(part, ends)) if exclude_seen else None
 
     try:
@@ -366,12 +423,13 @@ def score_run(
             con,
             run_id,
             ctx.model_run_id,
-            users,
+            todo,
             source,
             lambda vecs, seen: topk(ctx, vecs, k, seen, index, annoy_settings),
             keep_runs=keep_runs,
             chunk_users=chunk_users,
             progress=progress,
+            keep_users=keep_users,
         )
     except BaseException:
         if emb is not None:
@@ -379,7 +437,9 @@ def score_run(
         raise
     if emb is not None:
         emb.close()
+        rescoring.save_state(ctx.model_dir, run_id, key, users, n_seen, seen_hash)
     phases["index"] = index_seconds
+    phases["compare"] = plan_seconds
     report = ScoreReport(
         run_id=run_id,
         model_run_id=ctx.model_run_id,
@@ -390,6 +450,8 @@ def score_run(
         seconds=round(time.perf_counter() - t0, 3),
         seconds_by_phase={name: round(v, 3) for name, v in phases.items()},
         annoy=_annoy_summary(ctx, k) if index == "annoy" else None,
+        rescored=len(todo),
+        rescoring=why,
     )
     log.info("scored %d users -> %d rows in %.1fs (%s)", report.users, rows, report.seconds, index)
     return report
