@@ -1,6 +1,7 @@
 -- self: (item_code INTEGER, weight DOUBLE, neg_sampler VARCHAR, neg_alpha DOUBLE)
--- One row = one item the negative sampler (features.negatives_train) draws from, with its weight:
--- 1 (uniform) or n_train ^ neg_alpha (popularity; items with n_train > 0), from
+-- One row = one item of the negative sampler (features.negatives_train), with its weight: 1
+-- (uniform) or n_train ^ neg_alpha (popularity; 0 for items without training events, which are
+-- never drawn but may top up a sample that rejection sampling leaves short), from
 -- features.item_popularity. Stable across builds, like the vocabularies: the previous distribution
 -- is kept while the sampler settings are unchanged and it stays within neg_refresh_drift (total
 -- variation distance, 0..1) of the current one; otherwise the current one replaces it. Every night
@@ -15,12 +16,12 @@ with previous as (
 current as (
     select item_code,
         case when getvariable('neg_sampler') = 'uniform' then 1.0
-            else pow(n_train, getvariable('neg_alpha'))
+            when n_train > 0 then pow(n_train, getvariable('neg_alpha'))
+            else 0.0
         end as weight,
         getvariable('neg_sampler') as neg_sampler,
         getvariable('neg_alpha')::DOUBLE as neg_alpha
     from features.item_popularity
-    where getvariable('neg_sampler') = 'uniform' or n_train > 0
 ),
 
 -- total variation distance between the two normalised distributions (items missing on one side
@@ -29,8 +30,8 @@ drift as (
     select 0.5 * sum(abs(coalesce(c.weight / ct.total, 0) - coalesce(p.weight / pt.total, 0))) as distance
     from current c
     full outer join previous p using (item_code)
-    cross join (select sum(weight) as total from current) ct
-    cross join (select sum(weight) as total from previous) pt
+    cross join (select nullif(sum(weight), 0) as total from current) ct
+    cross join (select nullif(sum(weight), 0) as total from previous) pt
 ),
 
 keep as (
@@ -39,7 +40,7 @@ keep as (
         and (select count(*) from current) > 0
         and (select bool_and(neg_sampler = getvariable('neg_sampler')
                 and neg_alpha = getvariable('neg_alpha')::DOUBLE) from previous)
-        and (select distance from drift) <= getvariable('neg_refresh_drift') as previous_kept
+        and coalesce((select distance from drift) <= getvariable('neg_refresh_drift'), false) as previous_kept
 ),
 
 final as (

@@ -33,7 +33,7 @@ rounds as (
 
 -- the sampling distribution over items
 weights as (
-    select item_code, weight as w from features.negative_sampler
+    select item_code, weight as w from features.negative_sampler where weight > 0
 ),
 
 cumulative as (
