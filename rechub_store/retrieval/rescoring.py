@@ -6,7 +6,8 @@ one key per run (`scoring_key`); the last two are compared user by user: the vec
 previous run's `user_embeddings.parquet`), the seen items by count and a position-weighted hash
 of the whole history. A user equal on all of them gets the previous run's rows again, which is
 what rescoring would compute; the others are rescored. A different key (a new model run, new item
-features, another k or index...) rescores everyone.
+features, another k or index...) rescores everyone. `score_run` uses this with the annoy index
+only, whose per-user results do not depend on which other users are scored with it.
 
 The state of the last run lives beside its embeddings, in `models/<model_run_id>/`:
 `score_state.parquet` (code, n_seen, seen_hash) and `score_state.json` (run_id, key), written

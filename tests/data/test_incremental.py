@@ -4,6 +4,7 @@ incrementally in one warehouse and fully in another, give the same tables row fo
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +177,31 @@ def test_incremental_keeps_other_users_rows_and_falls_back(tmp_path: Path) -> No
     build_features(con, BuildParams(k_core=2), select="item_popularity")
     assert build_features(con, BuildParams(k_core=2), incremental=True).mode_reason.startswith("k-core")
     con.close()
+
+
+def test_cli_incremental_and_full_refresh(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rechub_store.cli import app
+
+    wh = Warehouse(tmp_path / "w.duckdb", threads=1)
+    con = wh.connect()
+    ensure_raw_tables(con)
+    add_batch(
+        con,
+        1,
+        {"events": [(u, f"i{k % 5}", k, 5.0) for u in "ab" for k in range(6)], "user_attrs": [], "tags": []},
+    )
+    con.close()
+    runner = CliRunner()
+    cli = ["--warehouse", str(wh.path), "--threads", "1", "build-features"]
+    first = runner.invoke(app, [*cli, "--incremental", "--json"])
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.output)["mode_reason"] == "no previous build"
+    again = runner.invoke(app, [*cli, "--incremental", "--json"])
+    assert (json.loads(again.output)["mode"], json.loads(again.output)["mode_reason"]) == (
+        "incremental",
+        "no new batches",
+    )
+    both = runner.invoke(app, [*cli, "--incremental", "--full-refresh"])
+    assert both.exit_code == 2 and "exclude each other" in both.output
