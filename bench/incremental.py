@@ -117,7 +117,21 @@ def prepare(
             tags_col=ITEM_TAGS,
         )
         build_features(con, BuildParams())
-        train(con, TrainConfig(model=model, epochs=1, seed=0, progress=False))
+        # a cheap model (1 epoch, sampled softmax): the bench times the nightly, not training
+        train(
+            con,
+            TrainConfig(
+                model=model,
+                epochs=1,
+                batch_size=4096,
+                embed_dim=32,
+                neg_mode="listwise",
+                neg_ratio=4,
+                valid_users=1000,
+                seed=0,
+                progress=False,
+            ),
+        )
     job = JobConfig.from_mapping(__import__("tomllib").loads(JOB.format(index="annoy")), base_dir=base.parent)
     run_nightly(wh, job, dt.date(2030, 1, 1))
     return base

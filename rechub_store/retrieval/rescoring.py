@@ -51,15 +51,17 @@ def history_state(store: FeatureStore, users: np.ndarray) -> tuple[np.ndarray, n
     whole history, vectorised over the flat history array."""
     u = np.asarray(users, dtype=np.int64)
     lens = store.history_length(u).astype(np.int64)
-    total = int(lens.sum())
-    starts = store.hist_offsets[u]
-    seg = np.repeat(np.arange(len(u)), lens)
-    pos = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
-    codes = store.hist_items[np.repeat(starts, lens) + pos].astype(np.uint64)
-    with np.errstate(over="ignore"):
+    hashes = np.zeros(len(u), dtype=np.uint64)
+    some = lens > 0
+    if not some.any():
+        return lens, hashes
+    ul, ll = u[some], lens[some]
+    firsts = np.cumsum(ll) - ll
+    pos = np.arange(int(ll.sum()), dtype=np.int64) - np.repeat(firsts, ll)
+    codes = store.hist_items[np.repeat(store.hist_offsets[ul], ll) + pos].astype(np.uint64)
+    with np.errstate(over="ignore"):  # arithmetic mod 2^64 on purpose
         weights = np.power(_HASH_BASE, (pos + 1).astype(np.uint64))
-        hashes = np.zeros(len(u), dtype=np.uint64)
-        np.add.at(hashes, seg, codes * weights)
+        hashes[some] = np.add.reduceat(codes * weights, firsts)
     return lens, hashes
 
 
