@@ -146,7 +146,7 @@ def night2(root: Path, threads: int, memory_limit: str | None, full_refresh: boo
     from rechub_store.warehouse import Warehouse
 
     wh = Warehouse(root / "rechub.duckdb", threads=threads, memory_limit=memory_limit)
-    new = root.parent.parent / "new.parquet"
+    new = root.parent / "new.parquet"
     with wh.session() as con:
         ingest_interactions(
             con,
