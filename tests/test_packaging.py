@@ -165,8 +165,8 @@ def test_installed_package_finds_its_sql_inside_itself(wheel: Path, tmp_path: Pa
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (
-        "from rechub_store.paths import SQL_DIR; from rechub_store.data.sqlmodels import discover; "
-        "print(SQL_DIR); print(len(discover()))"
+        "from rechub_store.paths import SQL_DIR; from rechub_store.data.sqlmodels import METRICS_DIR, "
+        "discover; print(SQL_DIR); print(len(discover())); print(len(discover(only=METRICS_DIR)))"
     )
     run = subprocess.run(
         [sys.executable, "-c", code],
@@ -176,9 +176,11 @@ def test_installed_package_finds_its_sql_inside_itself(wheel: Path, tmp_path: Pa
         env={**os.environ, "PYTHONPATH": str(site)},
     )
     assert run.returncode == 0, run.stderr
-    sql_dir, count = run.stdout.split()
+    sql_dir, count, metric_count = run.stdout.split()
     assert Path(sql_dir) == site / "rechub_store" / "sql"
-    assert int(count) == len([p for p in (ROOT / "sql").rglob("*.sql") if "audits" not in p.parts])
+    files = [p.relative_to(ROOT / "sql").parts[0] for p in (ROOT / "sql").rglob("*.sql")]
+    assert int(count) == len([top for top in files if top not in ("audits", "metrics")])
+    assert int(metric_count) == files.count("metrics") > 0
 
 
 def test_wheel_ships_the_report_queries(wheel: Path) -> None:

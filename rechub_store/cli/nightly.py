@@ -6,9 +6,13 @@ import datetime as dt
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
 from rechub_store.errors import UserError
+from rechub_store.jobs.config import JobConfig
 
 
 def _run_date(text: str | None) -> dt.date | None:
@@ -53,13 +57,10 @@ def nightly_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """ingest -> build-features -> train (per policy) -> score -> evaluate -> publish. 0 = success."""
-    from rechub_store.jobconfig import JobConfig
-    from rechub_store.nightly import run_nightly
-
     config = JobConfig.load(job) if job else None
     if backfill and run_date is None:
         raise UserError("--backfill needs --run-date (the date whose run to reproduce)")
-    report = run_nightly(
+    report = api.nightly(
         warehouse_of(ctx),
         config,
         _run_date(run_date),
@@ -97,13 +98,9 @@ def demo_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Synthetic data end to end on this warehouse: generate, ingest, build, train, nightly; print results."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from rechub_store.nightly import run_demo
 
     err = Console(stderr=True)
-    report = run_demo(
+    report = api.demo(
         warehouse_of(ctx, create=True),
         n_users=users,
         n_items=items,

@@ -29,12 +29,12 @@ from rechub_store.warehouse import table_exists
 log = logging.getLogger(__name__)
 
 # evaluation_metrics columns that are not part of what a row measures
-NON_KEY_COLUMNS = {"run_id", "model_run_id", "value", "n_users", "created_at"}
+NON_KEY_COLUMNS = {"run_id", "model_run_id", "value", "n_users", "n_repeat_targets", "created_at"}
 BASELINES = ("popularity",)
 
 
 class GateSettings(Protocol):
-    """What the gates read (the job file's `[publish.gates]`, jobconfig.GateSettings)."""
+    """What the gates read (the job file's `[publish.gates]`, jobs.config.GateSettings)."""
 
     rows_per_user: str
     annoy_recall: str

@@ -15,8 +15,9 @@ import pytest
 from rel_helpers import NEXT_DATE, run_in_process, write_job
 
 from rechub_store.errors import UserError
-from rechub_store.publish.analytics import RecommendationWriter, publish_analytics, write_metrics
+from rechub_store.publish.analytics import publish_analytics
 from rechub_store.publish.gates import GateFailed, check_gates
+from rechub_store.results.tables import RecommendationWriter, write_metrics
 from rechub_store.retrieval.annoy_index import AnnoyItems
 from rechub_store.warehouse import Warehouse
 
@@ -123,12 +124,11 @@ def test_a_warn_gate_publishes_and_records_the_finding(
 
 def _metric(run: str, value: float, **key) -> dict:
     row = {"run_id": run, "model_run_id": "m1", "split": "test", "metric": "ndcg", "k": 10, "value": value}
-    return {**row, "n_users": 100, "index": "exact", **key}
+    return {**row, "n_users": 100, "index": "exact", "seen_filter": "except-target", "slice": "all", **key}
 
 
-def _two_runs(warehouse: Warehouse, seen_filter: bool = False) -> duckdb.DuckDBPyConnection:
-    """Run r1 published; run r2 scored in the working copy, its metrics written by each test. With
-    `seen_filter`, evaluation_metrics has one more key column (as another issue is adding)."""
+def _two_runs(warehouse: Warehouse) -> duckdb.DuckDBPyConnection:
+    """Run r1 published; run r2 scored in the working copy, its metrics written by each test."""
     con = warehouse.connect()
     for name, n in (("user", 4), ("item", 6)):
         con.execute(
@@ -144,17 +144,13 @@ def _two_runs(warehouse: Warehouse, seen_filter: bool = False) -> duckdb.DuckDBP
         writer.add(np.arange(1, 4), np.array([[2, 3], [1, 3], [1, 2]]), np.ones((3, 2), np.float32))
         writer.commit()
         if run == "r1":
-            if seen_filter:
-                con.execute("ALTER TABLE main.evaluation_metrics ADD COLUMN seen_filter VARCHAR")
-            _put_metrics(con, [_metric("r1", 0.5), _metric("r1", 0.4, metric="recall")], seen_filter)
+            _put_metrics(con, [_metric("r1", 0.5), _metric("r1", 0.4, metric="recall")])
             publish_analytics(con, warehouse, "r1")
     return con
 
 
-def _put_metrics(con, rows: list[dict], seen_filter: bool = False) -> None:
-    """Replace the run's metric rows (by column name, so an added key column can be filled)."""
-    if seen_filter:
-        rows = [{"seen_filter": "except-target", **r} for r in rows]
+def _put_metrics(con, rows: list[dict]) -> None:
+    """Replace the run's metric rows (by column name, so every key column can be filled)."""
     con.execute("DELETE FROM main.evaluation_metrics WHERE run_id = ?", [rows[0]["run_id"]])
     con.register("_m", pa.Table.from_pylist(rows))
     con.execute("INSERT INTO main.evaluation_metrics BY NAME SELECT * FROM _m")
@@ -188,13 +184,13 @@ def test_metrics_gate_fails_on_a_drop_against_the_published_run(warehouse: Wareh
 
 
 def test_metrics_gate_joins_on_every_key_column(warehouse: Warehouse) -> None:
-    """A key column added to evaluation_metrics (e.g. `seen_filter`) is compared like the others:
+    """Every key column of evaluation_metrics (e.g. `seen_filter`) is compared like the others:
     a row is only ever compared with the previous run's row of the same seen_filter."""
-    con = _two_runs(warehouse, seen_filter=True)
-    _put_metrics(con, [_metric("r2", 0.1, seen_filter="all"), _metric("r2", 0.45)], seen_filter=True)
+    con = _two_runs(warehouse)
+    _put_metrics(con, [_metric("r2", 0.1, seen_filter="all"), _metric("r2", 0.45)])
     (metrics,) = [r for r in _check(con, warehouse) if r.gate == "metrics"]
     assert metrics.status == "passed" and metrics.details["compared"] == 1
-    _put_metrics(con, [_metric("r2", 0.1)], seen_filter=True)
+    _put_metrics(con, [_metric("r2", 0.1)])
     with pytest.raises(GateFailed, match="seen_filter=except-target"):
         _check(con, warehouse)
     con.close()
