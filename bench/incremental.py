@@ -67,10 +67,10 @@ def prepare(
         generate,
     )
     from rechub_store.data.ingest import ingest_interactions, ingest_items, ingest_users
-    from rechub_store.jobconfig import JobConfig
-    from rechub_store.nightly import run_nightly
+    from rechub_store.jobs.config import JobConfig
+    from rechub_store.jobs.job import run_nightly
+    from rechub_store.pipeline.train import train
     from rechub_store.training.config import TrainConfig
-    from rechub_store.training.trainer import train
     from rechub_store.warehouse import Warehouse
 
     data = work / f"incremental-{n_events}"
@@ -131,6 +131,7 @@ def prepare(
                 seed=0,
                 progress=False,
             ),
+            threads=threads,
         )
     job = JobConfig.from_mapping(__import__("tomllib").loads(JOB.format(index="annoy")), base_dir=base.parent)
     run_nightly(wh, job, dt.date(2030, 1, 1))
@@ -141,8 +142,8 @@ def night2(root: Path, threads: int, memory_limit: str | None, full_refresh: boo
     import tomllib
 
     from rechub_store.data.ingest import ingest_interactions
-    from rechub_store.jobconfig import JobConfig
-    from rechub_store.nightly import run_nightly
+    from rechub_store.jobs.config import JobConfig
+    from rechub_store.jobs.job import run_nightly
     from rechub_store.warehouse import Warehouse
 
     wh = Warehouse(root / "rechub.duckdb", threads=threads, memory_limit=memory_limit)
