@@ -120,12 +120,16 @@ def build(
     *,
     select: str | None = None,
     progress: Progress | None = None,
+    incremental: bool = False,
 ) -> BuildReport:
     """Build the feature store from `raw.*` (with the warehouse's own SQL models folder, if set);
-    `select` rebuilds one model and what depends on it."""
+    `select` rebuilds one model and what depends on it; `incremental` recomputes only what the
+    batches since the last build change, when that gives the same tables (else a full build)."""
     wh = open_warehouse(warehouse)
     with wh.session() as con:
-        return build_features(con, params, select=select, progress=progress, user_dir=wh.user_sql_dir)
+        return build_features(
+            con, params, select=select, progress=progress, user_dir=wh.user_sql_dir, incremental=incremental
+        )
 
 
 def train(warehouse: WarehouseLike, config: TrainConfig) -> ModelRunResult:
@@ -168,10 +172,15 @@ def nightly(
     run_date: dt.date | None = None,
     *,
     echo: bool = False,
+    full_refresh: bool = False,
+    backfill: bool = False,
 ) -> NightlyReport:
-    """The nightly job (a job file, a `JobConfig`, or the warehouse's data with default settings)."""
+    """The nightly job (a job file, a `JobConfig`, or the warehouse's data with default settings);
+    incremental unless `full_refresh`; `backfill` reproduces `run_date`'s run (see `run_nightly`)."""
     config = JobConfig.load(job) if isinstance(job, Path | str) else job
-    return run_nightly(open_warehouse(warehouse), config, run_date, echo=echo)
+    return run_nightly(
+        open_warehouse(warehouse), config, run_date, echo=echo, full_refresh=full_refresh, backfill=backfill
+    )
 
 
 def report(

@@ -11,6 +11,7 @@ from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
 from rechub_store.config import NEG_MODES, NEG_SAMPLERS
 from rechub_store.data.build import BuildParams, BuildReport
+from rechub_store.errors import UserError
 
 _DEFAULTS = BuildParams()
 
@@ -37,13 +38,29 @@ def build_features_command(
         _DEFAULTS.neg_sampler, help=f"Negative distribution: {' | '.join(NEG_SAMPLERS)} (popularity^alpha)."
     ),
     neg_alpha: float = typer.Option(_DEFAULTS.neg_alpha, help="Popularity exponent of the sampler."),
+    neg_refresh_drift: float = typer.Option(
+        _DEFAULTS.neg_refresh_drift,
+        help="Refresh the sampler's item distribution when it drifts more than this (total variation) "
+        "from the current counts; 0 = always current.",
+    ),
     seed: int = typer.Option(_DEFAULTS.seed, help="Seed of the negative sampler."),
     select: str = typer.Option(
         None, "--select", help="Rebuild only this model and the models downstream of it."
     ),
+    incremental: bool = typer.Option(
+        False,
+        "--incremental",
+        help="Recompute only what the batches since the last build change (same result); "
+        "a full build when parameters or SQL changed.",
+    ),
+    full_refresh: bool = typer.Option(
+        False, "--full-refresh", help="Rebuild every table from all raw batches (the default)."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Build the feature store (vocabularies, histories, splits, negatives) from raw.* in DuckDB."""
+    if incremental and full_refresh:
+        raise UserError("--incremental and --full-refresh exclude each other")
     params = BuildParams(
         max_seq_len=max_seq_len,
         min_seq_len=min_seq_len,
@@ -54,12 +71,13 @@ def build_features_command(
         neg_ratio=neg_ratio,
         neg_sampler=neg_sampler,
         neg_alpha=neg_alpha,
+        neg_refresh_drift=neg_refresh_drift,
         seed=seed,
     )
     console = Console(stderr=True)
     warehouse = warehouse_of(ctx)
     if as_json:
-        report = api.build(warehouse, params, select=select)
+        report = api.build(warehouse, params, select=select, incremental=incremental)
     else:
         with Progress(
             TextColumn("[bold]build-features[/] {task.description}"),
@@ -74,7 +92,7 @@ def build_features_command(
             def progress(step: str, done: int, total: int) -> None:
                 bar.update(task, description=step, completed=done, total=total)
 
-            report = api.build(warehouse, params, select=select, progress=progress)
+            report = api.build(warehouse, params, select=select, progress=progress, incremental=incremental)
     if as_json:
         print_json(report.to_dict())
     else:
@@ -89,10 +107,12 @@ def _print_report(report: BuildReport) -> None:
     table.add_column("table")
     table.add_column("rows", justify="right")
     table.add_column("seconds", justify="right")
+    table.add_column("mode")
     for m in report.models:
         name = f"{m.model} (user)" if m.source == "user" else m.model
-        table.add_row(name, f"{m.rows:,}", f"{m.seconds:.2f}")
+        table.add_row(name, f"{m.rows:,}", f"{m.seconds:.2f}", m.mode)
     console.print(table)
+    console.print(f"{report.mode} build ({report.mode_reason}), raw batches up to {report.upto_batch_seq}")
     split = report.split
     if split:
         console.print(

@@ -36,6 +36,18 @@ def nightly_command(
     run_date: str = typer.Option(
         None, "--run-date", help="YYYY-MM-DD; run id nightly-<date>; rerun replaces it [default: today, UTC]"
     ),
+    full_refresh: bool = typer.Option(
+        False,
+        "--full-refresh",
+        help="Rebuild every feature table and rescore every user (default: only what new data changes; "
+        "same result)",
+    ),
+    backfill: bool = typer.Option(
+        False,
+        "--backfill",
+        help="Reproduce --run-date's run from the batches ingested by the end of that date (UTC) and the "
+        "model current then (no ingest, no training)",
+    ),
     quiet: bool = typer.Option(
         False,
         "--quiet",
@@ -46,7 +58,16 @@ def nightly_command(
 ) -> None:
     """ingest -> build-features -> train (per policy) -> score -> evaluate -> publish. 0 = success."""
     config = JobConfig.load(job) if job else None
-    report = api.nightly(warehouse_of(ctx), config, _run_date(run_date), echo=not (quiet or as_json))
+    if backfill and run_date is None:
+        raise UserError("--backfill needs --run-date (the date whose run to reproduce)")
+    report = api.nightly(
+        warehouse_of(ctx),
+        config,
+        _run_date(run_date),
+        echo=not (quiet or as_json),
+        full_refresh=full_refresh,
+        backfill=backfill,
+    )
     if as_json:
         print_json(report.as_dict())
         return

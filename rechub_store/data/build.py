@@ -17,8 +17,9 @@ from typing import Any
 import duckdb
 
 from rechub_store.config import NEG_MODES, NEG_SAMPLERS
+from rechub_store.data.incremental import plan
 from rechub_store.data.ingest import ensure_raw_tables
-from rechub_store.data.sqlmodels import ModelRun, Progress, run
+from rechub_store.data.sqlmodels import ModelRun, Progress, run, user_models_folder
 from rechub_store.errors import UserError
 from rechub_store.paths import SQL_DIR
 from rechub_store.warehouse import quote_ident, table_exists
@@ -40,6 +41,9 @@ class BuildParams:
     neg_ratio: int = 4  # negatives per training sample
     neg_sampler: str = "popularity"  # uniform | popularity (n_train ^ neg_alpha)
     neg_alpha: float = 0.75
+    # the sampler's distribution is refreshed when it drifts further than this (total variation
+    # distance) from the current training counts; 0 = always current (features.negative_sampler)
+    neg_refresh_drift: float = 0.05
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -70,6 +74,9 @@ class BuildParams:
                 f"got {self.neg_sampler!r}"
             )
         _float_field("neg_alpha", self.neg_alpha, lo=0.0)
+        _float_field("neg_refresh_drift", self.neg_refresh_drift, lo=0.0)
+        if self.neg_refresh_drift > 1:
+            raise UserError(f"build parameter neg_refresh_drift: expected 0..1, got {self.neg_refresh_drift}")
         _int_field("seed", self.seed, 0, 2**63 - 1)
 
     @classmethod
@@ -95,6 +102,7 @@ class BuildParams:
         values = self.to_dict()
         values["min_rating"] = None if self.min_rating is None else float(self.min_rating)
         values["neg_alpha"] = float(self.neg_alpha)
+        values["neg_refresh_drift"] = float(self.neg_refresh_drift)
         return values
 
 
@@ -125,6 +133,9 @@ class BuildReport:
     skipped_views: list[str] = field(default_factory=list)  # attribute names that are not identifiers
     select: str | None = None
     audits: dict[str, float] = field(default_factory=dict)  # audit name -> seconds
+    mode: str = "full"  # full | incremental
+    mode_reason: str = ""  # why (e.g. "new batches 4..5", "SQL models changed")
+    upto_batch_seq: int | None = None  # the last raw batch the build read
 
     @property
     def users_dropped_short(self) -> int:
@@ -139,6 +150,9 @@ class BuildReport:
             "build_id": self.build_id,
             "params": self.params,
             "select": self.select,
+            "mode": self.mode,
+            "mode_reason": self.mode_reason,
+            "upto_batch_seq": self.upto_batch_seq,
             "seconds": self.seconds,
             "users_dropped_short": self.users_dropped_short,
             "samples": self.samples,
@@ -210,6 +224,8 @@ def build_features(
     sql_dir: Path = SQL_DIR,
     partitions: Mapping[str, int] | None = None,
     user_dir: Path | None = None,
+    incremental: bool = False,
+    upto_batch_seq: int | None = None,
 ) -> BuildReport:
     """Run the SQL models (all, or `select` and what depends on it) and swap the results in atomically.
 
@@ -218,6 +234,11 @@ def build_features(
     partitioned build equals a one-pass build. It never changes the result, so it is not a
     build parameter. `user_dir`: the user's own SQL models (`--models-dir`), built with the
     built-in ones; a file at a built-in model's path replaces it.
+
+    `incremental`: recompute only what the raw batches since the previous build change, when the
+    previous build allows it (same parameters and SQL; see `incremental.plan`), else a full build;
+    the report's `mode` and `mode_reason` say which. The result is the same either way.
+    `upto_batch_seq`: read only the raw batches up to this one (a backfill of a past date).
 
     Raises UserError (previous tables untouched) if a model or an audit fails, or if there is
     nothing to build.
@@ -229,6 +250,17 @@ def build_features(
         raise UserError(
             "raw.interactions is empty: run `rechub-store ingest ...` (or `rechub-store demo`) first"
         )
+    if user_dir is not None:
+        user_dir = user_models_folder(user_dir)
+    how = plan(
+        con,
+        params.to_dict(),
+        want_incremental=incremental,
+        upto_batch_seq=upto_batch_seq,
+        sql_dir=sql_dir,
+        user_dir=user_dir,
+        select=select,
+    )
     views: tuple[list[str], list[str]] = ([], [])
 
     def after_swap(c: duckdb.DuckDBPyConnection) -> dict[str, Any]:
@@ -241,11 +273,14 @@ def build_features(
             "split_report": split,
             "vocab_views": views[0],
             "skipped_views": views[1],
+            "mode": "incremental" if how.incremental else "full",
+            "mode_reason": how.reason,
+            "inputs": how.inputs(),
         }
 
     result = run(
         con,
-        variables=params.variables(),
+        variables={**params.variables(), **how.variables()},
         select=select,
         sql_dir=sql_dir,
         progress=progress,
@@ -253,6 +288,7 @@ def build_features(
         params_record=params.to_dict(),
         partitions=partitions,
         user_dir=user_dir,
+        incremental=how.incremental,
     )
     return BuildReport(
         build_id=result.build_id,
@@ -264,4 +300,7 @@ def build_features(
         skipped_views=views[1],
         select=select,
         audits=result.audits,
+        mode="incremental" if how.incremental else "full",
+        mode_reason=how.reason,
+        upto_batch_seq=how.upto_batch_seq,
     )

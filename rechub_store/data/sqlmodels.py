@@ -28,6 +28,25 @@ itself must filter its big inputs, e.g. `where user_code % getvariable('n_partit
 getvariable('partition')`, so that each pass reads 1/n of them and the union of the passes is
 exactly the unpartitioned result (rows of one partition must not depend on other partitions'
 inputs). Outside a partitioned model `partition` = 0 and `n_partitions` = 1.
+
+Incremental builds (dbt's incremental models): `run(..., incremental=True)` sets the variable
+`incremental` (false in a full build) and builds the models with an `-- incremental:` header from
+their previous version instead of from scratch; every other model is rebuilt whole, as always.
+
+    -- incremental: append
+        new table = the previous rows + this SELECT's rows (the model returns only the new ones
+        when `incremental` is true)
+    -- incremental: rebuild user_code in features.changed_users [unless features.x changed]
+        new table = the previous rows whose user_code is not in features.changed_users (this
+        build's version) + this SELECT's rows (the model returns only those keys' rows when
+        `incremental` is true); with `unless <table> changed`, a change of that table's rows
+        since the previous build rebuilds the model whole instead
+
+It is still one SELECT, the same file for both modes: the model filters its inputs with
+`getvariable('incremental')`. Whether an incremental build is valid at all (same parameters and
+SQL as the previous build, no global filter such as k-core) is the caller's decision
+(`rechub_store/data/incremental.py`); the temporary tables, audits and the one-transaction swap
+are the same as in a full build.
 """
 
 from __future__ import annotations
@@ -76,6 +95,14 @@ _PARTITION_SPEC = re.compile(
     r"([A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*)\s*$",
     re.IGNORECASE,
 )
+_INCREMENTAL_HEADER = re.compile(r"^\s*--\s*incremental:", re.IGNORECASE)
+_TABLE = r"([A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*)"
+_INCREMENTAL_SPEC = re.compile(
+    r"^\s*--\s*incremental:\s*(?:(append)|rebuild\s+([A-Za-z_][A-Za-z0-9_]*)\s+in\s+"
+    rf"{_TABLE}(?:\s+unless\s+{_TABLE}\s+changed)?)\s*$",
+    re.IGNORECASE,
+)
+_READS_INCREMENTAL = re.compile(r"getvariable\s*\(\s*'incremental'\s*\)", re.IGNORECASE)
 _READS_PARTITION = re.compile(r"getvariable\s*\(\s*'partition'\s*\)", re.IGNORECASE)
 _READS_N_PARTITIONS = re.compile(r"getvariable\s*\(\s*'n_partitions'\s*\)", re.IGNORECASE)
 
@@ -93,6 +120,16 @@ class Partitioning:
 
 
 @dataclass(frozen=True)
+class Incremental:
+    """`-- incremental: append` or `-- incremental: rebuild <key> in <table> [unless <table> changed]`."""
+
+    mode: str  # append | rebuild
+    key: str | None = None  # rebuild: the column whose keys are recomputed
+    keys_from: str | None = None  # rebuild: schema.table listing those keys (a model of the build)
+    unless_changed: str | None = None  # rebuild whole when this table's rows changed
+
+
+@dataclass(frozen=True)
 class Model:
     """One SQL model: its table, source file, text and the models it reads."""
 
@@ -103,6 +140,7 @@ class Model:
     refs: frozenset[str] = frozenset()
     partition: Partitioning | None = None  # from a `-- partition:` header
     user: bool = False  # from the user's models folder (a new table or an override of a built-in one)
+    incremental: Incremental | None = None  # from an `-- incremental:` header
 
     @property
     def schema(self) -> str:
@@ -124,6 +162,7 @@ class ModelRun:
     seconds: float
     partitions: int = 1
     source: str = "builtin"  # builtin | user (the --models-dir folder)
+    mode: str = "full"  # full | incremental (previous rows kept, the changed ones recomputed)
 
 
 @dataclass
@@ -239,6 +278,28 @@ def _partition_header(path: Path, sql: str) -> Partitioning | None:
         if rows < 1:
             raise UserError(f"{path}: partition header: rows per partition must be >= 1")
         return Partitioning(m.group(1), rows, m.group(3).lower())
+    return None
+
+
+def _incremental_header(path: Path, sql: str) -> Incremental | None:
+    for line in _header_lines(sql):
+        if not _INCREMENTAL_HEADER.match(line):
+            continue
+        m = _INCREMENTAL_SPEC.match(line)
+        if not m:
+            raise UserError(
+                f"{path}: bad incremental header {line.strip()!r}; expected `-- incremental: append` or "
+                "`-- incremental: rebuild <column> in <schema.table> [unless <schema.table> changed]`"
+            )
+        if not _READS_INCREMENTAL.search(sql):
+            raise UserError(
+                f"{path}: an incremental model must filter its inputs with getvariable('incremental')"
+            )
+        if m.group(1):
+            return Incremental("append")
+        return Incremental(
+            "rebuild", m.group(2).lower(), m.group(3).lower(), (m.group(4) or "").lower() or None
+        )
     return None
 
 
@@ -358,7 +419,13 @@ def discover(
             raise UserError(
                 f"{path}: the partition header sizes by {partition.sized_by}, which the model does not read"
             )
-        models[name] = Model(name, path, sql, header, frozenset(refs), partition, user)
+        incremental = _incremental_header(path, sql)
+        for table in (incremental.keys_from, incremental.unless_changed) if incremental else ():
+            if table and table not in refs:
+                raise UserError(
+                    f"{path}: the incremental header names {table}, which the model does not read"
+                )
+        models[name] = Model(name, path, sql, header, frozenset(refs), partition, user, incremental)
     return models
 
 
@@ -507,10 +574,13 @@ def run(
     params_record: Mapping[str, Any] | None = None,
     partitions: Mapping[str, int] | None = None,
     user_dir: Path | None = None,
+    incremental: bool = False,
 ) -> RunResult:
     """Build the models (all, or `select` + downstream), audit them and swap them in; record meta.builds.
 
     `user_dir` is the user's models folder: its models and audits join the build (see `discover`).
+    `incremental`: build the models with an `-- incremental:` header from their previous version
+    (see the module docstring); the caller has checked that the previous build allows it.
 
     `after_swap(con)` runs inside the swap transaction (new tables visible, not yet committed)
     and returns the build's summary stored as meta.builds.report; it may create views.
@@ -554,7 +624,7 @@ def run(
         [build_id, json.dumps(record, default=str)],
     )
     set_variables(con, variables)
-    set_variables(con, {"partition": 0, "n_partitions": 1})
+    set_variables(con, {"partition": 0, "n_partitions": 1, "incremental": incremental})
     # DuckDB's own terminal progress bar would fight with the caller's display (rich, logs).
     con.execute("SET enable_progress_bar = false")
     targets = {m.name: m.tmp_name for m in todo}
@@ -576,17 +646,22 @@ def run(
                 refs = [r for r in _references(model.sql, models) if r[2] != model.name]
                 sql = _rewrite(model.sql, refs, targets)
                 n = forced.get(model.name) or _partition_count(con, model, targets)
+                keep = _kept_rows(con, model, targets) if incremental else None
+                if keep is not None:
+                    con.execute(f"CREATE TABLE {model.tmp_name} AS\n{keep}\n")
+                elif incremental and model.incremental is not None:
+                    set_variables(con, {"incremental": False})  # this model is rebuilt whole
                 for part in range(n):
                     if n > 1:
                         current = f"model {_display(model.path, *roots)} (partition {part + 1} of {n})"
                         if progress:
                             progress(f"{model.name} (part {part + 1}/{n})", i, len(todo))
                     set_variables(con, {"partition": part, "n_partitions": n})
-                    if part == 0:
+                    if part == 0 and keep is None:
                         con.execute(f"CREATE TABLE {model.tmp_name} AS\n{sql}\n")
                     else:
                         con.execute(f"INSERT INTO {model.tmp_name}\n{sql}\n")
-                set_variables(con, {"partition": 0, "n_partitions": 1})
+                set_variables(con, {"partition": 0, "n_partitions": 1, "incremental": incremental})
                 (rows,) = con.execute(f"SELECT count(*) FROM {model.tmp_name}").fetchone()  # type: ignore[misc]
                 result.models.append(
                     ModelRun(
@@ -595,6 +670,7 @@ def run(
                         round(time.perf_counter() - t0, 4),
                         n,
                         "user" if model.user else "builtin",
+                        "incremental" if keep is not None else "full",
                     )
                 )
             if progress:
@@ -643,13 +719,57 @@ def run(
 
 
 def _models_json(result: RunResult) -> str:
-    """meta.builds.models: per model its rows, seconds, passes and source (builtin | user)."""
+    """meta.builds.models: per model its rows, seconds, passes, source (builtin | user) and mode
+    (full | incremental)."""
     return json.dumps(
         {
-            m.model: {"rows": m.rows, "seconds": m.seconds, "partitions": m.partitions, "source": m.source}
+            m.model: {
+                "rows": m.rows,
+                "seconds": m.seconds,
+                "partitions": m.partitions,
+                "source": m.source,
+                "mode": m.mode,
+            }
             for m in result.models
         }
     )
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    schema, name = table.split(".")
+    (n,) = con.execute(  # type: ignore[misc]
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = ? AND table_name = ?",
+        [schema, name],
+    ).fetchone()
+    return bool(n)
+
+
+def _same_rows(con: duckdb.DuckDBPyConnection, a: str, b: str) -> bool:
+    """Whether two tables hold the same multiset of rows."""
+    (differ,) = con.execute(  # type: ignore[misc]
+        f"SELECT EXISTS (SELECT * FROM {a} EXCEPT ALL SELECT * FROM {b}) "
+        f"OR EXISTS (SELECT * FROM {b} EXCEPT ALL SELECT * FROM {a})"
+    ).fetchone()
+    return not differ
+
+
+def _kept_rows(con: duckdb.DuckDBPyConnection, model: Model, targets: Mapping[str, str]) -> str | None:
+    """The SELECT of the previous rows an incremental build keeps for this model, or None when the
+    model is rebuilt whole (no `-- incremental:` header, no previous table, or the table named by
+    `unless ... changed` changed in this build)."""
+    spec = model.incremental
+    if spec is None or not _table_exists(con, model.name):
+        return None
+    if spec.mode == "append":
+        return f"SELECT * FROM {model.name}"
+    assert spec.key is not None and spec.keys_from is not None
+    if spec.unless_changed is not None:
+        new = targets.get(spec.unless_changed, spec.unless_changed)
+        if not _table_exists(con, spec.unless_changed) or not _same_rows(con, spec.unless_changed, new):
+            return None
+    keys = targets.get(spec.keys_from, spec.keys_from)
+    return f"SELECT p.* FROM {model.name} p ANTI JOIN {keys} k ON p.{spec.key} = k.{spec.key}"
 
 
 def _fail(

@@ -35,6 +35,7 @@ from typing import Any
 import duckdb
 
 from rechub_store.data.build import BuildParams, build_features
+from rechub_store.data.incremental import batches_up_to
 from rechub_store.data.ingest import ingest_interactions
 from rechub_store.data.movielens import ingest_movielens
 from rechub_store.data.readers import latest_build
@@ -198,6 +199,21 @@ def _latest_model(con: duckdb.DuckDBPyConnection) -> tuple[str, dt.datetime | No
     return None if row is None else (row[0], row[1])
 
 
+def model_as_of(con: duckdb.DuckDBPyConnection, day: dt.date) -> str:
+    """The latest successful model run finished by the end of `day` (UTC): a backfill's model."""
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time())
+    row = None
+    if table_exists(con, "meta.model_runs"):
+        row = con.execute(
+            "SELECT model_run_id FROM meta.model_runs WHERE status = 'success' AND finished_at < ? "
+            "ORDER BY finished_at DESC, model_run_id DESC LIMIT 1",
+            [end],
+        ).fetchone()
+    if row is None:
+        raise UserError(f"backfill {day.isoformat()}: no model run had finished by the end of that date")
+    return str(row[0])
+
+
 def _raw_state(con: duckdb.DuckDBPyConnection) -> list[int] | None:
     if not table_exists(con, "raw.batches"):
         return None
@@ -239,13 +255,26 @@ def _user_sql_dir(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, job: Job
 class Nightly:
     """One run of a job. `run()` does everything; the steps are methods so tests can read them."""
 
-    def __init__(self, warehouse: Warehouse, job: JobConfig, run_id: str, echo: bool = False) -> None:
+    def __init__(
+        self,
+        warehouse: Warehouse,
+        job: JobConfig,
+        run_id: str,
+        echo: bool = False,
+        *,
+        full_refresh: bool = False,
+        backfill: dt.date | None = None,
+    ) -> None:
         self.warehouse, self.job, self.run_id, self.echo = warehouse, job, run_id, echo
+        self.full_refresh = full_refresh  # rebuild every feature table and rescore every user
+        self.backfill = backfill  # reproduce this date's run from the batches ingested by its end
         self.state = _State()
         self.targets: list[tuple[str, str]] | None = None  # (key, URL), checked before the lock
 
     # -- steps (each returns (rows, details) or raises _Skip) --------------------------------
     def ingest(self, con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, Any]]:
+        if self.backfill is not None:
+            raise _Skip({"reason": "backfill: reads the batches ingested by the end of its date"})
         if not self.job.sources:
             raise _Skip({"reason": "no [[ingest.sources]] in the job"})
         files: list[dict[str, Any]] = []
@@ -292,20 +321,30 @@ class Nightly:
         """
         params = _build_params(con, self.job)
         user_dir = _user_sql_dir(con, self.warehouse, self.job)
+        upto = batches_up_to(con, self.backfill) if self.backfill is not None else None
         inputs = {"raw": _raw_state(con), "params": params.to_dict(), "sql": fingerprint(SQL_DIR, user_dir)}
+        if upto is not None:
+            inputs["upto_batch_seq"] = upto
         last_id, _ = latest_build(con)
         prev = con.execute(
             "SELECT details FROM meta.job_runs WHERE step = 'build' AND status IN ('success', 'skipped') "
             "ORDER BY finished_at DESC LIMIT 1"
         ).fetchone()
         prev_details = json.loads(prev[0]) if prev and prev[0] else {}
-        if last_id and prev_details.get("build_id") == last_id and prev_details.get("inputs") == inputs:
+        same = last_id and prev_details.get("build_id") == last_id and prev_details.get("inputs") == inputs
+        if same and not self.full_refresh:
             raise _Skip(
                 {"reason": "no new data, same parameters and SQL", "build_id": last_id, "inputs": inputs}
             )
-        report = build_features(con, params, user_dir=user_dir)
+        report = build_features(
+            con, params, user_dir=user_dir, incremental=not self.full_refresh, upto_batch_seq=upto
+        )
         samples = report.samples
+        log.info("%s build (%s)", report.mode, report.mode_reason)
         return sum(samples.values()), {
+            "mode": report.mode,
+            "mode_reason": report.mode_reason,
+            "upto_batch_seq": report.upto_batch_seq,
             "build_id": report.build_id,
             "models_dir": None if user_dir is None else str(user_dir),
             "inputs": inputs,
@@ -315,6 +354,15 @@ class Nightly:
 
     def train(self, con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, Any]]:
         settings = self.job.train
+        if self.backfill is not None:
+            model_run_id = model_as_of(con, self.backfill)
+            self.state.model_run_id = model_run_id
+            raise _Skip(
+                {
+                    "reason": "backfill: the model that was current at the end of its date",
+                    "model_run_id": model_run_id,
+                }
+            )
         latest = _latest_model(con)
         reason: str | None = None
         if settings.policy == "always":
@@ -371,6 +419,7 @@ class Nightly:
             annoy_settings=s.annoy,
             keep_runs=self.job.publish.keep_runs,
             exclude_seen=s.exclude_seen,
+            incremental=not self.full_refresh,
         )
         self.state.score = {
             "k": s.k,
@@ -639,8 +688,15 @@ def run_nightly(
     run_date: dt.date | None = None,
     *,
     echo: bool = False,
+    full_refresh: bool = False,
+    backfill: bool = False,
 ) -> NightlyReport:
     """Run the job (default: the warehouse's own data, latest model, default settings) for a date.
+
+    The feature build is incremental and scoring rescoring only the users whose lists can have
+    changed, whenever that gives the same result as doing everything (`full_refresh`: do everything).
+    `backfill`: reproduce `run_date`'s run from the raw batches ingested by the end of that date
+    (UTC), with the model that was current then: no ingest, no training.
 
     The whole job is validated and its publish targets are checked reachable before the lock is
     taken. Raises AlreadyRunning (exit 3) if another run holds the lock, UserError (exit 2) for a
@@ -649,4 +705,11 @@ def run_nightly(
     job = job or JobConfig()
     run_date = run_date or dt.datetime.now(dt.UTC).date()
     validate_job(job, warehouse)
-    return Nightly(warehouse, job, f"nightly-{run_date.isoformat()}", echo=echo).run()
+    return Nightly(
+        warehouse,
+        job,
+        f"nightly-{run_date.isoformat()}",
+        echo=echo,
+        full_refresh=full_refresh,
+        backfill=run_date if backfill else None,
+    ).run()

@@ -22,6 +22,7 @@ from rechub_store.config import INDEXES, AnnoySettings, as_choice
 from rechub_store.ranking.exact import Seen
 from rechub_store.results.similar_items import write_similar_items
 from rechub_store.results.tables import RecommendationWriter
+from rechub_store.retrieval import rescoring
 from rechub_store.retrieval.scoring import (
     ANNOY_FILE,
     ScoringContext,
@@ -48,6 +49,8 @@ class ScoreReport:
     seconds_by_phase: dict[str, float] = field(default_factory=dict)
     annoy: dict[str, Any] | None = None
     auto: dict[str, Any] | None = None  # index = auto: what was measured and why `index` was chosen
+    rescored: int = 0  # users whose lists were computed this run (the others kept theirs)
+    rescoring: str = ""  # why everyone or only those
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,13 +112,20 @@ def write_topk(
     keep_runs: int = 30,
     chunk_users: int = 65_536,
     progress: Callable[[int, int], None] | None = None,
+    keep_users: np.ndarray | None = None,
 ) -> tuple[int, dict[str, float]]:
     """The scoring loop, model-agnostic: per chunk of users get vectors + seen, search, stage; commit.
 
-    Returns (rows written, seconds per phase). `bench/score.py` drives it with synthetic vectors.
+    `keep_users`: users whose rows of the current `recommendations` are staged again unchanged
+    (incremental scoring). Returns (rows written, seconds per phase). `bench/score.py` drives it
+    with synthetic vectors.
     """
     phases = {"encode": 0.0, "topk": 0.0, "stage": 0.0}
     writer = RecommendationWriter(con, run_id, model_run_id)
+    if keep_users is not None:
+        t0 = time.perf_counter()
+        writer.keep_previous(keep_users)
+        phases["keep"] = time.perf_counter() - t0
     for lo in range(0, len(users), chunk_users):
         part = users[lo : lo + chunk_users]
         t0 = time.perf_counter()
@@ -148,12 +158,17 @@ def score_run(
     save_embeddings: bool = True,
     progress: Callable[[int, int], None] | None = None,
     exclude_seen: bool = True,
+    incremental: bool = False,
 ) -> ScoreReport:
     """Score every user with events and replace the warehouse's `recommendations` with run `run_id`.
 
     Users are encoded from their whole current history; everything they have interacted with
     is excluded (`exclude_seen=False`: re-consumption domains, where repeats are welcome). The
     history keeps `keep_runs` runs; re-scoring a run_id replaces it.
+    `incremental`: users whose vector and seen items equal the previous run's, under the same
+    model run, item vectors and settings, keep their rows (see `rescoring`); the result is the
+    same as rescoring everyone. Annoy only (its candidates are rescored row by row); the exact
+    index always rescores everyone.
     """
     as_choice(index, "--index", (*INDEXES, "auto"))
     if ctx.knn is not None:
@@ -171,16 +186,63 @@ def score_run(
         annoy_recall_now(ctx, k, annoy_settings)
     index_seconds = time.perf_counter() - t0
     users = ctx.production_users()
+    ctx.model_dir.mkdir(parents=True, exist_ok=True)
+    key = rescoring.scoring_key(
+        ctx.item_vecs,
+        rescoring.settings_of(ctx.model_run_id, k, index, exclude_seen, annoy_settings, ctx.tuning),
+    )
+    previous, why = (None, "full rescore requested")
+    if incremental and index == "exact":
+        # the blocked matmul's float results for a user depend on the other rows of its block
+        # (measured: a few ulp), so a subset scored alone would not equal a full rescore bit for bit
+        why = "the exact index rescores everyone"
+    elif incremental and ctx.annoy_built:
+        why = "annoy index built this run"
+    elif incremental:
+        previous, why = rescoring.load_previous(con, ctx.model_dir, key)
+    rescoring.forget(ctx.model_dir)
+    n_seen, seen_hash = rescoring.history_state(ctx.store, users)
     emb = None
-    if save_embeddings:
+    if save_embeddings or previous is not None:
         write_item_embeddings(ctx)
         emb = _UserEmbeddingsWriter(ctx.model_dir / "user_embeddings.parquet", ctx.item_vecs.shape[1])
 
-    def source(part: np.ndarray) -> tuple[np.ndarray, Seen | None]:
-        ends = ctx.store.history_length(part)
-        vecs = ctx.user_vectors(part, ends)
-        if emb is not None:
+    keep_users = None
+    todo = users
+    t_plan = time.perf_counter()
+    if previous is not None:
+        # encode everyone once (the embeddings file holds every scored user), compare with the previous run
+        # (the changed users' vectors are kept for their top-k: the numbers a full rescore uses)
+        assert emb is not None
+        changed = np.zeros(len(users), dtype=bool)
+        changed_vecs = []
+        for lo in range(0, len(users), chunk_users):
+            part = users[lo : lo + chunk_users]
+            vecs = ctx.user_vectors(part, ctx.store.history_length(part))
             emb.add(part, vecs)
+            same = previous.unchanged(
+                part, vecs, n_seen[lo : lo + chunk_users], seen_hash[lo : lo + chunk_users]
+            )
+            changed[lo : lo + chunk_users] = ~same
+            changed_vecs.append(vecs[~same])
+        keep_users, todo = users[~changed], users[changed]
+        todo_vecs = np.concatenate(changed_vecs)
+        why = f"{len(todo)} of {len(users)} users changed since {previous.run_id}"
+    plan_seconds = time.perf_counter() - t_plan
+    log.info("scoring %s: %s", "incrementally" if previous is not None else "every user", why)
+
+    done = 0
+
+    def source(part: np.ndarray) -> tuple[np.ndarray, Seen | None]:
+        nonlocal done
+        ends = ctx.store.history_length(part)
+        if previous is None:
+            vecs = ctx.user_vectors(part, ends)
+            if emb is not None:
+                emb.add(part, vecs)
+        else:  # the changed users are scored in order, chunk after chunk
+            vecs = todo_vecs[done : done + len(part)]
+            done += len(part)
         return vecs, Seen(*ctx.store.seen(part, ends)) if exclude_seen else None
 
     try:
@@ -188,12 +250,13 @@ def score_run(
             con,
             run_id,
             ctx.model_run_id,
-            users,
+            todo,
             source,
             lambda vecs, seen: topk(ctx, vecs, k, seen, index, annoy_settings),
             keep_runs=keep_runs,
             chunk_users=chunk_users,
             progress=progress,
+            keep_users=keep_users,
         )
     except BaseException:
         if emb is not None:
@@ -201,11 +264,13 @@ def score_run(
         raise
     if emb is not None:
         emb.close()
+        rescoring.save_state(ctx.model_dir, run_id, key, users, n_seen, seen_hash)
     phases["index"] = index_seconds
     if ctx.knn is not None:
         t_similar = time.perf_counter()
         write_similar_items(con, ctx.knn.similar, ctx.model_run_id, k)
         phases["similar_items"] = time.perf_counter() - t_similar
+    phases["compare"] = plan_seconds
     report = ScoreReport(
         run_id=run_id,
         model_run_id=ctx.model_run_id,
@@ -217,6 +282,8 @@ def score_run(
         seconds_by_phase={name: round(v, 3) for name, v in phases.items()},
         annoy=_annoy_summary(ctx, k) if index == "annoy" else None,
         auto=None if calibration is None else calibration.as_dict(),
+        rescored=len(todo),
+        rescoring=why,
     )
     log.info("scored %d users -> %d rows in %.1fs (%s)", report.users, rows, report.seconds, index)
     return report

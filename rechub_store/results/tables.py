@@ -94,6 +94,28 @@ class RecommendationWriter:
         self.rows += table.num_rows
         return table.num_rows
 
+    def keep_previous(self, user_codes: np.ndarray) -> int:
+        """Stage these users' rows of the current `recommendations` again (incremental scoring:
+        their lists cannot have changed); returns the rows staged."""
+        if len(user_codes) == 0:
+            return 0
+        self.con.register("_recs_kept", pa.table({"user_code": np.asarray(user_codes, dtype=np.int32)}))
+        try:
+            (n,) = self.con.execute(  # type: ignore[misc]
+                """
+                INSERT INTO _recs_codes
+                SELECT u.code, i.code, r.rank, r.score::FLOAT
+                FROM main.recommendations r
+                JOIN features.vocab_user_id u ON u.value = r.user_id
+                JOIN features.vocab_item_id i ON i.value = r.item_id
+                SEMI JOIN _recs_kept k ON k.user_code = u.code
+                """
+            ).fetchone()
+        finally:
+            self.con.unregister("_recs_kept")
+        self.rows += int(n)
+        return int(n)
+
     def commit(self, keep_runs: int = 30, generated_at: dt.datetime | None = None) -> int:
         """Replace `recommendations` with this run and store it in the history (same run_id replaced)."""
         generated_at = generated_at or utcnow()

@@ -1,8 +1,11 @@
 -- One row = one event of staging.interactions with integer codes. seq is the event's 0-based
 -- position in its user's history, ordered by (ts, event_order, item_code): total and
 -- deterministic, so ties on ts always resolve the same way (file order first).
+-- incremental: rebuild user_code in features.changed_users
+-- (a user's rows depend on that user's events only: an incremental build keeps the other users'.)
 with interactions as (
     select user_id, item_id, ts, event_order from staging.interactions
+    where not getvariable('incremental') or user_id in (select user_id from features.changed_users)
 ),
 
 coded as (

@@ -6,7 +6,9 @@ with previous as (
 ),
 
 observed as (
-    select distinct tag as value from raw.item_tags where tag is not null
+    select distinct tag as value from raw.item_tags
+    where tag is not null
+      and (getvariable('upto_batch_seq') is null or batch_seq <= getvariable('upto_batch_seq'))
 ),
 
 new_values as (

@@ -7,16 +7,32 @@
 --      fewer than k_core events until every remaining user and item has at least k_core.
 -- event_order = batch_seq * 10^12 + line of the first occurrence: the order in which rows appeared
 -- in the ingested files, used to break timestamp ties.
+-- Only batches up to upto_batch_seq are read (NULL = all; `nightly --run-date` backfills set it).
+-- incremental: append
+-- An incremental build keeps the previous table and appends the events first seen in the batches
+-- after the previous build (built_batch_seq): a later duplicate of an earlier event never replaces
+-- it, so the earlier rows are already final. Only without k-core (the planner checks), whose
+-- filter is global.
 with recursive
 
 source as (
     select user_id, item_id, ts, rating, batch_seq::BIGINT * 1000000000000 + line as event_order
     from raw.interactions
+    where (getvariable('upto_batch_seq') is null or batch_seq <= getvariable('upto_batch_seq'))
+      and (not getvariable('incremental') or batch_seq > getvariable('built_batch_seq'))
+),
+
+-- incremental build: the (user, item, ts) keys of the batches the previous build read
+earlier as (
+    select user_id, item_id, ts
+    from raw.interactions
+    where getvariable('incremental') and batch_seq <= getvariable('built_batch_seq')
 ),
 
 deduplicated as (
     select user_id, item_id, ts, arg_min_null(rating, event_order) as rating, min(event_order) as event_order
     from source
+    anti join earlier using (user_id, item_id, ts)
     group by user_id, item_id, ts
 ),
 

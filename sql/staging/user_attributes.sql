@@ -1,9 +1,11 @@
 -- One row = the current value of one attribute of one user: of all rows raw.user_attributes holds
--- for (user_id, name), the one ingested last (highest batch_seq, then line). NULL values are skipped.
+-- for (user_id, name), the one ingested last (highest batch_seq, then line). NULL values are skipped;
+-- batches after upto_batch_seq (a backfill's date) are not read.
 with source as (
     select user_id, name, value, kind, batch_seq::BIGINT * 1000000000000 + line as row_order
     from raw.user_attributes
     where value is not null
+      and (getvariable('upto_batch_seq') is null or batch_seq <= getvariable('upto_batch_seq'))
 ),
 
 final as (

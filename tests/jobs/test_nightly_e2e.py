@@ -312,6 +312,8 @@ def test_killed_in_publish_leaves_previous_results_and_next_run_recovers(wh: War
 
     report = run_nightly(wh, job_of(wh), D2)  # recovers the stale lock and finishes the date
     assert report.status == "success"
+    steps = {s.step: s for s in report.steps}
+    assert steps["build"].details["mode"] == "incremental"  # the kill left the previous build's watermark
     assert "stale lock" in Path(report.log_path).read_text()
     check_run(wh, "nightly-2030-01-02")
     assert not (wh.root / "nightly.lock").exists()
@@ -475,3 +477,55 @@ def test_readme_analyst_queries(wh: Warehouse) -> None:
         assert 0 <= r["churn"] <= 1, "the second run is compared with the first"
     churn = [r for r in sql("churn") if r["run_id"] == "nightly-2030-01-02"]  # (the first: vs the demo's)
     assert len(churn) == 5 and all(r["n_users"] == 300 for r in churn)
+
+
+def feature_tables(path: Path) -> dict[str, list[tuple]]:
+    """Every staging and feature table, sorted (features.changed_users, which says what a build
+    recomputed, left out)."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        names = con.execute(
+            "SELECT schema_name || '.' || table_name FROM duckdb_tables() "
+            "WHERE schema_name IN ('staging', 'features') AND table_name <> 'changed_users' ORDER BY 1"
+        ).fetchall()
+        return {n: con.execute(f"SELECT * FROM {n} ORDER BY ALL").fetchall() for (n,) in names}
+    finally:
+        con.close()
+
+
+RECS = "SELECT user_id, item_id, rank, score, run_id, model_run_id FROM recommendations ORDER BY ALL"
+
+
+def test_incremental_night_equals_full_refresh_and_backfills(wh: Warehouse, tmp_path: Path) -> None:
+    """A night with new events for a few users: the incremental build and rescoring give the
+    feature store and the published recommendations of a full refresh; a backfill of the previous
+    date reproduces its run. (A kill and rerun of an incremental night:
+    test_killed_in_publish_leaves_previous_results_and_next_run_recovers, whose second night is one.)"""
+    run_nightly(wh, job_of(wh), D1)
+    day1 = fetch(wh.analytics_path, RECS)
+    add_events(wh, "day2.csv", cold=True)
+    full = Warehouse(tmp_path / "full" / "rechub.duckdb", threads=2)
+    shutil.copytree(wh.root, full.root)
+
+    incremental = run_nightly(wh, job_of(wh), D2)
+    refresh = run_nightly(full, job_of(full), D2, full_refresh=True)
+    steps = {s.step: s for s in incremental.steps}
+    assert incremental.status == refresh.status == "success"
+    assert steps["build"].details["mode"] == "incremental"
+    assert {s.step: s for s in refresh.steps}["build"].details["mode"] == "full"
+    users = fetch(wh.path, "SELECT count(DISTINCT user_id) FROM recommendations")[0][0]
+    assert 0 < steps["score"].details["rescored"] < users / 2, steps["score"].details["rescoring"]
+    assert feature_tables(wh.path) == feature_tables(full.path)
+    assert fetch(wh.analytics_path, RECS) == fetch(full.analytics_path, RECS)
+
+    # the day-2 file was ingested on 2030-01-02: a backfill of 2030-01-01 reads the batches before it
+    con = wh.connect()
+    con.execute(
+        "UPDATE raw.batches SET ingested_at = ? WHERE path LIKE '%day2.csv'", [dt.datetime(2030, 1, 2, 3)]
+    )
+    con.close()
+    backfill = run_nightly(wh, job_of(wh), D1, backfill=True)
+    steps = {s.step: s for s in backfill.steps}
+    assert steps["ingest"].status == steps["train"].status == "skipped"
+    assert steps["build"].details["mode"] == "full"  # the previous build read a later batch
+    assert fetch(wh.analytics_path, RECS) == day1

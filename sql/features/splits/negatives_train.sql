@@ -1,21 +1,24 @@
 -- partition: user_code, one per 10000000 rows of features.samples_train
+-- incremental: rebuild user_code in features.changed_users unless features.negative_sampler changed
 -- One row = one negative item for one training sample (user_code, pos): neg_rank 1..r, where
 -- r = neg_ratio (1 in pairwise mode; point-wise reads them as label-0 rows, list-wise as the
 -- r negatives of the sample's softmax).
--- Sampling: items are drawn from the build's items, uniformly or with weight n_train ^ neg_alpha
--- (features.item_popularity), by random numbers hashed from (seed, user_code, pos, draw):
--- reproducible for a seed whatever the thread count. A negative is never an item the user had
+-- Sampling: items are drawn from features.negative_sampler (the build's items, uniformly or with
+-- weight n_train ^ neg_alpha, kept stable between builds), by random numbers hashed from
+-- (seed, user_code, pos, draw): reproducible for a seed whatever the thread count. A negative is never an item the user had
 -- interacted with up to and including the sample's position (its target and history); items the
 -- user only meets later (e.g. its validation and test targets) stay possible negatives, or the
 -- negatives would carry knowledge from the future. The r negatives of a sample are distinct
 -- whenever r items are still unseen at that position.
 -- Rejection sampling in two rounds: r + r/2 + 2 draws per sample, then 8r more draws for the few
 -- samples still short (users who saw many popular items); the samples still short after that
--- are topped up uniformly from the items unseen at that position, walked from a seeded offset
+-- are topped up uniformly from the sampler's items unseen at that position, walked from a seeded offset
 -- (with repeats only when fewer than r are unseen; none when the user had seen everything).
 -- Built in passes over users (user_code % n_partitions = partition; see the header and
 -- sql/README.md): a sample's negatives depend only on its own user's samples and events, so
 -- the passes together give exactly the one-pass result while each holds 1/n of the state.
+-- For the same reason an incremental build recomputes only the users of features.changed_users
+-- and keeps the others' rows, unless the sampler's distribution changed (then every user's).
 with
 
 settings as (
@@ -30,12 +33,7 @@ rounds as (
 
 -- the sampling distribution over items
 weights as (
-    select item_code,
-        case when getvariable('neg_sampler') = 'uniform' then 1.0
-            else pow(n_train, getvariable('neg_alpha'))
-        end as w
-    from features.item_popularity
-    where getvariable('neg_sampler') = 'uniform' or n_train > 0
+    select item_code, weight as w from features.negative_sampler where weight > 0
 ),
 
 cumulative as (
@@ -73,6 +71,7 @@ sample_keys as materialized (
     from features.samples_train s
     cross join settings t
     where s.user_code % getvariable('n_partitions') = getvariable('partition')
+      and (not getvariable('incremental') or s.user_code in (select user_code from features.changed_users))
 ),
 
 -- each (user, item) once, with the position where the user first interacted with it: excluded
@@ -80,6 +79,7 @@ sample_keys as materialized (
 seen as (
     select user_code, item_code, min(seq) as first_seq from features.events
     where user_code % getvariable('n_partitions') = getvariable('partition')
+      and (not getvariable('incremental') or user_code in (select user_code from features.changed_users))
     group by user_code, item_code
 ),
 
@@ -159,7 +159,7 @@ unseen as (
     from (
         select u.user_code, u.pos, p.item_code
         from (select distinct user_code, pos from short_2) u
-        cross join features.item_popularity p
+        cross join features.negative_sampler p
     ) pairs
     anti join seen s on s.user_code = pairs.user_code and s.item_code = pairs.item_code and s.first_seq <= pairs.pos
     group by user_code, pos

@@ -1,0 +1,275 @@
+"""Benchmark: a nightly run after 1 % new events, incremental against a full refresh, side by side.
+
+    RECHUB_THREADS=2 python bench/incremental.py --events 1000000
+    python bench/incremental.py --events 10000000 --model youtubednn --memory-limit 8GB
+
+A generated log (bench/featgen.py's shape) is cut by time: the first 99 % is ingested, built and
+used to train a model (1 epoch) and to run night 1; the last 1 % (the newest events) is then
+ingested and night 2 runs twice from the same state, on two copies of the warehouse: once as
+the nightly job does by default (incremental build and rescoring), once with `--full-refresh`.
+Printed and written to bench/out/incremental.json: seconds (wall and process CPU) per step of
+each night 2, the ratio, users rescored, and the check that both give identical feature tables
+and recommendations. Work files under --work (default bench/out/work, git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from featgen import sizes_for  # noqa: E402
+
+JOB = """
+[job]
+name = "bench"
+[train]
+policy = "never"
+[score]
+k = 100
+index = "{index}"
+[evaluate]
+ks = [10, 50]
+max_users = 10000
+list_users = 2000
+"""
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def prepare(
+    work: Path, n_events: int, new_share: float, threads: int, memory_limit: str | None, model: str
+) -> Path:
+    """Generated log cut by time, first part ingested, built, trained, night 1 run: the base warehouse."""
+    import duckdb
+
+    from rechub_store.data.build import BuildParams, build_features
+    from rechub_store.data.generate import (
+        ITEM_DENSE,
+        ITEM_SPARSE,
+        ITEM_TAGS,
+        ITEM_TEXT,
+        USER_DENSE,
+        USER_SPARSE,
+        generate,
+    )
+    from rechub_store.data.ingest import ingest_interactions, ingest_items, ingest_users
+    from rechub_store.jobs.config import JobConfig
+    from rechub_store.jobs.job import run_nightly
+    from rechub_store.pipeline.train import train
+    from rechub_store.training.config import TrainConfig
+    from rechub_store.warehouse import Warehouse
+
+    data = work / f"incremental-{n_events}"
+    base = data / "base" / "rechub.duckdb"
+    if base.exists():
+        return base
+    n_users, n_items = sizes_for(n_events)
+    if not (data / "interactions.parquet").exists():
+        generate(data, n_users=n_users, n_items=n_items, n_events=n_events, seed=0, fmt="parquet")
+    cut = duckdb.connect()
+    src = str(data / "interactions.parquet")
+    (split_ts,) = cut.execute(
+        f"SELECT quantile_disc(ts, {1 - new_share}) FROM read_parquet(?)", [src]
+    ).fetchone()
+    for name, op in (("old", "<"), ("new", ">=")):
+        cut.execute(
+            f"COPY (SELECT * FROM read_parquet('{src}') WHERE ts {op} {split_ts}) TO '{data / name}.parquet'"
+        )
+    cut.close()
+    if base.parent.exists():
+        shutil.rmtree(base.parent)
+    base.parent.mkdir(parents=True)
+    wh = Warehouse(base, threads=threads, memory_limit=memory_limit)
+    with wh.session() as con:
+        ingest_interactions(
+            con,
+            data / "old.parquet",
+            user_col="user_id",
+            item_col="item_id",
+            time_col="ts",
+            rating_col="rating",
+            time_format="seconds",
+        )
+        ingest_users(
+            con, data / "users.parquet", id_col="user_id", sparse_cols=USER_SPARSE, dense_cols=USER_DENSE
+        )
+        ingest_items(
+            con,
+            data / "items.parquet",
+            id_col="item_id",
+            sparse_cols=ITEM_SPARSE,
+            dense_cols=ITEM_DENSE,
+            text_cols=ITEM_TEXT,
+            tags_col=ITEM_TAGS,
+        )
+        build_features(con, BuildParams())
+        # a cheap model (1 epoch, sampled softmax): the bench times the nightly, not training
+        train(
+            con,
+            TrainConfig(
+                model=model,
+                epochs=1,
+                batch_size=4096,
+                embed_dim=32,
+                neg_mode="listwise",
+                neg_ratio=4,
+                valid_users=1000,
+                seed=0,
+                progress=False,
+            ),
+            threads=threads,
+        )
+    job = JobConfig.from_mapping(__import__("tomllib").loads(JOB.format(index="annoy")), base_dir=base.parent)
+    run_nightly(wh, job, dt.date(2030, 1, 1))
+    return base
+
+
+def night2(root: Path, threads: int, memory_limit: str | None, full_refresh: bool) -> dict[str, Any]:
+    import tomllib
+
+    from rechub_store.data.ingest import ingest_interactions
+    from rechub_store.jobs.config import JobConfig
+    from rechub_store.jobs.job import run_nightly
+    from rechub_store.warehouse import Warehouse
+
+    wh = Warehouse(root / "rechub.duckdb", threads=threads, memory_limit=memory_limit)
+    new = root.parent / "new.parquet"
+    with wh.session() as con:
+        ingest_interactions(
+            con,
+            new,
+            user_col="user_id",
+            item_col="item_id",
+            time_col="ts",
+            rating_col="rating",
+            time_format="seconds",
+        )
+    job = JobConfig.from_mapping(tomllib.loads(JOB.format(index="annoy")), base_dir=root)
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    report = run_nightly(wh, job, dt.date(2030, 1, 2), full_refresh=full_refresh)
+    out = {"seconds": round(time.perf_counter() - t0, 3), "cpu_seconds": round(cpu_seconds() - c0, 3)}
+    out["status"] = report.status
+    out["steps"] = {s.step: round(s.seconds, 3) for s in report.steps}
+    steps = {s.step: s for s in report.steps}
+    build = steps["build"].details or {}
+    out["build_mode"] = build.get("mode")
+    out["build_reason"] = build.get("mode_reason")
+    score = steps["score"].details or {}
+    out["users"] = score.get("users")
+    out["rescored"] = score.get("rescored")
+    out["rescoring"] = score.get("rescoring")
+    out["score_phases"] = score.get("seconds_by_phase")
+    with wh.session(read_only=True) as con:
+        (models,) = con.execute(
+            "SELECT models FROM meta.builds WHERE status = 'success' ORDER BY finished_at DESC LIMIT 1"
+        ).fetchone()
+    out["build_models"] = {k: (v["seconds"], v.get("mode")) for k, v in json.loads(models).items()}
+    return out
+
+
+def identical(a: Path, b: Path) -> dict[str, Any]:
+    """Row-for-row comparison of every staging/feature table and the recommendations."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"ATTACH '{a}' AS a (READ_ONLY)")
+    con.execute(f"ATTACH '{b}' AS b (READ_ONLY)")
+    tables = [
+        r[0]
+        for r in con.execute(
+            "SELECT schema_name || '.' || table_name FROM duckdb_tables() WHERE database_name = 'a' "
+            "AND schema_name IN ('staging', 'features') AND table_name <> 'changed_users' ORDER BY 1"
+        ).fetchall()
+    ]
+    diff = {}
+    for t in tables:
+        (n,) = con.execute(
+            f"SELECT (SELECT count(*) FROM (FROM a.{t} EXCEPT ALL FROM b.{t})) "
+            f"+ (SELECT count(*) FROM (FROM b.{t} EXCEPT ALL FROM a.{t}))"
+        ).fetchone()
+        diff[t] = n
+    cols = "user_id, item_id, rank, score, run_id, model_run_id"
+    (n,) = con.execute(
+        f"SELECT (SELECT count(*) FROM (SELECT {cols} FROM a.main.recommendations EXCEPT ALL "
+        f"SELECT {cols} FROM b.main.recommendations)) + (SELECT count(*) FROM (SELECT {cols} FROM "
+        f"b.main.recommendations EXCEPT ALL SELECT {cols} FROM a.main.recommendations))"
+    ).fetchone()
+    diff["main.recommendations"] = n
+    con.close()
+    return {
+        "tables": len(diff),
+        "differing_rows": sum(diff.values()),
+        "per_table": {k: v for k, v in diff.items() if v},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--new-share", type=float, default=0.01)
+    ap.add_argument("--model", default="youtubednn")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--memory-limit", default=None)
+    ap.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "work")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "incremental.json")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    base = prepare(args.work, args.events, args.new_share, args.threads, args.memory_limit, args.model)
+    prepare_seconds = time.perf_counter() - t0
+    runs = {}
+    for name, full in (("incremental", False), ("full_refresh", True)):
+        copy = base.parent.parent / name
+        if copy.exists():
+            shutil.rmtree(copy)
+        shutil.copytree(base.parent, copy)
+        runs[name] = night2(copy, args.threads, args.memory_limit, full)
+        print(name, json.dumps({k: v for k, v in runs[name].items() if k != "build_models"}), flush=True)
+    check = identical(
+        base.parent.parent / "incremental" / "rechub.duckdb",
+        base.parent.parent / "full_refresh" / "rechub.duckdb",
+    )
+    inc, full = runs["incremental"], runs["full_refresh"]
+    result = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": __import__("os").cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "events": args.events,
+        "new_share": args.new_share,
+        "model": args.model,
+        "threads": args.threads,
+        "prepare_seconds": round(prepare_seconds, 1),
+        "runs": runs,
+        "ratio": {
+            "night": round(inc["seconds"] / full["seconds"], 3),
+            **{
+                s: round(inc["steps"][s] / full["steps"][s], 3)
+                for s in ("build", "score")
+                if full["steps"].get(s)
+            },
+        },
+        "identical": check,
+    }
+    print(json.dumps({"ratio": result["ratio"], "identical": check}, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Incremental scoring: rescore only the users whose top-k can have changed since the last run.
+
+A user's list is a function of the model run, the item vectors and index settings (the catalogue),
+k, the seen filter, the user's prepared vector and the items the user has seen. The first four are
+one key per run (`scoring_key`); the last two are compared user by user: the vector exactly (the
+previous run's `user_embeddings.parquet`), the seen items by count and a position-weighted hash
+of the whole history. A user equal on all of them gets the previous run's rows again, which is
+what rescoring would compute; the others are rescored. A different key (a new model run, new item
+features, another k or index...) rescores everyone. `score_run` uses this with the annoy index
+only, whose per-user results do not depend on which other users are scored with it.
+
+The state of the last run lives beside its embeddings, in `models/<model_run_id>/`:
+`score_state.parquet` (code, n_seen, seen_hash) and `score_state.json` (run_id, key), written
+after the run's recommendations are committed and removed when a run starts, so a run killed
+at any point leaves no state and the next one rescores everyone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rechub_store.data.readers import FeatureStore
+from rechub_store.warehouse import table_exists
+
+STATE_JSON = "score_state.json"
+STATE_PARQUET = "score_state.parquet"
+EMBEDDINGS = "user_embeddings.parquet"
+_HASH_BASE = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier (golden ratio)
+
+
+def scoring_key(item_vecs: np.ndarray, settings: dict[str, Any]) -> str:
+    """One hash of what every user's list depends on besides the user: the item vectors (hence
+    the model run and the catalogue) and the scoring settings (k, index, seen filter, annoy...)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(str(item_vecs.shape).encode())
+    digest.update(np.ascontiguousarray(item_vecs).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def history_state(store: FeatureStore, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n_seen, seen_hash) per user: history length and sum_j code_j * B^(j+1) mod 2^64 over the
+    whole history, vectorised over the flat history array."""
+    u = np.asarray(users, dtype=np.int64)
+    lens = store.history_length(u).astype(np.int64)
+    hashes = np.zeros(len(u), dtype=np.uint64)
+    some = lens > 0
+    if not some.any():
+        return lens, hashes
+    ul, ll = u[some], lens[some]
+    firsts = np.cumsum(ll) - ll
+    pos = np.arange(int(ll.sum()), dtype=np.int64) - np.repeat(firsts, ll)
+    codes = store.hist_items[np.repeat(store.hist_offsets[ul], ll) + pos].astype(np.uint64)
+    with np.errstate(over="ignore"):  # arithmetic mod 2^64 on purpose
+        weights = np.power(_HASH_BASE, (pos + 1).astype(np.uint64))
+        hashes[some] = np.add.reduceat(codes * weights, firsts)
+    return lens, hashes
+
+
+@dataclass
+class Previous:
+    """The last scoring run's per-user state, indexed by user code."""
+
+    run_id: str
+    vectors: np.ndarray  # [max_code + 1, D]
+    has: np.ndarray  # bool [max_code + 1]: the user was scored
+    n_seen: np.ndarray
+    seen_hash: np.ndarray
+
+    def unchanged(
+        self, users: np.ndarray, vecs: np.ndarray, n_seen: np.ndarray, seen_hash: np.ndarray
+    ) -> np.ndarray:
+        """Mask of the users whose vector and seen items equal the previous run's."""
+        u = np.asarray(users, dtype=np.int64)
+        inside = u < len(self.has)
+        idx = np.where(inside, u, 0)
+        same = inside & self.has[idx] & (self.n_seen[idx] == n_seen) & (self.seen_hash[idx] == seen_hash)
+        if vecs.shape[1] != self.vectors.shape[1]:
+            return np.zeros(len(u), dtype=bool)
+        return same & (self.vectors[idx] == vecs).all(axis=1)
+
+
+def forget(model_dir: Path) -> None:
+    """A run is starting: the state no longer describes `recommendations` until it is written again."""
+    (model_dir / STATE_JSON).unlink(missing_ok=True)
+
+
+def load_previous(con: duckdb.DuckDBPyConnection, model_dir: Path, key: str) -> tuple[Previous | None, str]:
+    """The previous run's state when it is valid for `key` and still the working copy's
+    `recommendations`, else (None, why not)."""
+    path = model_dir / STATE_JSON
+    if not path.is_file():
+        return None, "no previous scoring state for this model run"
+    state = json.loads(path.read_text(encoding="utf-8"))
+    if state.get("key") != key:
+        return None, "item vectors or scoring settings changed"
+    if not table_exists(con, "main.recommendations"):
+        return None, "no recommendations table"
+    runs = [r[0] for r in con.execute("SELECT DISTINCT run_id FROM main.recommendations").fetchall()]
+    if runs != [state.get("run_id")]:
+        return None, "recommendations hold another run than the scoring state"
+    emb = pq.read_table(model_dir / EMBEDDINGS)
+    st = pq.read_table(model_dir / STATE_PARQUET)
+    codes = emb.column("code").to_numpy().astype(np.int64)
+    size = int(max(codes.max(initial=0), st.column("code").to_numpy().max(initial=0))) + 1
+    dim = emb.schema.field("vector").type.list_size
+    vectors = np.zeros((size, dim), dtype=np.float32)
+    flat = emb.column("vector").combine_chunks().flatten().to_numpy()
+    vectors[codes] = flat.reshape(len(codes), dim)
+    has = np.zeros(size, dtype=bool)
+    n_seen = np.full(size, -1, dtype=np.int64)
+    seen_hash = np.zeros(size, dtype=np.uint64)
+    sc = st.column("code").to_numpy().astype(np.int64)
+    has[sc] = True
+    has &= np.isin(np.arange(size), codes)
+    n_seen[sc] = st.column("n_seen").to_numpy()
+    seen_hash[sc] = st.column("seen_hash").to_numpy()
+    return Previous(state["run_id"], vectors, has, n_seen, seen_hash), "previous run " + state["run_id"]
+
+
+def save_state(
+    model_dir: Path, run_id: str, key: str, users: np.ndarray, n_seen: np.ndarray, seen_hash: np.ndarray
+) -> None:
+    """Write the run's state (the Parquet file first, the JSON that validates it last)."""
+    table = pa.table(
+        {
+            "code": pa.array(np.asarray(users, dtype=np.int32)),
+            "n_seen": pa.array(np.asarray(n_seen, dtype=np.int64)),
+            "seen_hash": pa.array(np.asarray(seen_hash, dtype=np.uint64)),
+        }
+    )
+    tmp = model_dir / (STATE_PARQUET + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(model_dir / STATE_PARQUET)
+    tmp = model_dir / (STATE_JSON + ".tmp")
+    tmp.write_text(json.dumps({"run_id": run_id, "key": key}), encoding="utf-8")
+    tmp.replace(model_dir / STATE_JSON)
+
+
+def settings_of(model_run_id: str, k: int, index: str, exclude_seen: bool, annoy: Any, tuning: Any) -> dict:
+    """The per-run settings that enter the key (annoy's only when annoy serves the lists)."""
+    out: dict[str, Any] = {"model_run_id": model_run_id, "k": k, "index": index, "exclude_seen": exclude_seen}
+    if index == "annoy":
+        out["annoy"] = asdict(annoy) if annoy is not None else None
+        out["tuning"] = None if tuning is None else (tuning.n_trees, tuning.search_k, tuning.metric)
+    return out
