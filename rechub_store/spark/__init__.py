@@ -1,0 +1,13 @@
+"""Past one machine: the same `sql/` models on Spark SQL over a Parquet lake, and scoring as a Spark job.
+
+Optional: `pip install 'rechub-store[spark]'` brings PySpark and SQLGlot. Nothing outside this
+package imports it, and its modules import PySpark only inside the functions that need a session,
+so the default install (DuckDB on one box) never loads it.
+
+- `lake`: the lake's layout; raw batches exported from the warehouse as Parquet, once each.
+- `manifest`: the published table set of the lake, switched by one atomic rename.
+- `dialect`: DuckDB SQL -> Spark SQL steps (SQLGlot plus the rules it lacks).
+- `session`: the SparkSession (local[N] or a cluster master).
+- `engine`: `build-features --engine spark`: models, audits, manifest switch.
+- `scoring`: `score --engine spark`: top-k per user partition with mapInArrow.
+"""
