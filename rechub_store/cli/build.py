@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
+from rechub_store.cli.spark import ENGINE_OPTION, LAKE_OPTION, MASTER_OPTION, build_on_spark, check_engine
 from rechub_store.data.build import NEG_MODES, NEG_SAMPLERS, BuildParams, BuildReport, build_features
+from rechub_store.errors import UserError
 
 _DEFAULTS = BuildParams()
 
@@ -39,9 +43,19 @@ def build_features_command(
     select: str = typer.Option(
         None, "--select", help="Rebuild only this model and the models downstream of it."
     ),
+    engine: str = ENGINE_OPTION,
+    spark_master: str = MASTER_OPTION,
+    lake: Path = LAKE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Build the feature store (vocabularies, histories, splits, negatives) from raw.* in DuckDB."""
+    """Build the feature store (vocabularies, histories, splits, negatives) from raw.* in DuckDB.
+
+    With --engine spark: the same SQL models on Spark SQL, from the lake's raw Parquet (the
+    warehouse's new raw batches are exported there first) to Parquet tables under --lake.
+    """
+    spark = check_engine(engine, lake)
+    if spark and select is not None:
+        raise UserError("--select: not available with --engine spark (the Spark build is whole)")
     params = BuildParams(
         max_seq_len=max_seq_len,
         min_seq_len=min_seq_len,
@@ -55,6 +69,11 @@ def build_features_command(
         seed=seed,
     )
     console = Console(stderr=True)
+    if spark:
+        report = build_on_spark(ctx.find_root().obj, lake, spark_master, params, as_json)
+        if as_json:
+            print_json(report)
+        return
     warehouse = warehouse_of(ctx)
     with warehouse.session() as con:
         if as_json:

@@ -7,8 +7,10 @@ from rich.console import Console
 from rich.table import Table
 
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
+from rechub_store.errors import UserError
 from rechub_store.models import MODELS
 from rechub_store.training.config import NEG_MODES, NEG_SAMPLERS, TrainConfig
+from rechub_store.training.distributed import train_distributed, world_size
 from rechub_store.training.registry import list_runs
 from rechub_store.training.trainer import train
 
@@ -58,9 +60,16 @@ def train_command(
         "--seq-train/--no-seq-train",
         help="All-position training for gru4rec/sasrec (default: on for them).",
     ),
+    resume: str = typer.Option(
+        None, "--resume", help="Under torchrun: continue this interrupted run from its last checkpoint."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Train a two-tower model on the feature store and register it in meta.model_runs."""
+    """Train a two-tower model on the feature store and register it in meta.model_runs.
+
+    Under torchrun (`torchrun --nproc-per-node N -m rechub_store train ...`) the processes train
+    one model data-parallel (DDP); rank 0 registers and prints it.
+    """
     config = TrainConfig(
         model=model,
         epochs=epochs,
@@ -83,7 +92,14 @@ def train_command(
         seq_train=seq_train,
         progress=not as_json,
     )
-    result = train(warehouse_of(ctx), config)
+    if world_size() > 1:
+        result = train_distributed(warehouse_of(ctx), config, resume=resume)
+        if result is None:  # ranks other than 0 print nothing
+            return
+    elif resume is not None:
+        raise UserError("--resume: only under torchrun (checkpoints are written by distributed training)")
+    else:
+        result = train(warehouse_of(ctx), config)
     if as_json:
         print_json(result.to_dict())
         return

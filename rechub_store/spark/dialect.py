@@ -37,7 +37,6 @@ SPARK_FUNCTIONS = [
 ]
 
 
-
 class UnportableSQL(ValueError):
     """A construct with no faithful Spark translation."""
 
@@ -114,7 +113,7 @@ def _first_occurrences(node: exp.ArrayFilter) -> exp.Expression | None:
     return exp.ArrayDistinct(this=node.this.copy())
 
 
-def _rules(variables: Mapping[str, Any]):  # noqa: C901 - one flat list of rules reads best
+def _rules(variables: Mapping[str, Any]):
     def rule(node: exp.Expression) -> exp.Expression:
         # build parameters: getvariable('x') -> its value
         if _call(node, "getvariable"):
@@ -140,7 +139,9 @@ def _rules(variables: Mapping[str, Any]):  # noqa: C901 - one flat list of rules
             return node
         # a hash is unsigned: its shifts are logical and its remainders unsigned
         if isinstance(node, exp.BitwiseRightShift) and _is_hash(node.this):
-            return exp.Anonymous(this="shiftrightunsigned", expressions=[node.this.copy(), node.expression.copy()])
+            return exp.Anonymous(
+                this="shiftrightunsigned", expressions=[node.this.copy(), node.expression.copy()]
+            )
         if isinstance(node, exp.Mod) and _is_hash(node.this):
             return exp.Anonymous(this="rechub_umod", expressions=[node.this.copy(), node.expression.copy()])
         # list(x ORDER BY k, ...) -> the values of collect_list(struct(k..., x)) sorted by the keys
@@ -161,7 +162,9 @@ def _rules(variables: Mapping[str, Any]):  # noqa: C901 - one flat list of rules
             pairs = exp.Struct(expressions=[*keys, exp.alias_(value.copy(), "v")])
             # a struct is never NULL, so NULL values are kept, as DuckDB's list() keeps them
             packed = exp.ArraySort(
-                this=exp.Anonymous(this="collect_set", expressions=[pairs]) if distinct else exp.ArrayAgg(this=pairs)
+                this=exp.Anonymous(this="collect_set", expressions=[pairs])
+                if distinct
+                else exp.ArrayAgg(this=pairs)
             )
             unpack = exp.Lambda(
                 this=exp.Dot(this=exp.to_identifier("s"), expression=exp.to_identifier("v")),
@@ -191,7 +194,9 @@ def _rules(variables: Mapping[str, Any]):  # noqa: C901 - one flat list of rules
             start = cut.this.copy() if cut.this is not None else exp.Literal.number(1)
             if cut.expression is None:
                 raise UnportableSQL(f"open-ended list slice {node.sql('duckdb')}")
-            length = exp.Sub(this=exp.Paren(this=cut.expression.copy()), expression=exp.Paren(this=start.copy()))
+            length = exp.Sub(
+                this=exp.Paren(this=cut.expression.copy()), expression=exp.Paren(this=start.copy())
+            )
             length = exp.Add(this=length, expression=exp.Literal.number(1))
             return exp.Anonymous(
                 this="slice",
@@ -238,7 +243,10 @@ def _translate(tree: exp.Expression, variables: Mapping[str, Any]) -> str:
     for node in tree.walk():
         if _call(node, "list_position", "list_distinct", "list_extract", "list_element", "array_extract"):
             raise UnportableSQL(f"{node.name}(): no exact Spark equivalent")
-        if isinstance(node, exp.ArrayFilter | exp.Transform) and len(getattr(node.expression, "expressions", ())) > 1:
+        if (
+            isinstance(node, exp.ArrayFilter | exp.Transform)
+            and len(getattr(node.expression, "expressions", ())) > 1
+        ):
             raise UnportableSQL("a lambda with an index argument (1-based in DuckDB, 0-based in Spark)")
     return tree.sql("spark", pretty=True)
 
@@ -272,7 +280,9 @@ def steps(sql: str, variables: Mapping[str, Any]) -> list[Step]:
                 )
             )
         else:
-            out.append(Step(name, _translate(body, variables), materialize=bool(cte.args.get("materialized"))))
+            out.append(
+                Step(name, _translate(body, variables), materialize=bool(cte.args.get("materialized")))
+            )
     final = tree.copy()
     final.set("with_", None)
     final.set("with", None)

@@ -151,7 +151,9 @@ def build_features_spark(
     build_id = f"b{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     out = manifest.build_dir(lake_dir, build_id)
     scratch = lake_dir / "scratch" / build_id
-    result = SparkBuild(build_id, str(lake_dir), raw_batches=len(list((lake_dir / "raw" / "batches").glob("*"))))
+    result = SparkBuild(
+        build_id, str(lake_dir), raw_batches=len(list((lake_dir / "raw" / "batches").glob("*")))
+    )
 
     for fn in dialect.SPARK_FUNCTIONS:
         spark.sql(f"CREATE OR REPLACE TEMPORARY FUNCTION {fn}")
@@ -199,7 +201,9 @@ def build_features_spark(
             result.audits[audit] = n
             if n:
                 example = bad.limit(1).collect()[0]
-                raise UserError(f"audit {audit} failed ({path.name}): {n} rows violate it, e.g. {tuple(example)}")
+                raise UserError(
+                    f"audit {audit} failed ({path.name}): {n} rows violate it, e.g. {tuple(example)}"
+                )
         if "features.split_report" in models:
             rows = spark.read.parquet(sql_path(out / "features.split_report")).collect()
             result.split_report = {r["name"]: int(r["value"]) for r in rows}

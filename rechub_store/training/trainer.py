@@ -419,12 +419,15 @@ def fit_model(
     source: InMemorySamples | StreamingSamples | SequenceSource | None = None,
     threads: int | None = None,
     popularity_index: Callable[[], ItemPopularityIndex] | None = None,
+    fit: Callable[[Trainer, Samples | None], FitResult] | None = None,
 ) -> tuple[nn.Module, FitResult, TrainConfig]:
     """Build and fit a model on an already loaded store (no registry); used by `train` and tests.
 
     `threads`: torch intra-op threads (default `rechub_store.paths.thread_count()`).
     `popularity_index`: loads the store's point-in-time popularity index if the model turns out to
     read item popularity and the store was loaded without it (the index holds every event).
+    `fit`: the loop that fits the Trainer (default `Trainer.fit`; torchrun's data-parallel loop
+    in `rechub_store.training.distributed`).
     """
     cfg = replace(config.resolve(store.n_items), max_seq_len=config.max_seq_len or store.max_seq_len)
     torch.set_num_threads(max(1, int(threads or thread_count())))
@@ -459,7 +462,7 @@ def fit_model(
     valid = store.samples.get("valid")
     if valid is not None:
         valid = _valid_subset(valid, cfg.valid_users, cfg.seed)
-    result = Trainer(model, store, cfg, source).fit(valid)
+    result = (fit or Trainer.fit)(Trainer(model, store, cfg, source), valid)
     return model, result, cfg
 
 

@@ -18,7 +18,9 @@ def differences(con: duckdb.DuckDBPyConnection, table: str, folder: Path) -> lis
     doubles within DOUBLE_TOLERANCE (relative) when that is all that differs."""
     spark = f"read_parquet('{folder}/*.parquet')"
     ours = con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {table})").fetchall()
-    theirs = [r[0] for r in con.execute(f"SELECT column_name FROM (DESCRIBE SELECT * FROM {spark})").fetchall()]
+    theirs = [
+        r[0] for r in con.execute(f"SELECT column_name FROM (DESCRIBE SELECT * FROM {spark})").fetchall()
+    ]
     if [c for c, _ in ours] != theirs:
         return [f"{table}: columns {[c for c, _ in ours]} (DuckDB) vs {theirs} (Spark)"]
     cols = ", ".join(f'"{c}"::{t} AS "{c}"' for c, t in ours)
@@ -34,7 +36,9 @@ def differences(con: duckdb.DuckDBPyConnection, table: str, folder: Path) -> lis
         rows_a = con.execute(f"{a} ORDER BY {key}").fetchall()
         rows_b = con.execute(f"{b} ORDER BY {key}").fetchall()
         if len(rows_a) == len(rows_b) and all(
-            _close(x, y, i in doubles) for ra, rb in zip(rows_a, rows_b, strict=True) for i, (x, y) in enumerate(zip(ra, rb, strict=True))
+            _close(x, y, i in doubles)
+            for ra, rb in zip(rows_a, rows_b, strict=True)
+            for i, (x, y) in enumerate(zip(ra, rb, strict=True))
         ):
             return []
     return [f"{table}: only in Spark {only_spark}; only in DuckDB {only_duck}"]
@@ -42,5 +46,7 @@ def differences(con: duckdb.DuckDBPyConnection, table: str, folder: Path) -> lis
 
 def _close(x: object, y: object, is_double: bool) -> bool:
     if is_double and isinstance(x, float) and isinstance(y, float):
-        return math.isclose(x, y, rel_tol=DOUBLE_TOLERANCE, abs_tol=1e-300) or (math.isnan(x) and math.isnan(y))
+        return math.isclose(x, y, rel_tol=DOUBLE_TOLERANCE, abs_tol=1e-300) or (
+            math.isnan(x) and math.isnan(y)
+        )
     return x == y
