@@ -77,7 +77,10 @@ def score_command(
     engine: str = ENGINE_OPTION,
     spark_master: str = MASTER_OPTION,
     lake: Path = typer.Option(
-        None, "--lake", envvar="RECHUB_LAKE", help="--engine spark: job files go to <lake>/scratch [env RECHUB_LAKE]"
+        None,
+        "--lake",
+        envvar="RECHUB_LAKE",
+        help="--engine spark: job files go to <lake>/scratch [env RECHUB_LAKE]",
     ),
     as_json: bool = JSON_OPTION,
 ) -> None:

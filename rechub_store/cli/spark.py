@@ -19,7 +19,8 @@ MASTER_OPTION = typer.Option(
     None,
     "--spark-master",
     envvar="RECHUB_SPARK_MASTER",
-    help="Spark master URL (spark://host:7077, yarn, k8s://...) [env RECHUB_SPARK_MASTER; default local[threads]]",
+    help="Spark master URL (spark://host:7077, yarn, k8s://...) "
+    "[env RECHUB_SPARK_MASTER; default local[threads]]",
 )
 LAKE_OPTION = typer.Option(
     None, "--lake", envvar="RECHUB_LAKE", help="Lake folder of the Spark engine [env RECHUB_LAKE]."
@@ -69,7 +70,9 @@ def build_on_spark(warehouse: Warehouse, lake: Path, master: str | None, params,
     return report
 
 
-def score_on_spark(warehouse: Warehouse, master: str | None, lake: Path | None, *, model_run_id, run_id, **options):
+def score_on_spark(
+    warehouse: Warehouse, master: str | None, lake: Path | None, *, model_run_id, run_id, **options
+):
     """`score --engine spark`: the driver's part in the warehouse, the search on Spark."""
     from rechub_store.retrieval.scoring import load_context
     from rechub_store.spark.scoring import score_spark

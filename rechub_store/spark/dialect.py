@@ -33,7 +33,8 @@ SPARK_FUNCTIONS = [
     "rechub_duckdb_hash(x BIGINT) RETURNS BIGINT RETURN "
     f"rechub_fold(rechub_fold(rechub_fold(x) * ({_MURMUR_C})) * ({_MURMUR_C}))",
     # h mod n with h read as unsigned 64-bit (n > 0): (h >>> 1) mod n, doubled, plus the low bit
-    "rechub_umod(h BIGINT, n BIGINT) RETURNS BIGINT RETURN ((shiftrightunsigned(h, 1) % n) * 2 + (h & 1)) % n",
+    "rechub_umod(h BIGINT, n BIGINT) RETURNS BIGINT RETURN "
+    "((shiftrightunsigned(h, 1) % n) * 2 + (h & 1)) % n",
 ]
 
 

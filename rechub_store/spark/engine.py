@@ -113,9 +113,9 @@ def _iterate(spark, step: dialect.Step, folder: Path) -> None:
 
 
 def _write(df, path: Path, partitions: int) -> int:
-    """Write a table; rows with a user_code are hash-partitioned by it (one file per partition)."""
-    if "user_code" in df.columns:
-        df = df.repartition(partitions, "user_code")
+    """Write a table; rows with a user_code are hash-partitioned by it (one file per partition),
+    other tables keep at most `partitions` files."""
+    df = df.repartition(partitions, "user_code") if "user_code" in df.columns else df.coalesce(partitions)
     df.write.mode("errorifexists").parquet(sql_path(path))
     return len(list(path.glob("*.parquet")))
 
@@ -136,7 +136,6 @@ def build_features_spark(
     """
     params = params or BuildParams()
     lake_dir = Path(lake_dir)
-    started = time.perf_counter()
     if user_dir is not None:
         user_dir = sqlmodels.user_models_folder(user_dir)
     models = sqlmodels.discover(sql_dir, user_dir)
@@ -145,15 +144,21 @@ def build_features_spark(
     raw = lake.raw_tables(lake_dir)
     if "raw.interactions" not in raw:
         raise UserError(f"{lake_dir}: no raw interactions in the lake (ingest with --lake {lake_dir} first)")
-    variables: Mapping[str, Any] = {**params.variables(), "partition": 0, "n_partitions": 1}
     partitions = partitions or spark.sparkContext.defaultParallelism
+
+    with manifest.build_lock(lake_dir):
+        return _build(spark, lake_dir, params, models, todo, audits, raw, partitions, progress)
+
+
+def _build(spark, lake_dir, params, models, todo, audits, raw, partitions, progress) -> SparkBuild:
+    started = time.perf_counter()
+    variables: Mapping[str, Any] = {**params.variables(), "partition": 0, "n_partitions": 1}
     previous = manifest.read(lake_dir)
     build_id = f"b{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     out = manifest.build_dir(lake_dir, build_id)
     scratch = lake_dir / "scratch" / build_id
-    result = SparkBuild(
-        build_id, str(lake_dir), raw_batches=len(list((lake_dir / "raw" / "batches").glob("*")))
-    )
+    batches = len(list((lake_dir / "raw" / "batches").glob("*.parquet")))
+    result = SparkBuild(build_id, str(lake_dir), raw_batches=batches)
 
     for fn in dialect.SPARK_FUNCTIONS:
         spark.sql(f"CREATE OR REPLACE TEMPORARY FUNCTION {fn}")

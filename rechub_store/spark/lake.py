@@ -48,7 +48,8 @@ def export_raw(con: duckdb.DuckDBPyConnection, lake: Path) -> list[int]:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
             con.execute(
-                f"COPY (SELECT * FROM raw.{table} WHERE batch_seq = ?) TO '{_sql_path(tmp)}' (FORMAT parquet)",
+                f"COPY (SELECT * FROM raw.{table} WHERE batch_seq = ?) "
+                f"TO '{_sql_path(tmp)}' (FORMAT parquet)",
                 [batch_seq],
             )
             os.replace(tmp, path)

@@ -9,13 +9,16 @@ manifest may still be reading it); older ones are deleted after a switch.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rechub_store.errors import UserError
+from rechub_store.errors import AlreadyRunning, UserError
 
 MANIFEST = "_manifest.json"
 KEEP_BUILDS = 2  # the published build and the one before it
@@ -65,3 +68,20 @@ def publish(lake: Path, manifest: dict[str, Any]) -> None:
 def discard(lake: Path, build_id: str) -> None:
     """Remove an unpublished (failed) build's folder."""
     shutil.rmtree(build_dir(lake, build_id), ignore_errors=True)
+
+
+@contextmanager
+def build_lock(lake: Path) -> Iterator[None]:
+    """One build per lake at a time (a second one would delete the first one's folder when it
+    publishes): an exclusive lock on `<lake>/features/.lock`, released when the process ends."""
+    folder = features_dir(lake)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise AlreadyRunning(f"another build is running on the lake {lake}") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

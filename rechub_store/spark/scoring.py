@@ -76,12 +76,12 @@ def _search(k: int, index: str, metric: str, search_k: int, tuned_k: int, items_
             if n == 0:
                 continue
             users = batch.column("user_code").to_numpy()
-            dim = batch.schema.field("vector").type.list_size
-            vecs = batch.column("vector").values.to_numpy(zero_copy_only=False).reshape(n, dim)
+            # Spark hands lists over as variable-size lists (flatten() honours a batch's slicing)
+            vecs = batch.column("vector").flatten().to_numpy(zero_copy_only=False).reshape(n, -1)
             seen_col = batch.column("seen")
+            offsets = seen_col.offsets.to_numpy().astype(np.int64)
             seen = Seen(
-                seen_col.offsets.to_numpy().astype(np.int64),
-                seen_col.values.to_numpy(zero_copy_only=False).astype(np.int64),
+                offsets - offsets[0], seen_col.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
             )
             if annoy is not None:
                 codes, scores = annoy.topk(vecs, k, seen, n_threads=1)
@@ -174,7 +174,9 @@ def score_spark(
             raise RuntimeError(f"the Spark job returned {len(scored)} users, expected {len(users)}")
         writer = RecommendationWriter(con, run_id, ctx.model_run_id)
         for lo in range(0, len(users), chunk_users):
-            writer.add(users[lo : lo + chunk_users], codes[lo : lo + chunk_users], scores[lo : lo + chunk_users])
+            writer.add(
+                users[lo : lo + chunk_users], codes[lo : lo + chunk_users], scores[lo : lo + chunk_users]
+            )
         rows = writer.commit(keep_runs=keep_runs)
         phases["commit"] = time.perf_counter() - t3
     finally:

@@ -8,7 +8,7 @@ on GPU): every step averages the gradients of all ranks, so every rank holds the
 Each rank takes the same number of steps per epoch (the smallest shard's batch count), with
 batch_size / world_size samples per step, so one step sees about as many samples as a
 one-process step. Rank 0 alone writes: the registry row (`meta.model_runs`), a checkpoint after
-every epoch (`models/<run>/checkpoint.pt`: weights, Adam state, early-stopping state) and the
+every epoch (`models/<run>.checkpoint.pt`: weights, Adam state, early-stopping state) and the
 artifact; it evaluates the validation split and sends the metric to the others, so all ranks stop
 at the same epoch. `--resume RUN_ID` continues an interrupted run from its last checkpoint (same
 world size). Embedding tables are dense in this mode (lazy sparse Adam keeps per-process state).
@@ -49,7 +49,7 @@ from rechub_store.training.trainer import (
 )
 from rechub_store.warehouse import Warehouse
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "{run_id}.checkpoint.pt"  # beside the run's artifact folder, which is replaced whole
 
 
 def world_size() -> int:
@@ -159,7 +159,9 @@ def _fit(trainer: Trainer, valid: Samples | None, *, checkpoint: Path, resume: d
             if rank == 0:
                 t1 = time.perf_counter()
                 scores = _flat(
-                    evaluate_model(trainer.model, trainer.store, valid, ks=(5, EVAL_K, 20), seen_filter=cfg.seen_filter)
+                    evaluate_model(
+                        trainer.model, trainer.store, valid, ks=(5, EVAL_K, 20), seen_filter=cfg.seen_filter
+                    )
                 )
                 row["valid_seconds"] = round(time.perf_counter() - t1, 3)
             row["valid"] = _from_rank0(scores)
@@ -206,10 +208,14 @@ def _fit(trainer: Trainer, valid: Samples | None, *, checkpoint: Path, resume: d
     return result
 
 
-def train_distributed(warehouse: Warehouse, config: TrainConfig, resume: str | None = None) -> ModelRunResult | None:
+def train_distributed(
+    warehouse: Warehouse, config: TrainConfig, resume: str | None = None
+) -> ModelRunResult | None:
     """One rank's part of a torchrun job; rank 0 returns the run's summary, the others None."""
     if config.streaming or config.neg_sampler == "static":
-        raise UserError("torchrun training reads samples in memory: --streaming and static negatives are local only")
+        raise UserError(
+            "torchrun training reads samples in memory: --streaming and static negatives are local only"
+        )
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend)
@@ -229,6 +235,7 @@ def _train(
     with warehouse.session(read_only=True) as con:
         store = FeatureStore.load(con, config.max_seq_len, splits=("train", "valid"), popularity_index=True)
         pop_index = store.popularity_index or ItemPopularityIndex.load(con, store.n_items)
+    dist.barrier()  # every read-only connection is closed before rank 0 opens the file for writing
     store.samples["train"] = shard(store.samples["train"], rank, world)
     per_rank = max(1, int(config.batch_size or 512) // world)
     cfg = replace(
@@ -244,19 +251,20 @@ def _train(
         with warehouse.session() as con:
             if resume:
                 run_id = resume
-                path = registry.models_dir(con) / run_id / CHECKPOINT
+                path = registry.models_dir(con) / CHECKPOINT.format(run_id=run_id)
                 if not path.exists():
                     raise UserError(f"--resume {run_id}: no checkpoint at {path}")
                 state = torch.load(path, weights_only=False)
                 if state["world_size"] != world:
                     raise UserError(
-                        f"--resume {run_id}: checkpoint of {state['world_size']} processes, this job has {world}"
+                        f"--resume {run_id}: checkpoint of {state['world_size']} processes, "
+                        f"this job has {world}"
                     )
             else:
                 run_id = registry.new_run_id(cfg.model)
                 params = {**cfg.to_dict(), "world_size": world, "batch_size_per_rank": per_rank}
                 registry.start_run(con, run_id, cfg.model, params, store.build_id, schema.vocab_sizes())
-            checkpoint = registry.models_dir(con) / run_id / CHECKPOINT
+            checkpoint = registry.models_dir(con) / CHECKPOINT.format(run_id=run_id)
         shared = (run_id, str(checkpoint), state)
     else:
         shared = None
@@ -273,7 +281,9 @@ def _train(
     except BaseException as exc:
         if rank == 0:
             with warehouse.session() as con:
-                registry.fail_run(con, run_id, f"{type(exc).__name__}: {exc}".splitlines()[0], time.perf_counter() - t0)
+                registry.fail_run(
+                    con, run_id, f"{type(exc).__name__}: {exc}".splitlines()[0], time.perf_counter() - t0
+                )
         raise
     if rank != 0:
         return None
@@ -281,7 +291,9 @@ def _train(
     with warehouse.session() as con:
         artifact = registry.save_artifact(con, run_id, model, cfg, store, fit.history)
         history = {"epochs": fit.history, "popularity_valid": fit.popularity, "world_size": world}
-        registry.finish_run(con, run_id, history, fit.best_epoch, fit.best_metric, str(artifact), wall, cfg.to_dict())
+        registry.finish_run(
+            con, run_id, history, fit.best_epoch, fit.best_metric, str(artifact), wall, cfg.to_dict()
+        )
     return ModelRunResult(
         model_run_id=run_id,
         model=cfg.model,

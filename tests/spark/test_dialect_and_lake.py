@@ -20,9 +20,18 @@ VARS = {"k": 3, "seed": 7}
 
 def test_every_builtin_model_and_audit_translates() -> None:
     variables = {
-        "max_seq_len": 50, "min_seq_len": 3, "min_rating": None, "k_core": 0, "validation": True,
-        "neg_mode": "listwise", "neg_ratio": 4, "neg_sampler": "popularity", "neg_alpha": 0.75, "seed": 42,
-        "partition": 0, "n_partitions": 1,
+        "max_seq_len": 50,
+        "min_seq_len": 3,
+        "min_rating": None,
+        "k_core": 0,
+        "validation": True,
+        "neg_mode": "listwise",
+        "neg_ratio": 4,
+        "neg_sampler": "popularity",
+        "neg_alpha": 0.75,
+        "seed": 42,
+        "partition": 0,
+        "n_partitions": 1,
     }
     for model in sqlmodels.discover(SQL_DIR).values():
         assert dialect.steps(model.sql, variables)[-1].view is None
@@ -31,7 +40,9 @@ def test_every_builtin_model_and_audit_translates() -> None:
 
 
 def test_recursive_cte_becomes_an_iterated_step() -> None:
-    sql = """with recursive r (n, x) as (select 0, 1 union all select n + 1, x * 2 from r where n < getvariable('k'))
+    sql = """with recursive r (n, x) as (
+        select 0, 1 union all select n + 1, x * 2 from r where n < getvariable('k')
+    )
     select * from r"""
     steps = dialect.steps(sql, VARS)
     assert [s.view for s in steps] == ["r", None]
@@ -41,9 +52,15 @@ def test_recursive_cte_becomes_an_iterated_step() -> None:
 @pytest.mark.parametrize(
     ("duckdb_sql", "spark_fragment"),
     [
-        ("select hash(x::UBIGINT) >> 11 from t", "SHIFTRIGHTUNSIGNED(RECHUB_DUCKDB_HASH(CAST(CAST(x AS BIGINT)"),
+        (
+            "select hash(x::UBIGINT) >> 11 from t",
+            "SHIFTRIGHTUNSIGNED(RECHUB_DUCKDB_HASH(CAST(CAST(x AS BIGINT)",
+        ),
         ("select hash(x) % 7 from t", "RECHUB_UMOD(RECHUB_DUCKDB_HASH("),
-        ("select list(v order by k) from t", "TRANSFORM(ARRAY_SORT(COLLECT_LIST(STRUCT(k AS k0, v AS v))), s -> s.v)"),
+        (
+            "select list(v order by k) from t",
+            "TRANSFORM(ARRAY_SORT(COLLECT_LIST(STRUCT(k AS k0, v AS v))), s -> s.v)",
+        ),
         ("select list_filter(l, lambda x, i: list_position(l, x) = i) from t", "ARRAY_DISTINCT(l)"),
         ("select l[1:getvariable('k')] from t", "SLICE(l, CAST(1 AS INT), (3) - (1) + 1)"),
         ("select l[i] from t", "TRY_ELEMENT_AT(l, CAST(i AS INT))"),

@@ -72,11 +72,14 @@ def test_every_feature_table_equals_duckdb(built: tuple[Warehouse, Path, dict]) 
         ours = {
             f"{s}.{t}"
             for s, t in con.execute(
-                "SELECT schema_name, table_name FROM duckdb_tables() WHERE schema_name IN ('staging', 'features')"
+                "SELECT schema_name, table_name FROM duckdb_tables() "
+                "WHERE schema_name IN ('staging', 'features')"
             ).fetchall()
         }
         assert set(published["tables"]) == ours
-        problems = [d for t in sorted(ours) for d in differences(con, t, manifest.table_path(lake, published, t))]
+        problems = [
+            d for t in sorted(ours) for d in differences(con, t, manifest.table_path(lake, published, t))
+        ]
         k_core_rounds = con.execute("SELECT count(*) FROM staging.interactions").fetchone()[0]
     assert not problems, "\n".join(problems)
     rows = {m["model"]: m["rows"] for m in report["models"]}
@@ -94,7 +97,9 @@ def test_failed_build_leaves_the_published_build(built: tuple[Warehouse, Path, d
     user = lake.parent / "bad_models"
     (user / "features").mkdir(parents=True)
     # sorts first among the models and reads only raw: the failure comes before any other model runs
-    (user / "features" / "a_bad.sql").write_text("select list_position([1, 2], 2) as p from raw.interactions\n")
+    (user / "features" / "a_bad.sql").write_text(
+        "select list_position([1, 2], 2) as p from raw.interactions\n"
+    )
     with pytest.raises(UserError, match=r"features\.a_bad .*list_position"):
         build_features_spark(spark, lake, PARAMS, user_dir=user)
     assert manifest.read(lake)["build_id"] == report["build_id"]  # type: ignore[index]

@@ -44,8 +44,20 @@ def test_spark_scoring_equals_local(trained: Warehouse, index: str) -> None:
     local = score(trained, run_id=f"local-{index}", k=7, index=index)
     res = CliRunner().invoke(
         app,
-        ["--warehouse", str(trained.path), "score", "--engine", "spark", "--index", index, "--k", "7",
-         "--run-id", f"spark-{index}", "--json"],
+        [
+            "--warehouse",
+            str(trained.path),
+            "score",
+            "--engine",
+            "spark",
+            "--index",
+            index,
+            "--k",
+            "7",
+            "--run-id",
+            f"spark-{index}",
+            "--json",
+        ],
     )
     assert res.exit_code == 0, res.output
     ours, theirs = _run(trained, f"local-{index}"), _run(trained, f"spark-{index}")
@@ -57,7 +69,9 @@ def test_spark_scoring_equals_local(trained: Warehouse, index: str) -> None:
 def test_spark_run_is_published_like_a_local_one(trained: Warehouse) -> None:
     """The Spark run is the current `recommendations`; `publish` copies it to another database."""
     target = trained.root / "copy.duckdb"
-    res = CliRunner().invoke(app, ["--warehouse", str(trained.path), "publish", "--to", f"duckdb:///{target}"])
+    res = CliRunner().invoke(
+        app, ["--warehouse", str(trained.path), "publish", "--to", f"duckdb:///{target}"]
+    )
     assert res.exit_code == 0, res.output
     with duckdb.connect(str(target), read_only=True) as con:
         runs = con.execute("SELECT DISTINCT run_id FROM recommendations").fetchall()

@@ -37,9 +37,24 @@ def wh(tmp_path_factory: pytest.TempPathFactory) -> Warehouse:
 def torchrun(wh: Warehouse, *args: str) -> dict:
     env = {**os.environ, "RECHUB_THREADS": "1", "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
-         "-m", "rechub_store", "--warehouse", str(wh.path), *ARGS, *args],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",  # rendezvous on a free local port
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "rechub_store",
+            "--warehouse",
+            str(wh.path),
+            *ARGS,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout)
@@ -55,7 +70,8 @@ def test_two_processes_reach_the_ndcg_of_one(wh: Warehouse) -> None:
     assert two["best_metric"] > 0.8 * two["popularity_metric"]
     with duckdb.connect(str(wh.path), read_only=True) as con:
         rows = con.execute(
-            "SELECT status, count(*) OVER () FROM meta.model_runs WHERE model_run_id = ?", [two["model_run_id"]]
+            "SELECT status, count(*) OVER () FROM meta.model_runs WHERE model_run_id = ?",
+            [two["model_run_id"]],
         ).fetchall()
     assert rows == [("success", 1)]  # one registry row, written by rank 0
     assert Path(two["artifact_path"]).exists() or (wh.root / two["artifact_path"]).exists()
@@ -68,4 +84,6 @@ def test_resumed_run_trains_what_an_uninterrupted_one_trains(wh: Warehouse) -> N
     assert resumed["model_run_id"] == first["model_run_id"]
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     keys = ("train_loss", "valid")
-    assert [{k: h[k] for k in keys} for h in resumed["history"]] == [{k: h[k] for k in keys} for h in whole["history"]]
+    assert [{k: h[k] for k in keys} for h in resumed["history"]] == [
+        {k: h[k] for k in keys} for h in whole["history"]
+    ]
