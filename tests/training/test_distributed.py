@@ -60,9 +60,14 @@ def torchrun(wh: Warehouse, *args: str) -> dict:
     return json.loads(run.stdout)
 
 
-def test_two_processes_reach_the_ndcg_of_one(wh: Warehouse) -> None:
+@pytest.fixture(scope="module")
+def two(wh: Warehouse) -> dict:
+    """Two processes, two epochs, uninterrupted."""
+    return torchrun(wh, "--epochs", "2")
+
+
+def test_two_processes_reach_the_ndcg_of_one(wh: Warehouse, two: dict) -> None:
     one = train(wh, TrainConfig(model="dssm", embed_dim=16, seed=3, epochs=2, progress=False))
-    two = torchrun(wh, "--epochs", "2")
     assert [h["world_size"] for h in two["history"]] == [2, 2]
     assert two["params"]["batch_size"] == 256  # 512 per step in all, as one process takes
     # within noise: seeds alone move this metric by about 0.01 on this log
@@ -77,8 +82,8 @@ def test_two_processes_reach_the_ndcg_of_one(wh: Warehouse) -> None:
     assert Path(two["artifact_path"]).exists() or (wh.root / two["artifact_path"]).exists()
 
 
-def test_resumed_run_trains_what_an_uninterrupted_one_trains(wh: Warehouse) -> None:
-    whole = torchrun(wh, "--epochs", "2")
+def test_resumed_run_trains_what_an_uninterrupted_one_trains(wh: Warehouse, two: dict) -> None:
+    whole = two
     first = torchrun(wh, "--epochs", "1")
     resumed = torchrun(wh, "--epochs", "2", "--resume", first["model_run_id"])
     assert resumed["model_run_id"] == first["model_run_id"]
