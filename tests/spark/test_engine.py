@@ -21,6 +21,8 @@ from rechub_store.data.generate import generate_into
 from rechub_store.data.ingest import ingest_interactions
 from rechub_store.errors import UserError
 from rechub_store.spark import manifest
+from rechub_store.spark.engine import build_features_spark
+from rechub_store.spark.lake import export_raw
 from rechub_store.warehouse import Warehouse
 
 pytestmark = pytest.mark.spark
@@ -38,6 +40,15 @@ ODD = """user,item,ts,rating
 "u""2",ÎtemΩ,2024-01-01T00:00:00,5
 "u""2",i"2,2024-01-02T00:00:00,
 "u""2",18446744073709551616,2024-01-02T00:00:00,5
+"""
+
+
+LATER = """user,item,ts,rating
+new-user-1,new-item-1,2024-02-01T00:00:00,5
+new-user-1,i'1,2024-02-02T00:00:00,5
+new-user-1,new-item-2,2024-02-03T00:00:00,5
+"u,1",new-item-2,2024-02-04T00:00:00,5
+"u""2",new-item-1,2024-02-05T00:00:00,5
 """
 
 
@@ -60,14 +71,35 @@ def built(spark: object, spark_tmp: Path) -> tuple[Warehouse, Path, dict]:
             args += [f"--{name.replace('_', '-')}", str(value)]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    return wh, lake, json.loads(res.stdout)
+    first = json.loads(res.stdout)
+    # a later batch with new users and items: a second build on each engine keeps every code
+    # of the first (stable vocabularies) and numbers the new values after them
+    later = spark_tmp / "later.csv"
+    later.write_text(LATER, encoding="utf-8")
+    with wh.session() as con:
+        ingest_interactions(
+            con,
+            later,
+            user_col="user",
+            item_col="item",
+            time_col="ts",
+            rating_col="rating",
+            max_reject_ratio=1,
+        )
+        build_features(con, PARAMS)
+        assert export_raw(con, lake) == [5]
+    second = build_features_spark(spark, lake, PARAMS)
+    return wh, lake, {**first, "second": second.to_dict()}
 
 
 def test_every_feature_table_equals_duckdb(built: tuple[Warehouse, Path, dict]) -> None:
-    wh, lake, report = built
+    """After two builds (the second over one more batch), every table of each engine is equal."""
+    wh, lake, first = built
+    report = first["second"]
     published = manifest.read(lake)
     assert published is not None and published["build_id"] == report["build_id"]
-    assert report["exported_batches"] == [1, 2, 3, 4]  # interactions, users, items, the odd batch
+    assert published["previous_build_id"] == first["build_id"]
+    assert first["exported_batches"] == [1, 2, 3, 4]  # interactions, users, items, the odd batch
     with duckdb.connect(str(wh.path), read_only=True) as con:
         ours = {
             f"{s}.{t}"
@@ -86,14 +118,23 @@ def test_every_feature_table_equals_duckdb(built: tuple[Warehouse, Path, dict]) 
     assert rows["features.negatives_train"] > 0 and rows["staging.interactions"] == k_core_rounds
     assert report["audits"] and not any(report["audits"].values())
     assert report["split_report"]["neg_ratio"] == 3
+    # the first build's codes are kept as they were; the new items are numbered after them
+    before = manifest.build_dir(lake, first["build_id"]) / "features.vocab_item_id"
+    after = manifest.table_path(lake, published, "features.vocab_item_id")
+    with duckdb.connect() as con:
+        moved, added = con.execute(
+            f"SELECT count(*) FILTER (WHERE a.code <> b.code), count(*) FILTER (WHERE a.code IS NULL) "
+            f"FROM read_parquet('{after}/*.parquet') b "
+            f"LEFT JOIN read_parquet('{before}/*.parquet') a USING (value)"
+        ).fetchone()
+    assert moved == 0 and added == 2  # new-item-1, new-item-2
 
 
 def test_failed_build_leaves_the_published_build(built: tuple[Warehouse, Path, dict], spark: object) -> None:
     """A model Spark cannot run stops the build: the manifest still names the previous build and the
     failed build's folder is gone."""
-    from rechub_store.spark.engine import build_features_spark
-
-    _, lake, report = built
+    _, lake, first = built
+    report = first["second"]
     user = lake.parent / "bad_models"
     (user / "features").mkdir(parents=True)
     # sorts first among the models and reads only raw: the failure comes before any other model runs
@@ -104,7 +145,7 @@ def test_failed_build_leaves_the_published_build(built: tuple[Warehouse, Path, d
         build_features_spark(spark, lake, PARAMS, user_dir=user)
     assert manifest.read(lake)["build_id"] == report["build_id"]  # type: ignore[index]
     builds = sorted(p.name for p in (manifest.features_dir(lake) / "builds").iterdir())
-    assert builds == [report["build_id"]]
+    assert builds == sorted([first["build_id"], report["build_id"]])
     assert not list((lake / "scratch").glob("*/*"))
 
 
