@@ -294,18 +294,4 @@ def _train(
         registry.finish_run(
             con, run_id, history, fit.best_epoch, fit.best_metric, str(artifact), wall, cfg.to_dict()
         )
-    return ModelRunResult(
-        model_run_id=run_id,
-        model=cfg.model,
-        status="success",
-        best_epoch=fit.best_epoch,
-        best_metric=fit.best_metric,
-        popularity_metric=fit.popularity.get(f"ndcg@{EVAL_K}", 0.0),
-        history=fit.history,
-        artifact_path=str(artifact),
-        wall_seconds=round(wall, 3),
-        build_id=store.build_id,
-        params=cfg.to_dict(),
-        vocab_sizes=schema.vocab_sizes(),
-        samples_per_second=round(fit.samples_per_second, 1),
-    )
+    return ModelRunResult.of(run_id, cfg, fit, artifact, wall, store.build_id, schema.vocab_sizes())

@@ -83,6 +83,34 @@ class ModelRunResult:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    @classmethod
+    def of(
+        cls,
+        run_id: str,
+        cfg: TrainConfig,
+        fit: FitResult,
+        artifact: Any,
+        wall: float,
+        build_id: str | None,
+        vocab: dict[str, int],
+    ) -> ModelRunResult:
+        """A successful run's summary."""
+        return cls(
+            model_run_id=run_id,
+            model=cfg.model,
+            status="success",
+            best_epoch=fit.best_epoch,
+            best_metric=fit.best_metric,
+            popularity_metric=fit.popularity.get(f"ndcg@{EVAL_K}", 0.0),
+            history=fit.history,
+            artifact_path=str(artifact),
+            wall_seconds=round(wall, 3),
+            build_id=build_id,
+            params=cfg.to_dict(),
+            vocab_sizes=vocab,
+            samples_per_second=round(fit.samples_per_second, 1),
+        )
+
 
 @dataclass
 class FitResult:
@@ -514,18 +542,4 @@ def train(target: Warehouse | duckdb.DuckDBPyConnection, config: TrainConfig) ->
             con, run_id, f"{type(exc).__name__}: {exc}".splitlines()[0], time.perf_counter() - t0
         )
         raise
-    return ModelRunResult(
-        model_run_id=run_id,
-        model=cfg.model,
-        status="success",
-        best_epoch=fit.best_epoch,
-        best_metric=fit.best_metric,
-        popularity_metric=fit.popularity.get(f"ndcg@{EVAL_K}", 0.0),
-        history=fit.history,
-        artifact_path=str(artifact),
-        wall_seconds=round(wall, 3),
-        build_id=store.build_id,
-        params=cfg.to_dict(),
-        vocab_sizes=vocab,
-        samples_per_second=round(fit.samples_per_second, 1),
-    )
+    return ModelRunResult.of(run_id, cfg, fit, artifact, wall, store.build_id, vocab)
