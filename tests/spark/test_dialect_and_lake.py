@@ -127,3 +127,22 @@ def test_manifest_switch_keeps_the_previous_build_only(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="unreadable manifest"):
         manifest.read(tmp_path)
     assert json  # the manifest is plain JSON that any reader can open
+
+
+def test_ingest_with_a_lake_writes_the_new_batch(warehouse: Warehouse, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from rechub_store.cli import app
+
+    events = tmp_path / "events.csv"
+    events.write_text("u,i,t\na,x,2024-01-01T00:00:00\nb,y,2024-01-02T00:00:00\n", encoding="utf-8")
+    args = ["--warehouse", str(warehouse.path), "ingest", "--lake", str(tmp_path / "lake"), "interactions"]
+    args += [str(events), "--user-col", "u", "--item-col", "i", "--time-col", "t"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "1 raw batch(es) written" in res.output
+    assert sorted(p.name for p in (tmp_path / "lake" / "raw" / "interactions").iterdir()) == [
+        "batch-00000001.parquet"
+    ]
+    res = CliRunner().invoke(app, args)  # the same file again: nothing new for the lake either
+    assert res.exit_code == 0 and "0 raw batch(es) written" in res.output
