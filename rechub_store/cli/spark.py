@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import typer
@@ -11,6 +12,7 @@ from rich.table import Table
 
 from rechub_store.errors import UserError
 from rechub_store.paths import thread_count
+from rechub_store.spark.lake import export_raw
 from rechub_store.warehouse import Warehouse
 
 ENGINES = ("duckdb", "spark")
@@ -28,18 +30,23 @@ LAKE_OPTION = typer.Option(
 
 
 def check_engine(engine: str, lake: Path | None, needs_lake: bool = True) -> bool:
-    """True for spark; a one-line error for an unknown engine or a missing --lake."""
+    """True for spark; a one-line error for an unknown engine, a missing --lake or a missing extra."""
     if engine not in ENGINES:
         raise UserError(f"--engine: expected duckdb or spark, got {engine!r}")
     if engine == "spark" and needs_lake and lake is None:
         raise UserError("--engine spark needs --lake DIR (where raw batches and feature tables live)")
+    if engine == "spark":
+        missing = [name for name in ("pyspark", "sqlglot") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise UserError(
+                "--engine spark needs the spark extra: pip install 'rechub-store[spark]' "
+                f"({missing[0]} is missing)"
+            )
     return engine == "spark"
 
 
 def sync_lake(warehouse: Warehouse, lake: Path) -> list[int]:
     """Export the warehouse's raw batches the lake lacks (none when there is no warehouse)."""
-    from rechub_store.spark.lake import export_raw
-
     if not warehouse.exists():
         return []
     with warehouse.session(read_only=True) as con:
@@ -47,13 +54,16 @@ def sync_lake(warehouse: Warehouse, lake: Path) -> list[int]:
 
 
 def build_on_spark(warehouse: Warehouse, lake: Path, master: str | None, params, as_json: bool) -> dict:
-    from rechub_store.spark.engine import build_features_spark
-    from rechub_store.spark.session import spark_session
+    from rechub_store.spark import engine, session  # PySpark loads only for --engine spark
 
     exported = sync_lake(warehouse, lake)
-    spark = spark_session(master, threads=thread_count())
     with Console(stderr=True).status("build-features on Spark ...", spinner="dots"):
-        result = build_features_spark(spark, lake, params, user_dir=warehouse.user_sql_dir)
+        result = engine.build_features_spark(
+            session.spark_session(master, threads=thread_count()),
+            lake,
+            params,
+            user_dir=warehouse.user_sql_dir,
+        )
     report = {**result.to_dict(), "exported_batches": exported}
     if not as_json:
         table = Table(title=f"spark build {result.build_id} -> {lake}")
@@ -74,13 +84,9 @@ def score_on_spark(
     warehouse: Warehouse, master: str | None, lake: Path | None, *, model_run_id, run_id, **options
 ):
     """`score --engine spark`: the driver's part in the warehouse, the search on Spark."""
-    from rechub_store.retrieval.scoring import load_context
-    from rechub_store.spark.scoring import score_spark
-    from rechub_store.spark.session import spark_session
+    from rechub_store.spark import scoring, session  # PySpark loads only for --engine spark
 
-    spark = spark_session(master, threads=thread_count())
+    spark = session.spark_session(master, threads=thread_count())
     work_dir = lake / "scratch" if lake is not None else warehouse.tmp_dir
     with warehouse.session() as con:
-        ctx = load_context(con, model_run_id)
-        run_id = run_id or f"manual-{ctx.model_run_id}"
-        return score_spark(spark, con, ctx, run_id, work_dir=work_dir, **options)
+        return scoring.score_model_run(spark, con, model_run_id, run_id, work_dir=work_dir, **options)

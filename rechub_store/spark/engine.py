@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+from sqlglot import exp
 
 from rechub_store.data import sqlmodels
 from rechub_store.data.build import BuildParams
@@ -64,8 +65,6 @@ def view_name(table: str) -> str:
 
 
 def _spark_type(duckdb_type: str) -> str:
-    from sqlglot import exp
-
     return exp.DataType.build(duckdb_type, dialect="duckdb").sql("spark")
 
 

@@ -19,16 +19,19 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyspark import SparkFiles
 
 from rechub_store.errors import UserError
 from rechub_store.jobconfig import AnnoySettings
 from rechub_store.publish.analytics import RecommendationWriter
-from rechub_store.ranking.exact import Seen
+from rechub_store.ranking.exact import Seen, exact_topk
+from rechub_store.retrieval.annoy_index import AnnoyItems
 from rechub_store.retrieval.scoring import (
     ANNOY_FILE,
     INDEXES,
@@ -38,6 +41,7 @@ from rechub_store.retrieval.scoring import (
     _UserEmbeddingsWriter,
     annoy_recall_now,
     ensure_annoy,
+    load_context,
     write_item_embeddings,
 )
 from rechub_store.spark.session import sql_path
@@ -62,11 +66,6 @@ def _search(k: int, index: str, metric: str, search_k: int, tuned_k: int, items_
     """The function each partition runs (pickled to the executors: plain values only)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyspark import SparkFiles
-
-        from rechub_store.ranking.exact import exact_topk
-        from rechub_store.retrieval.annoy_index import AnnoyItems
-
         items = np.load(SparkFiles.get(items_file), mmap_mode="r")
         annoy = None
         if index == "annoy":
@@ -192,3 +191,11 @@ def score_spark(
         seconds_by_phase={name: round(v, 3) for name, v in phases.items()},
         annoy=_annoy_summary(ctx, k) if index == "annoy" else None,
     )
+
+
+def score_model_run(
+    spark, con: duckdb.DuckDBPyConnection, model_run_id: str | None, run_id: str | None, **options: Any
+) -> ScoreReport:
+    """`score --engine spark`: load the model run (default: the latest) and score it on Spark."""
+    ctx = load_context(con, model_run_id)
+    return score_spark(spark, con, ctx, run_id or f"manual-{ctx.model_run_id}", **options)

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pyspark.sql import SparkSession
+
 from rechub_store.errors import UserError
 
 # Semantics first: UTC everywhere (DuckDB's TIMESTAMP is zone-less), size(NULL) = NULL, timestamps
@@ -24,25 +26,12 @@ CONF = {
 }
 
 
-def require_pyspark() -> None:
-    try:
-        import pyspark  # noqa: F401
-        import sqlglot  # noqa: F401
-    except ImportError as exc:
-        raise UserError(
-            f"--engine spark needs the spark extra: pip install 'rechub-store[spark]' ({exc.name} is missing)"
-        ) from exc
-
-
 def spark_session(master: str | None = None, threads: int | None = None, conf: dict[str, Any] | None = None):
     """A SparkSession: `master` (e.g. spark://host:7077, yarn, k8s://...) or local[threads].
 
     On one box the shuffle width follows the thread count (Spark's default of 200 partitions
     costs seconds per query on small data); on a cluster Spark's adaptive execution sizes it.
     """
-    require_pyspark()
-    from pyspark.sql import SparkSession
-
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run this Python (local mode)
     local = master is None or master.startswith("local")
     n = max(1, int(threads or os.cpu_count() or 1))
