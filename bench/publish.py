@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from rechub_store.publish.server import mask_url, publish_to_url  # noqa: E402
+from rechub_store.settings import Settings  # noqa: E402
 from rechub_store.warehouse import Warehouse  # noqa: E402
 
 PG_SETTINGS = {  # durable (fsync on); sized so checkpoints do not dominate a bulk load
@@ -109,7 +110,7 @@ def main() -> None:
     else:
         url = args.url
     work = Path(args.workdir or tempfile.mkdtemp(prefix="rechub-bench-publish-"))
-    warehouse = Warehouse(work / "wh" / "rechub.duckdb")
+    warehouse = Settings.from_env(warehouse_path=work / "wh" / "rechub.duckdb").warehouse()
     rows = args.users * args.k
     try:
         t0 = time.perf_counter()

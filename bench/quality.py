@@ -30,9 +30,9 @@ from typing import Any
 import rechub_store
 from rechub_store.data.build import BuildParams, build_features
 from rechub_store.data.generate import generate_into
-from rechub_store.retrieval.evaluate import evaluate
+from rechub_store.pipeline.train import train
+from rechub_store.results.evaluate import evaluate
 from rechub_store.training.config import TrainConfig
-from rechub_store.training.trainer import train
 from rechub_store.warehouse import Warehouse
 
 OUT = Path(__file__).resolve().parent / "out"

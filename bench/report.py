@@ -39,8 +39,9 @@ sys.path.insert(0, str(REPO / "tests" / "report"))
 from conftest import FLAGS, find_browser  # noqa: E402
 
 from rechub_store.data.ingest import ensure_raw_tables  # noqa: E402
-from rechub_store.publish.analytics import ensure_results_tables  # noqa: E402
 from rechub_store.report import build_report  # noqa: E402
+from rechub_store.results.tables import ensure_results_tables  # noqa: E402
+from rechub_store.settings import Settings  # noqa: E402
 from rechub_store.warehouse import Warehouse  # noqa: E402
 
 K = 20
@@ -311,7 +312,7 @@ def main() -> None:
     results = []
     for users in args.users:
         folder = Path(tempfile.mkdtemp(prefix=f"rechub-report-{users}-"))
-        wh = Warehouse(folder / "rechub.duckdb")
+        wh = Settings.from_env(warehouse_path=folder / "rechub.duckdb").warehouse()
         try:
             run = fabricate(wh, users, args.items)
             t0 = time.perf_counter()

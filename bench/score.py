@@ -97,7 +97,15 @@ def _tuned_index(a: argparse.Namespace, world: World):
     from rechub_store.retrieval.annoy_index import build_tuned
 
     sample, _ = world.users(np.arange(10**9, 10**9 + a.tune_users), 0)  # users outside the scored range
-    return build_tuned(world.item_vecs, sample, "dot", a.k, target_recall=a.target_recall, n_trees=a.trees)
+    return build_tuned(
+        world.item_vecs,
+        sample,
+        "dot",
+        a.k,
+        target_recall=a.target_recall,
+        n_trees=a.trees,
+        n_threads=a.threads,
+    )
 
 
 def mode_annoy(a: argparse.Namespace, world: World) -> dict:
@@ -110,12 +118,12 @@ def mode_annoy(a: argparse.Namespace, world: World) -> dict:
     t1 = time.perf_counter()
     for codes in _chunks(a.users, a.chunk_users):
         vecs, seen = world.users(codes, a.hist)
-        index.topk(vecs, a.k, seen)
+        index.topk(vecs, a.k, seen, n_threads=a.threads)
     t_query = time.perf_counter() - t1
     check = np.arange(2 * 10**9, 2 * 10**9 + a.check_users)
     vecs, seen = world.users(check, a.hist)
     truth, _ = exact_topk(vecs, world.item_vecs, a.k, seen)
-    found, _ = index.topk(vecs, a.k, seen)
+    found, _ = index.topk(vecs, a.k, seen, n_threads=a.threads)
     return {
         "seconds": round(t_index + t_query, 2),
         "index_seconds": round(t_index, 2),
@@ -141,11 +149,11 @@ def mode_annoy(a: argparse.Namespace, world: World) -> dict:
 def mode_e2e(a: argparse.Namespace, world: World) -> dict:
     from rechub_store.publish.analytics import publish_analytics
     from rechub_store.ranking.exact import exact_topk
-    from rechub_store.retrieval.scoring import write_topk
-    from rechub_store.warehouse import Warehouse
+    from rechub_store.results.score import write_topk
+    from rechub_store.settings import Settings
 
     root = Path(a.workdir or tempfile.mkdtemp(prefix="rechub-bench-"))
-    wh = Warehouse(root / "rechub.duckdb", memory_limit=a.memory_limit)
+    wh = Settings.from_env(warehouse_path=root / "rechub.duckdb", memory_limit=a.memory_limit).warehouse()
     wh.path.unlink(missing_ok=True)
     con = wh.connect()
     con.execute(
@@ -163,7 +171,7 @@ def mode_e2e(a: argparse.Namespace, world: World) -> dict:
         index, tuning = _tuned_index(a, world)
 
         def search(vecs, seen):
-            return index.topk(vecs, a.k, seen)
+            return index.topk(vecs, a.k, seen, n_threads=a.threads)
     else:
         tuning = None
         chunk = max(64, min(4096, (1 << 26) // world.item_vecs.shape[0]))
@@ -225,6 +233,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-limit", default="4GB", help="DuckDB memory limit in the e2e mode")
     p.add_argument("--workdir", default=None, help="e2e warehouse folder [default: a temporary one]")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--threads", type=int, default=int(os.environ.get("RECHUB_THREADS") or os.cpu_count() or 1)
+    )  # annoy build and search threads
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -255,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         "params": {k: v for k, v in vars(a).items() if k not in ("child", "out")},
         "machine": {
             "cpus": os.cpu_count(),
-            "threads": os.environ.get("RECHUB_THREADS"),
+            "threads": a.threads,
             "python": platform.python_version(),
             "platform": platform.platform(),
         },

@@ -43,8 +43,9 @@ from rechub_store.data.build import BuildParams, build_features
 from rechub_store.data.generate import generate_into
 from rechub_store.data.readers import FeatureStore, InMemorySamples, NegativeSampler
 from rechub_store.models import build_model
+from rechub_store.pipeline.train import train
 from rechub_store.training.config import TrainConfig
-from rechub_store.training.trainer import Trainer, train
+from rechub_store.training.trainer import Trainer
 from rechub_store.warehouse import Warehouse
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -96,7 +97,7 @@ def _config(model: str, args: argparse.Namespace, **overrides: Any) -> TrainConf
 def _ours(con: Any, model: str, args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
     cfg = _config(model, args, **overrides)
     t0 = time.perf_counter()
-    res = train(con, cfg)
+    res = train(con, cfg, threads=args.threads)
     wall = time.perf_counter() - t0
     hist = res.history
     train_s = sum(h["train_seconds"] for h in hist)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
 DEFAULT_WAREHOUSE = Path("warehouse") / "rechub.duckdb"
-MODELS_DIR_ENV = "RECHUB_MODELS_DIR"
 
 
 def _builtin_sql_dir() -> Path:
@@ -26,20 +24,3 @@ def _builtin_sql_dir() -> Path:
 
 
 SQL_DIR = _builtin_sql_dir()
-
-
-def default_warehouse() -> Path:
-    """`RECHUB_WAREHOUSE` or `warehouse/rechub.duckdb` relative to the working directory."""
-    return Path(os.environ.get("RECHUB_WAREHOUSE", DEFAULT_WAREHOUSE))
-
-
-def thread_count() -> int:
-    """Threads for DuckDB and torch: `RECHUB_THREADS`, else every core (2 on the CI machine)."""
-    value = os.environ.get("RECHUB_THREADS")
-    if not value:
-        return max(1, os.cpu_count() or 1)
-    if not value.strip().isdigit() or int(value) < 1:
-        from rechub_store.errors import UserError
-
-        raise UserError(f"RECHUB_THREADS={value!r}: expected an integer >= 1")
-    return int(value)

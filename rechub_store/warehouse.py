@@ -8,6 +8,7 @@ schemas (with the `meta.*` bookkeeping tables) always exist.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,51 +17,13 @@ from pathlib import Path
 import duckdb
 
 from rechub_store.errors import UserError
-from rechub_store.paths import default_warehouse, thread_count
+from rechub_store.paths import DEFAULT_WAREHOUSE
+from rechub_store.schema import META, ddl
 
 SCHEMAS = ("raw", "staging", "features", "meta")
 
-# Bookkeeping tables. Columns here are part of the interface (scripts read them).
-META_DDL = """
-CREATE TABLE IF NOT EXISTS meta.builds (
-    build_id      VARCHAR PRIMARY KEY,
-    started_at    TIMESTAMP,
-    finished_at   TIMESTAMP,
-    status        VARCHAR,          -- running | success | failed
-    params        JSON,             -- build parameters (max_seq_len, min_seq_len, neg_mode, ...)
-    models        JSON,             -- per model: rows, seconds
-    report        JSON,             -- users dropped, sample counts, ...
-    error         VARCHAR
-);
-CREATE TABLE IF NOT EXISTS meta.model_runs (
-    model_run_id  VARCHAR PRIMARY KEY,
-    model         VARCHAR,
-    status        VARCHAR,          -- running | success | failed
-    params        JSON,
-    build_id      VARCHAR,
-    vocab_sizes   JSON,
-    history       JSON,             -- per epoch: train loss, validation metrics
-    best_epoch    INTEGER,
-    best_metric   DOUBLE,           -- validation NDCG@10 of the best epoch
-    artifact_path VARCHAR,
-    wall_seconds  DOUBLE,
-    created_at    TIMESTAMP,
-    finished_at   TIMESTAMP,
-    error         VARCHAR
-);
-CREATE TABLE IF NOT EXISTS meta.job_runs (
-    run_id        VARCHAR,
-    job           VARCHAR,
-    step          VARCHAR,          -- whole | ingest | build | train | score | evaluate | publish
-    status        VARCHAR,          -- running | success | failed | skipped
-    started_at    TIMESTAMP,
-    finished_at   TIMESTAMP,
-    seconds       DOUBLE,
-    rows          BIGINT,
-    details       JSON,
-    error         VARCHAR
-);
-"""
+# Bookkeeping tables (`rechub_store.schema`). Columns there are part of the interface (scripts read them).
+META_DDL = ddl(META)
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -72,16 +35,24 @@ def quote_ident(name: str) -> str:
     return f'"{name}"'
 
 
+def sql_literal(text: str) -> str:
+    """A SQL string literal, for the few places a value cannot be a bound parameter (ATTACH, COPY)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 @dataclass(frozen=True)
 class Warehouse:
     """A warehouse location. Cheap to create; `connect()` opens the DuckDB file."""
 
     path: Path
-    threads: int | None = None
+    threads: int | None = None  # DuckDB, torch and annoy threads; None = every core (resolved here)
     memory_limit: str | None = None  # e.g. "8GB"; DuckDB's default (80% of RAM) when None
     # The user's own SQL models (`--models-dir` / RECHUB_MODELS_DIR), built beside the built-in
     # ones; not to be confused with `models_dir`, where trained model artifacts live.
     user_sql_dir: Path | None = None
+    # server publish retry policy (`Settings`; None = the publish defaults)
+    publish_retries: int | None = None
+    publish_backoff_s: float | None = None
 
     def __post_init__(self) -> None:
         """Bad settings are one-line errors here, not DuckDB tracebacks at the first connect."""
@@ -89,6 +60,8 @@ class Warehouse:
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
         ):
             raise UserError(f"--threads: expected an integer >= 1, got {self.threads}")
+        if self.threads is None:
+            object.__setattr__(self, "threads", max(1, os.cpu_count() or 1))
         if self.memory_limit is not None:
             try:
                 duckdb.connect().execute("SET memory_limit = ?", [str(self.memory_limit)]).close()
@@ -101,7 +74,9 @@ class Warehouse:
 
     @classmethod
     def at(cls, path: Path | str | None = None, **kwargs: object) -> Warehouse:
-        return cls(Path(path) if path is not None else default_warehouse(), **kwargs)  # type: ignore[arg-type]
+        """A warehouse at `path` (default `warehouse/rechub.duckdb`); the environment is read by
+        `Settings.from_env`, not here."""
+        return cls(Path(path) if path is not None else DEFAULT_WAREHOUSE, **kwargs)  # type: ignore[arg-type]
 
     @property
     def root(self) -> Path:
@@ -147,7 +122,7 @@ class Warehouse:
             if "lock" in msg.lower():
                 raise UserError(f"warehouse {self.path} is in use by another process: {msg}") from exc
             raise UserError(f"cannot open warehouse {self.path}: {msg}") from exc
-        con.execute(f"SET threads = {int(self.threads or thread_count())}")
+        con.execute(f"SET threads = {int(self.threads)}")  # type: ignore[arg-type]
         con.execute("SET enable_progress_bar = false")  # our CLI draws its own progress
         if self.memory_limit:
             con.execute("SET memory_limit = ?", [self.memory_limit])

@@ -11,7 +11,9 @@ import pytest
 os.environ.setdefault("RECHUB_THREADS", "2")
 
 from pgserver import REQUIRE_ENV, LocalPostgres, PostgresUnavailable, acquire, release
+from planted import cycle_histories, write_feature_store
 
+from rechub_store.data.readers import FeatureStore
 from rechub_store.warehouse import Warehouse
 
 
@@ -19,6 +21,22 @@ from rechub_store.warehouse import Warehouse
 def warehouse(tmp_path: Path) -> Warehouse:
     """An empty warehouse in its own folder (the DuckDB file is created on first connect)."""
     return Warehouse(tmp_path / "wh" / "rechub.duckdb", threads=2)
+
+
+@pytest.fixture
+def planted_warehouse(warehouse: Warehouse) -> Warehouse:
+    """200 users walking a 30-item cycle (tests/planted.py); features.* written directly, one build."""
+    with warehouse.session() as con:
+        write_feature_store(con, cycle_histories(200, 30, 6, 14, seed=0), 30, max_seq_len=8)
+    return warehouse
+
+
+@pytest.fixture(scope="session")
+def planted_store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
+    wh = Warehouse(tmp_path_factory.mktemp("planted") / "rechub.duckdb", threads=2)
+    with wh.session() as con:
+        write_feature_store(con, cycle_histories(200, 30, 6, 14, seed=0), 30, max_seq_len=8)
+        return FeatureStore.load(con, static_negatives=True)
 
 
 @pytest.fixture(scope="session")

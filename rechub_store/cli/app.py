@@ -7,7 +7,6 @@ commands; each command only parses options, calls one core function and prints.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ from typer.core import TyperGroup
 
 from rechub_store import __version__
 from rechub_store.errors import UserError
-from rechub_store.paths import MODELS_DIR_ENV, default_warehouse, thread_count
 from rechub_store.redact import redact
+from rechub_store.settings import MODELS_DIR_ENV, Settings
 from rechub_store.warehouse import Warehouse
 
 
@@ -67,8 +66,6 @@ def _global(
     models_dir: Path = typer.Option(
         None,
         "--models-dir",
-        envvar=MODELS_DIR_ENV,
-        show_envvar=False,
         help="Your own SQL models, built with the built-in ones (same path = override) "
         f"[env {MODELS_DIR_ENV}; default: the job file's build.models_dir, else none]",
     ),
@@ -76,17 +73,12 @@ def _global(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
-    wh = Warehouse(
-        warehouse or default_warehouse(),
-        threads=threads,
-        memory_limit=memory_limit,
-        user_sql_dir=models_dir or None,
+    # the one settings object of this invocation (a bad RECHUB_THREADS is a one-line error for
+    # every command); its Warehouse carries it to DuckDB, torch and annoy
+    settings = Settings.from_env(
+        warehouse_path=warehouse, threads=threads, memory_limit=memory_limit, models_dir=models_dir
     )
-    thread_count()  # a bad RECHUB_THREADS is a one-line error for every command
-    if threads is not None:
-        # one setting for every component: DuckDB, torch and annoy all read thread_count()
-        os.environ["RECHUB_THREADS"] = str(threads)
-    ctx.obj = wh
+    ctx.obj = settings.warehouse()
 
 
 def warehouse_of(ctx: typer.Context, *, create: bool = False, analytics_ok: bool = False) -> Warehouse:

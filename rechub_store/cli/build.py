@@ -9,9 +9,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
 from rechub_store.cli.spark import ENGINE_OPTION, LAKE_OPTION, MASTER_OPTION, build_on_spark, check_engine
-from rechub_store.data.build import NEG_MODES, NEG_SAMPLERS, BuildParams, BuildReport, build_features
+from rechub_store.config import NEG_MODES, NEG_SAMPLERS
+from rechub_store.data.build import BuildParams, BuildReport
 from rechub_store.errors import UserError
 
 _DEFAULTS = BuildParams()
@@ -75,26 +77,23 @@ def build_features_command(
             print_json(report)
         return
     warehouse = warehouse_of(ctx)
-    with warehouse.session() as con:
-        if as_json:
-            report = build_features(con, params, select=select, user_dir=warehouse.user_sql_dir)
-        else:
-            with Progress(
-                TextColumn("[bold]build-features[/] {task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                TimeElapsedColumn(),
-                console=console,
-                transient=True,
-            ) as bar:
-                task = bar.add_task("", total=None)
+    if as_json:
+        report = api.build(warehouse, params, select=select)
+    else:
+        with Progress(
+            TextColumn("[bold]build-features[/] {task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("", total=None)
 
-                def progress(step: str, done: int, total: int) -> None:
-                    bar.update(task, description=step, completed=done, total=total)
+            def progress(step: str, done: int, total: int) -> None:
+                bar.update(task, description=step, completed=done, total=total)
 
-                report = build_features(
-                    con, params, select=select, progress=progress, user_dir=warehouse.user_sql_dir
-                )
+            report = api.build(warehouse, params, select=select, progress=progress)
     if as_json:
         print_json(report.to_dict())
     else:

@@ -6,9 +6,13 @@ import datetime as dt
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
 from rechub_store.errors import UserError
+from rechub_store.jobs.config import JobConfig
 
 
 def _run_date(text: str | None) -> dt.date | None:
@@ -41,11 +45,8 @@ def nightly_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """ingest -> build-features -> train (per policy) -> score -> evaluate -> publish. 0 = success."""
-    from rechub_store.jobconfig import JobConfig
-    from rechub_store.nightly import run_nightly
-
     config = JobConfig.load(job) if job else None
-    report = run_nightly(warehouse_of(ctx), config, _run_date(run_date), echo=not (quiet or as_json))
+    report = api.nightly(warehouse_of(ctx), config, _run_date(run_date), echo=not (quiet or as_json))
     if as_json:
         print_json(report.as_dict())
         return
@@ -76,13 +77,9 @@ def demo_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Synthetic data end to end on this warehouse: generate, ingest, build, train, nightly; print results."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from rechub_store.nightly import run_demo
 
     err = Console(stderr=True)
-    report = run_demo(
+    report = api.demo(
         warehouse_of(ctx, create=True),
         n_users=users,
         n_items=items,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
-from rechub_store.publish.server import publish_to_url
 
 
 @app.command("publish")
@@ -28,7 +28,7 @@ def publish(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Copy the run's recommendations, metrics and run metadata to a server database, atomically."""
-    result = publish_to_url(
+    result = api.publish(
         warehouse_of(ctx),
         to,
         run_id=run_id,

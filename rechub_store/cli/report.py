@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
 
 
@@ -24,9 +25,7 @@ def report_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Write a run's HTML report: metrics vs baselines, trends, training, retrieval, pipeline, embeddings."""
-    from rechub_store.report import build_report
-
-    result = build_report(warehouse_of(ctx), run, out)
+    result = api.report(warehouse_of(ctx), run, out)
     if as_json:
         print_json(result.as_dict())
     else:

@@ -8,19 +8,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, parse_int_list, print_json, warehouse_of
 from rechub_store.cli.spark import ENGINE_OPTION, MASTER_OPTION, check_engine, score_on_spark
+from rechub_store.config import (
+    BASELINE_NAMES,
+    INDEXES,
+    SEEN_FILTERS,
+    SLICES,
+    AnnoySettings,
+    check_index,
+    check_seen_filter,
+)
 from rechub_store.errors import UserError
-from rechub_store.jobconfig import AnnoySettings
-from rechub_store.ranking.options import BASELINE_NAMES, SEEN_FILTERS, check_seen_filter
 
 INDEX_HELP = "annoy (approximate, auto-tuned to recall 0.95 vs exact) or exact (brute force)"
-
-
-def _index(value: str) -> str:
-    if value not in ("annoy", "exact"):
-        raise UserError(f"--index: expected annoy or exact, got {value!r}")
-    return value
 
 
 def _print_rows(title: str, names: list[str], rows: list, console: Console | None = None) -> None:
@@ -88,13 +90,11 @@ def score_command(
 
     With --engine spark the top-k search runs as a Spark job over user partitions (same results).
     """
-    from rechub_store.retrieval.scoring import score
-
     options = dict(
         model_run_id=model_run,
         run_id=run_id,
         k=k,
-        index=_index(index),
+        index=check_index(index),
         annoy_settings=AnnoySettings(target_recall=target_recall),
         keep_runs=keep_runs,
         exclude_seen=exclude_seen,
@@ -102,7 +102,7 @@ def score_command(
     if check_engine(engine, lake, needs_lake=False):
         report = score_on_spark(warehouse_of(ctx), spark_master, lake, **options)
     else:
-        report = score(warehouse_of(ctx), **options)
+        report = api.score(warehouse_of(ctx), **options)
     if as_json:
         print_json(report.as_dict())
         return
@@ -162,20 +162,17 @@ def evaluate_command(
 ) -> None:
     """Leave-one-out Recall/Hit/NDCG/MRR/Precision@k (and beyond-accuracy metrics of production lists)
     into the warehouse's `evaluation_metrics`, with every baseline beside the model."""
-    from rechub_store.ranking.options import SLICES
-    from rechub_store.retrieval.evaluate import evaluate
-
     ks = parse_int_list(k, "--k")
     splits = [s.strip() for s in split.split(",") if s.strip()]
     for s in splits:
         if s not in ("test", "valid"):
             raise UserError(f"--split: expected test or valid, got {s!r}")
-    indexes = [_index(index)] if index else ["annoy", "exact"]
+    indexes = [check_index(index)] if index else list(INDEXES)
     names = [b.strip() for b in baselines.split(",") if b.strip()]
     for name in names:
         if name not in BASELINE_NAMES:
             raise UserError(f"--baselines: expected names from {', '.join(BASELINE_NAMES)}, got {name!r}")
-    report = evaluate(
+    report = api.evaluate(
         warehouse_of(ctx),
         model_run_id=model_run,
         run_id=run_id,
@@ -203,9 +200,7 @@ def sql_command(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Query the published analytics database read-only (the warehouse if nothing is published yet)."""
-    from rechub_store.publish.readonly import query_readonly
-
-    names, rows, path = query_readonly(warehouse_of(ctx, analytics_ok=True), query, limit=limit)
+    names, rows, path = api.query(warehouse_of(ctx, analytics_ok=True), query, limit=limit)
     if as_json:
         print_json([dict(zip(names, row, strict=True)) for row in rows])
         return
@@ -215,9 +210,7 @@ def sql_command(
 @app.command("status")
 def status_command(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Last nightly runs, the latest model run, the published run, and whether a job is running now."""
-    from rechub_store.nightly import job_status
-
-    status = job_status(warehouse_of(ctx, analytics_ok=True))
+    status = api.status(warehouse_of(ctx, analytics_ok=True))
     if as_json:
         print_json(status)
         return

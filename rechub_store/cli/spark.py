@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from rechub_store.errors import UserError
-from rechub_store.paths import thread_count
 from rechub_store.spark.lake import export_raw
 from rechub_store.warehouse import Warehouse
 
@@ -59,7 +58,7 @@ def build_on_spark(warehouse: Warehouse, lake: Path, master: str | None, params,
     exported = sync_lake(warehouse, lake)
     with Console(stderr=True).status("build-features on Spark ...", spinner="dots"):
         result = engine.build_features_spark(
-            session.spark_session(master, threads=thread_count()),
+            session.spark_session(master, threads=warehouse.threads),
             lake,
             params,
             user_dir=warehouse.user_sql_dir,
@@ -86,7 +85,7 @@ def score_on_spark(
     """`score --engine spark`: the driver's part in the warehouse, the search on Spark."""
     from rechub_store.spark import scoring, session  # PySpark loads only for --engine spark
 
-    spark = session.spark_session(master, threads=thread_count())
+    spark = session.spark_session(master, threads=warehouse.threads)
     work_dir = lake / "scratch" if lake is not None else warehouse.tmp_dir
     with warehouse.session() as con:
         return scoring.score_model_run(spark, con, model_run_id, run_id, work_dir=work_dir, **options)

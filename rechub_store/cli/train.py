@@ -6,13 +6,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
+from rechub_store.config import TRAIN_NEG_MODES, TRAIN_NEG_SAMPLERS
 from rechub_store.errors import UserError
 from rechub_store.models import MODELS
-from rechub_store.training.config import NEG_MODES, NEG_SAMPLERS, TrainConfig
-from rechub_store.training.distributed import train_distributed, world_size
+from rechub_store.pipeline.distributed import train_distributed, world_size
+from rechub_store.training.config import TrainConfig
 from rechub_store.training.registry import list_runs
-from rechub_store.training.trainer import train
 
 
 @app.command("train")
@@ -31,13 +32,14 @@ def train_command(
     embed_dim: int = typer.Option(None, help="Embedding / output vector size (default: 64)."),
     neg_mode: str = typer.Option(
         None,
-        help=f"Objective: {' | '.join(NEG_MODES)} (default: full softmax up to 100k items, else listwise).",
+        help=f"Objective: {' | '.join(TRAIN_NEG_MODES)} "
+        "(default: full softmax up to 100k items, else listwise).",
     ),
     neg_ratio: int = typer.Option(
         None, help="Negatives per positive (default: pointwise 4, pairwise 1, listwise 20)."
     ),
     neg_sampler: str = typer.Option(
-        "uniform", help=f"Negatives: {' | '.join(NEG_SAMPLERS)} (static = built ones)."
+        "uniform", help=f"Negatives: {' | '.join(TRAIN_NEG_SAMPLERS)} (static = built ones)."
     ),
     in_batch: bool = typer.Option(
         None, "--in-batch/--no-in-batch", help="List-wise: other rows' positives too."
@@ -99,7 +101,7 @@ def train_command(
     elif resume is not None:
         raise UserError("--resume: only under torchrun (checkpoints are written by distributed training)")
     else:
-        result = train(warehouse_of(ctx), config)
+        result = api.train(warehouse_of(ctx), config)
     if as_json:
         print_json(result.to_dict())
         return

@@ -16,14 +16,13 @@ from typing import Any
 
 import duckdb
 
+from rechub_store.config import NEG_MODES, NEG_SAMPLERS
 from rechub_store.data.ingest import ensure_raw_tables
 from rechub_store.data.sqlmodels import ModelRun, Progress, run
 from rechub_store.errors import UserError
 from rechub_store.paths import SQL_DIR
 from rechub_store.warehouse import quote_ident, table_exists
 
-NEG_MODES = ("pointwise", "pairwise", "listwise")
-NEG_SAMPLERS = ("uniform", "popularity")
 # Tables of the feature store that a `vocab_<name>` view must never shadow.
 _RESERVED_VOCABS = {"vocab_user_id", "vocab_item_id", "vocab_tag", "vocab_attribute"}
 

@@ -4,7 +4,7 @@
 as one flat int32 array plus CSR offsets (indexed by user_code), user/item sparse and dense
 attributes pivoted to wide arrays indexed by code, item tags as a padded matrix, popularity and
 the leave-one-out samples. History windows are cut per batch by a vectorized gather, so sample
-storage stays O(events) (DESIGN.md: samples address the history by (user, pos)).
+storage stays O(events) (samples address the history by (user, pos); sql/README.md).
 
 Batch dictionaries (what the models read):
 - user side: `user_code` [B], `hist` [B, L] (left-padded with 0, most recent last),
@@ -29,8 +29,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from rechub_store.data.specs import DenseFeature, FeatureSchema, SequenceFeature, SparseFeature
 from rechub_store.errors import UserError
-from rechub_store.models.features import DenseFeature, FeatureSchema, SequenceFeature, SparseFeature
 from rechub_store.warehouse import require_table, table_exists
 
 T = TypeVar("T")

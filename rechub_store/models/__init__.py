@@ -11,9 +11,9 @@ from typing import Any
 
 from torch import nn
 
+from rechub_store.data.specs import FeatureSchema
 from rechub_store.errors import UserError
 from rechub_store.models.dssm import DSSM
-from rechub_store.models.features import FeatureSchema
 from rechub_store.models.gru4rec import GRU4Rec
 from rechub_store.models.sasrec import SASRec
 from rechub_store.models.youtubednn import YoutubeDNN

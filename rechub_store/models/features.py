@@ -1,7 +1,5 @@
-"""Feature specs and the embedding/pooling layer every model shares.
+"""The embedding/pooling layer every model shares, over the feature specs of `data.specs`.
 
-Specs are derived from the feature store's metadata (`FeatureStore.schema()`), never typed in
-by hand, and are stored in model artifacts as plain dicts so a module can be rebuilt later.
 Code 0 is padding/unknown everywhere: its embedding row is zero and it is masked out of pooling.
 Codes at or above a table's vocabulary size (values added by a later build) are mapped to 0, so
 an older model keeps working on a newer feature store.
@@ -9,87 +7,15 @@ an older model keeps working on a newer feature store.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Pooling = Literal["mean", "sum", "concat"]
-
-
-@dataclass(frozen=True)
-class SparseFeature:
-    """A categorical column: integer codes 1..vocab_size-1, 0 = padding/unknown."""
-
-    name: str
-    vocab_size: int
-    shared_with: str | None = None  # name of the feature whose embedding table this one uses
-
-
-@dataclass(frozen=True)
-class DenseFeature:
-    """A numeric column, already min-max scaled to [0, 1] by the feature store."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class SequenceFeature:
-    """A padded list of codes (history, tags); pooled with padding masked out."""
-
-    name: str
-    vocab_size: int
-    pooling: Pooling = "mean"
-    max_len: int = 50
-    shared_with: str | None = None
-
-
-@dataclass(frozen=True)
-class FeatureSchema:
-    """Every feature a model may use, split by tower. Batch keys: see `rechub_store.data.readers`."""
-
-    user_sparse: tuple[SparseFeature, ...]
-    user_dense: tuple[DenseFeature, ...]
-    item_sparse: tuple[SparseFeature, ...]
-    item_dense: tuple[DenseFeature, ...]
-    history: SequenceFeature
-    tags: SequenceFeature | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def n_items(self) -> int:
-        return self.item("item_id").vocab_size
-
-    @property
-    def n_users(self) -> int:
-        return next(f.vocab_size for f in self.user_sparse if f.name == "user_id")
-
-    def item(self, name: str) -> SparseFeature:
-        return next(f for f in self.item_sparse if f.name == name)
-
-    def vocab_sizes(self) -> dict[str, int]:
-        out = {f"user.{f.name}": f.vocab_size for f in self.user_sparse}
-        out.update({f"item.{f.name}": f.vocab_size for f in self.item_sparse})
-        if self.tags is not None:
-            out["item.tags"] = self.tags.vocab_size
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FeatureSchema:
-        return cls(
-            user_sparse=tuple(SparseFeature(**f) for f in data["user_sparse"]),
-            user_dense=tuple(DenseFeature(**f) for f in data["user_dense"]),
-            item_sparse=tuple(SparseFeature(**f) for f in data["item_sparse"]),
-            item_dense=tuple(DenseFeature(**f) for f in data["item_dense"]),
-            history=SequenceFeature(**data["history"]),
-            tags=SequenceFeature(**data["tags"]) if data.get("tags") else None,
-            extra=dict(data.get("extra") or {}),
-        )
+from rechub_store.data.readers import FeatureStore
+from rechub_store.data.specs import DenseFeature, FeatureSchema, Pooling, SequenceFeature, SparseFeature
 
 
 def known_codes(codes: Tensor, vocab_size: int) -> Tensor:
@@ -332,3 +258,20 @@ def embedding_features(schema: FeatureSchema) -> list[SparseFeature | SequenceFe
             SequenceFeature("tags", schema.tags.vocab_size, schema.tags.pooling, schema.tags.max_len)
         )
     return feats
+
+
+def reads_item_popularity(model: nn.Module, store: FeatureStore) -> bool:
+    """Does the model's item tower read item popularity? Asked of the tower itself (two batches that
+    differ only in popularity), so the trainer needs no knowledge of the model's internals."""
+    if "popularity" not in store.item_dense or store.n_items < 2:
+        return False
+    codes = np.arange(1, min(store.n_items, 17), dtype=np.int64)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            low = model.item_tower(store.item_batch(codes, popularity=np.zeros(len(codes), np.float32)))
+            high = model.item_tower(store.item_batch(codes, popularity=np.ones(len(codes), np.float32)))
+    finally:
+        model.train(was_training)
+    return not torch.equal(low, high)

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rechub_store.models.features import Embeddings, FeatureSchema, embedding_features, sparse_codes
+from rechub_store.data.specs import FeatureSchema
+from rechub_store.models.features import Embeddings, embedding_features, sparse_codes
 
 
 def right_align(hist: Tensor) -> tuple[Tensor, Tensor]:

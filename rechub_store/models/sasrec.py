@@ -9,13 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rechub_store.models.features import (
-    Embeddings,
-    FeatureSchema,
-    embedding_features,
-    fit_window,
-    sparse_codes,
-)
+from rechub_store.data.specs import FeatureSchema
+from rechub_store.models.features import Embeddings, embedding_features, fit_window, sparse_codes
 
 
 class _Block(nn.Module):

@@ -6,10 +6,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from rechub_store.data.specs import FeatureSchema, Pooling
 from rechub_store.models.features import (
     Embeddings,
-    FeatureSchema,
-    Pooling,
     embedding_features,
     mlp,
     run_mlp,

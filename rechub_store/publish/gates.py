@@ -34,7 +34,7 @@ BASELINES = ("popularity",)
 
 
 class GateSettings(Protocol):
-    """What the gates read (the job file's `[publish.gates]`, jobconfig.GateSettings)."""
+    """What the gates read (the job file's `[publish.gates]`, jobs.config.GateSettings)."""
 
     rows_per_user: str
     annoy_recall: str

@@ -27,8 +27,8 @@ from typing import Any
 import duckdb
 
 from rechub_store.errors import UserError
-from rechub_store.paths import thread_count
 from rechub_store.publish.analytics import HISTORY_VIEW, history_paths, history_view_sql
+from rechub_store.settings import cpu_threads
 from rechub_store.warehouse import Warehouse
 
 # Query nodes of DuckDB's syntax tree that only read. Anything else (COPY_QUERY_NODE,
@@ -142,7 +142,7 @@ def analyst_connection(
     except duckdb.Error as exc:
         raise UserError(f"cannot open {path} read-only: {_first(exc)}") from None
     try:
-        con.execute(f"SET threads = {int(threads or thread_count())}")
+        con.execute(f"SET threads = {int(threads or cpu_threads())}")
         con.execute("SET enable_progress_bar = false")
         if memory_limit:
             con.execute("SET memory_limit = ?", [memory_limit])

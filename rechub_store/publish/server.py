@@ -22,10 +22,8 @@ import contextlib
 import io
 import json
 import logging
-import os
 import re
 import secrets
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -39,31 +37,33 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import JSONB
 
 from rechub_store.errors import UserError
-from rechub_store.publish.analytics import LEGACY_SEEN_FILTER
+from rechub_store.faults import fault_point
 from rechub_store.redact import redact, register
+from rechub_store.results.tables import LEGACY_SEEN_FILTER
+from rechub_store.schema import (
+    EVALUATION_METRICS,
+    JOB_RUNS,
+    MODEL_RUNS,
+    RECOMMENDATIONS,
+    RECOMMENDATIONS_HISTORY,
+)
+from rechub_store.schema import Table as SchemaTable
 from rechub_store.warehouse import Warehouse, column_names, quote_ident, table_exists
 
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 250_000  # rows per Arrow record batch / COPY chunk
 LOCK_TIMEOUT_MS = 500  # longest a single swap attempt makes readers queue behind it
-FAULT_ENV = "RECHUB_PUBLISH_FAULT"  # test hook: `<point>` raises, `<point>:kill` SIGKILLs this process
 
-REC_COLUMNS = ("user_id", "item_id", "rank", "score", "run_id", "model_run_id", "generated_at")
-METRIC_COLUMNS = (
-    "run_id", "model_run_id", "split", "metric", "k", "value", "n_users", "index", "created_at",
-    "seen_filter", "slice", "n_repeat_targets",
-)  # fmt: skip
-METRIC_KEY = ("run_id", "model_run_id", "split", "slice", "metric", "k", "index")
-MODEL_RUN_COLUMNS = (
-    "model_run_id", "model", "status", "params", "build_id", "vocab_sizes", "history", "best_epoch",
-    "best_metric", "artifact_path", "wall_seconds", "created_at", "finished_at", "error"
-)  # fmt: skip
-JOB_RUN_COLUMNS = (
-    "run_id", "job", "step", "status", "started_at", "finished_at", "seconds", "rows", "details", "error"
-)  # fmt: skip
+# the server tables are derived from the one schema source (`rechub_store.schema`)
+REC_COLUMNS = RECOMMENDATIONS.names
+METRIC_COLUMNS = EVALUATION_METRICS.names
+METRIC_KEY = EVALUATION_METRICS.key
+MODEL_RUN_COLUMNS = MODEL_RUNS.names
+JOB_RUN_COLUMNS = JOB_RUNS.names
 
 
 # ---------------------------------------------------------------------------------------------- URLs
@@ -192,8 +192,6 @@ class _Names:
 
 
 def _json_type() -> sa.types.TypeEngine:
-    from sqlalchemy.dialects.postgresql import JSONB
-
     return sa.Text().with_variant(JSONB(), "postgresql")
 
 
@@ -203,19 +201,30 @@ def _id_type() -> sa.types.TypeEngine:
     return sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
 
 
-def _rec_table(md: sa.MetaData, name: str, schema: str | None, *, with_pk: bool, **kw: Any) -> sa.Table:
-    keys = ("run_id", "user_id", "rank") if name.endswith("recommendations_history") else ("user_id", "rank")
-    cols = [
-        sa.Column("user_id", _id_type(), nullable=False),
-        sa.Column("item_id", _id_type(), nullable=False),
-        sa.Column("rank", sa.Integer, nullable=False),
-        sa.Column("score", sa.Double),
-        sa.Column("run_id", _id_type(), nullable=False),
-        sa.Column("model_run_id", _id_type()),
-        sa.Column("generated_at", sa.DateTime),
+def _sa_type(kind: str) -> sa.types.TypeEngine:
+    return {
+        "id": _id_type(),
+        "text": sa.Text(),
+        "int": sa.Integer(),
+        "bigint": sa.BigInteger(),
+        "double": sa.Double(),
+        "timestamp": sa.DateTime(),
+        "json": _json_type(),
+    }[kind]
+
+
+def _sa_columns(table: SchemaTable, **column_kw: dict[str, Any]) -> list[sa.Column]:
+    """The table's columns from the schema source (`column_kw`: extra arguments per column name)."""
+    return [
+        sa.Column(c.name, _sa_type(c.type), nullable=c.nullable, **column_kw.get(c.name, {}))
+        for c in table.columns
     ]
-    extra: list[Any] = [sa.PrimaryKeyConstraint(*keys, name=f"{name}_pkey")] if with_pk else []
-    return sa.Table(name, md, *cols, *extra, schema=schema, **kw)
+
+
+def _rec_table(md: sa.MetaData, name: str, schema: str | None, *, with_pk: bool, **kw: Any) -> sa.Table:
+    source = RECOMMENDATIONS_HISTORY if name.endswith("recommendations_history") else RECOMMENDATIONS
+    extra: list[Any] = [sa.PrimaryKeyConstraint(*source.key, name=f"{name}_pkey")] if with_pk else []
+    return sa.Table(name, md, *_sa_columns(source), *extra, schema=schema, **kw)
 
 
 def _tables(names: _Names, live: str | None, *, pg: bool) -> tuple[sa.MetaData, dict[str, sa.Table]]:
@@ -231,56 +240,18 @@ def _tables(names: _Names, live: str | None, *, pg: bool) -> tuple[sa.MetaData, 
         "metrics": sa.Table(
             names.name("evaluation_metrics"),
             md,
-            sa.Column("run_id", sa.Text, nullable=False),
-            sa.Column("model_run_id", sa.Text, nullable=False),
-            sa.Column("split", sa.Text, nullable=False),
-            sa.Column("metric", sa.Text, nullable=False),
-            sa.Column("k", sa.Integer, nullable=False),
-            sa.Column("value", sa.Double),
-            sa.Column("n_users", sa.BigInteger),
-            sa.Column("index", sa.Text, nullable=False),
-            sa.Column("created_at", sa.DateTime),
-            # the evaluation protocol (rechub_store.ranking.protocol); `legacy` = rows published
-            # before it was recorded (migrated tables), not comparable with the others
-            sa.Column("seen_filter", sa.Text),
-            sa.Column("slice", sa.Text, nullable=False),
-            sa.Column("n_repeat_targets", sa.BigInteger),
+            *_sa_columns(EVALUATION_METRICS),
             sa.PrimaryKeyConstraint(*METRIC_KEY, name=f"{names.name('evaluation_metrics')}_pkey"),
             schema=s,
         ),
         "model_runs": sa.Table(
             names.name("model_runs"),
             md,
-            sa.Column("model_run_id", sa.Text, primary_key=True),
-            sa.Column("model", sa.Text),
-            sa.Column("status", sa.Text),
-            sa.Column("params", _json_type()),
-            sa.Column("build_id", sa.Text),
-            sa.Column("vocab_sizes", _json_type()),
-            sa.Column("history", _json_type()),
-            sa.Column("best_epoch", sa.Integer),
-            sa.Column("best_metric", sa.Double),
-            sa.Column("artifact_path", sa.Text),
-            sa.Column("wall_seconds", sa.Double),
-            sa.Column("created_at", sa.DateTime),
-            sa.Column("finished_at", sa.DateTime),
-            sa.Column("error", sa.Text),
+            *_sa_columns(MODEL_RUNS, model_run_id={"primary_key": True}),
             schema=s,
         ),
         "job_runs": sa.Table(
-            names.name("job_runs"),
-            md,
-            sa.Column("run_id", sa.Text, nullable=False, index=True),
-            sa.Column("job", sa.Text),
-            sa.Column("step", sa.Text),
-            sa.Column("status", sa.Text),
-            sa.Column("started_at", sa.DateTime),
-            sa.Column("finished_at", sa.DateTime),
-            sa.Column("seconds", sa.Double),
-            sa.Column("rows", sa.BigInteger),
-            sa.Column("details", _json_type()),
-            sa.Column("error", sa.Text),
-            schema=s,
+            names.name("job_runs"), md, *_sa_columns(JOB_RUNS, run_id={"index": True}), schema=s
         ),
         "log": sa.Table(
             names.name("rechub_publish_log"),
@@ -476,23 +447,6 @@ def _migrate_metrics(conn: sa.Connection, table: sa.Table, pg: bool) -> bool:
 # ------------------------------------------------------------------------------------------ loading
 
 
-def _fault(point: str, url: str = "") -> None:
-    """Test hook: RECHUB_PUBLISH_FAULT=<point> raises here; `<point>:kill` dies like `kill -9`;
-    `<point>:sleep=<s>` pauses (a test restarts the server meanwhile). Points: loaded, before-swap.
-    `<point>@<text>[:action]` fires only for target URLs containing <text> (one of several targets)."""
-    spec = os.environ.get(FAULT_ENV, "")
-    where, _, action = spec.partition(":")
-    where, _, only = where.partition("@")
-    if where != point or (only and only not in url):
-        return
-    if action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if action.startswith("sleep="):
-        time.sleep(float(action.removeprefix("sleep=")))
-        return
-    raise RuntimeError(f"injected fault at publish step {point!r}")
-
-
 def _copy_pg(
     conn: sa.Connection, qualified: str, columns: tuple[str, ...], reader: pa.RecordBatchReader
 ) -> int:
@@ -659,7 +613,7 @@ def _publish_once(
                     f"run {src.run_id}: read {n} rows, expected {src.rows} (the warehouse changed)"
                 )
             result.rows["recommendations"] = result.rows["recommendations_history"] = n
-            _fault("loaded", url)
+            fault_point("loaded", url)
             t1 = time.perf_counter()
             if pg:  # keys after COPY: building an index once is much faster than maintaining it row by row
                 # (user_id, rank) is unique; (run_id, user_id, rank) becomes the primary key when the
@@ -755,7 +709,7 @@ def _publish_once(
                 for old, _ in stale:
                     conn.execute(hist.delete().where(hist.c.run_id == old))
             result.phases["metadata"] = time.perf_counter() - t1
-            _fault("before-swap", url)
+            fault_point("before-swap", url)
             # PostgreSQL partitions to drop in the swap: dropped runs, and this run's previous copy.
             drop = [tbl for _, tbl in stale if tbl]
             if previous is not None and previous.in_history and previous.live_table:
@@ -836,19 +790,6 @@ def _warehouse_con(warehouse: Warehouse | duckdb.DuckDBPyConnection) -> Iterator
             yield con
 
 
-def _env_number(name: str, default: Any, kind: type) -> Any:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        result = kind(value)
-    except ValueError:
-        raise UserError(f"{name}={value!r}: expected a number") from None
-    if result < 0:
-        raise UserError(f"{name}={value!r}: expected a number >= 0")
-    return result
-
-
 def _engine(url: str, where: str) -> tuple[sa.Engine, sa.URL, str]:
     """(engine, parsed URL, masked URL) for a target; UserError naming `where` on a bad URL."""
     eng_url = parse_url(url, where)
@@ -868,12 +809,15 @@ def _engine(url: str, where: str) -> tuple[sa.Engine, sa.URL, str]:
     return engine, eng_url, target
 
 
+DEFAULT_RETRIES = 5  # connection retries of a publish (`Settings.publish_retries` overrides)
+DEFAULT_BACKOFF_S = 1.0  # first wait between them, doubled each time
+
+
 def _retry_policy(retries: int | None, backoff_s: float | None) -> tuple[int, float]:
-    if retries is None:
-        retries = _env_number("RECHUB_PUBLISH_RETRIES", 5, int)
-    if backoff_s is None:
-        backoff_s = _env_number("RECHUB_PUBLISH_BACKOFF_S", 1.0, float)
-    return retries, backoff_s
+    return (
+        DEFAULT_RETRIES if retries is None else retries,
+        DEFAULT_BACKOFF_S if backoff_s is None else backoff_s,
+    )
 
 
 def _with_retries(

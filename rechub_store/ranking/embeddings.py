@@ -91,20 +91,3 @@ def encode_users(
     if not parts:
         return np.zeros((0, int(model.config["embed_dim"])), dtype=np.float32)
     return np.concatenate(parts)
-
-
-def reads_item_popularity(model: nn.Module, store: FeatureStore) -> bool:
-    """Does the model's item tower read item popularity? Asked of the tower itself (two batches that
-    differ only in popularity), so the trainer needs no knowledge of the model's internals."""
-    if "popularity" not in store.item_dense or store.n_items < 2:
-        return False
-    codes = np.arange(1, min(store.n_items, 17), dtype=np.int64)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            low = model.item_tower(store.item_batch(codes, popularity=np.zeros(len(codes), np.float32)))
-            high = model.item_tower(store.item_batch(codes, popularity=np.ones(len(codes), np.float32)))
-    finally:
-        model.train(was_training)
-    return not torch.equal(low, high)

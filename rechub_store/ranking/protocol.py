@@ -24,12 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+from rechub_store.config import DEFAULT_SEEN_FILTER, check_seen_filter
 from rechub_store.data.readers import FeatureStore, Samples
 from rechub_store.ranking.baselines import Baseline
 from rechub_store.ranking.embeddings import encode_items, encode_users, normalize_for_index
 from rechub_store.ranking.exact import Seen, exact_ranks, scorer_ranks
 from rechub_store.ranking.metrics import rank_metrics
-from rechub_store.ranking.options import DEFAULT_SEEN_FILTER, check_seen_filter
 
 COLD_HISTORY = 5  # users with fewer events than this before the target are `cold`
 HEAD_SHARE = 0.2  # the most popular fifth of the catalogue (by training count) is the `head`

@@ -22,11 +22,12 @@ from typing import Any
 import duckdb
 
 from rechub_store.errors import UserError
-from rechub_store.publish.analytics import _file_stem, utcnow
+from rechub_store.publish.analytics import _file_stem
 from rechub_store.report import page
 from rechub_store.report.charts import quiet_matplotlib
 from rechub_store.report.data import TREND_RUNS, gather, index_metrics, list_runs, local_file
 from rechub_store.report.source import Source, attach, open_source
+from rechub_store.results.tables import utcnow
 from rechub_store.warehouse import Warehouse
 
 log = logging.getLogger(__name__)

@@ -98,7 +98,7 @@ class Canvas:
     """One figure with its chart id; `mark` tags data artists, `svg()` renders the inline SVG."""
 
     def __init__(self, chart_id: str, width: float, height: float, nrows: int = 1, ncols: int = 1, **kw: Any):
-        from matplotlib.figure import Figure
+        from matplotlib.figure import Figure  # lazy on purpose: matplotlib loads only when a chart is drawn
 
         self.id = chart_id
         self.marks = 0
@@ -121,7 +121,7 @@ class Canvas:
 
 
 def _rc(extra: dict[str, Any] | None = None) -> contextlib.AbstractContextManager[Any]:
-    import matplotlib
+    import matplotlib  # lazy on purpose (see Canvas)
 
     return matplotlib.rc_context({**RC, **(extra or {})})
 

@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.decomposition import PCA
 
+from rechub_store.config import DEFAULT_SEEN_FILTER
+from rechub_store.errors import UserError
 from rechub_store.report.source import Source
 
 log = logging.getLogger(__name__)
@@ -45,8 +48,8 @@ ACCURACY = ("recall", "hit", "ndcg", "mrr", "precision", "map", "auc")
 HEADLINE = ("recall", "ndcg", "mrr")  # higher is better for each
 RETRIEVAL_PREFIX = "annoy"
 OVERALL_SLICES = {None, "", "all", "overall"}
-PREFERRED_PROTOCOL = {"seen_filter": "except-target"}  # DESIGN.md's default rule
-# beyond-accuracy rows of production lists (rechub_store.retrieval.evaluate): no held-out target, so
+PREFERRED_PROTOCOL = {"seen_filter": DEFAULT_SEEN_FILTER}  # the evaluation protocol's default rule
+# beyond-accuracy rows of production lists (rechub_store.results.evaluate): no held-out target, so
 # their seen_filter is the production rule, not an evaluation protocol to match
 PRODUCTION_SPLIT = "production"
 TREND_RUNS = 30  # runs shown in trends and step durations (the nightly passes publish.keep_runs)
@@ -392,8 +395,6 @@ def _embedding(src: Source, data: RunData) -> None:
     vectors = vectors.reshape(table.num_rows, -1)[order]
     item_ids = table.column("item_id").to_pylist()
     item_ids = [item_ids[i] for i in order]
-    from sklearn.decomposition import PCA
-
     pca = PCA(n_components=2, random_state=EMBEDDING_SEED)
     xy = pca.fit_transform(vectors)
     attr = _label_attribute(src)
@@ -434,8 +435,6 @@ def _annoy_trials(data: RunData) -> None:
 # ---------------------------------------------------------------------------- gather
 def gather(src: Source, run_id: str | None = None, *, trend_runs: int = TREND_RUNS) -> RunData:
     """Collect one run's page data (the newest run when `run_id` is None)."""
-    from rechub_store.errors import UserError
-
     runs = list_runs(src)
     run = resolve_run(runs, run_id)
     if run is None:

@@ -26,8 +26,8 @@ import numpy as np
 from annoy import AnnoyIndex
 
 from rechub_store.data.ingest import file_sha256
-from rechub_store.paths import thread_count
 from rechub_store.ranking.exact import MISS, NO_ITEM, Seen, exact_ranks, exact_topk, ranks_in_lists
+from rechub_store.settings import cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +98,16 @@ class AnnoyItems:
         return self.item_vecs.shape[0] - 1
 
     @classmethod
-    def build(cls, item_vecs: np.ndarray, metric: str, n_trees: int, seed: int = 0) -> AnnoyItems:
+    def build(
+        cls, item_vecs: np.ndarray, metric: str, n_trees: int, seed: int = 0, n_threads: int | None = None
+    ) -> AnnoyItems:
         """Build over rows 1.. of `item_vecs` (prepared vectors; row 0 is padding and left out)."""
         dim = item_vecs.shape[1]
         index = AnnoyIndex(dim, metric)
         index.set_seed(seed)
         for code in range(1, item_vecs.shape[0]):  # annoy has no bulk add; the build dominates anyway
             index.add_item(code - 1, item_vecs[code])
-        index.build(n_trees, n_jobs=thread_count())
+        index.build(n_trees, n_jobs=n_threads or cpu_threads())
         return cls(index, item_vecs, metric, search_k=-1, tuned_k=1)
 
     @classmethod
@@ -167,7 +169,7 @@ class AnnoyItems:
         """
         user_vecs = np.ascontiguousarray(user_vecs, dtype=np.float32)
         n_users = len(user_vecs)
-        n_threads = n_threads or thread_count()
+        n_threads = n_threads or cpu_threads()
         codes = np.full((n_users, k), NO_ITEM, dtype=np.int64)
         scores = np.full((n_users, k), -np.inf, dtype=np.float32)
         if n_users == 0 or self.n_items == 0:
@@ -325,7 +327,7 @@ def build_tuned(
     trees = n_trees
     while chosen is None:
         tb = time.perf_counter()
-        items = AnnoyItems.build(item_vecs, metric, trees, seed=seed)
+        items = AnnoyItems.build(item_vecs, metric, trees, seed=seed, n_threads=n_threads)
         build_seconds += time.perf_counter() - tb
         if search_k is not None:
             recall = trial(items, trees, search_k)

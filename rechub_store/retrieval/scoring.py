@@ -9,28 +9,21 @@ at one chunk of vectors plus the staged codes, whatever the number of users.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from rechub_store.config import AnnoySettings, check_index
 from rechub_store.data.readers import FeatureStore
 from rechub_store.errors import UserError
-from rechub_store.jobconfig import AnnoySettings
-from rechub_store.paths import thread_count
-from rechub_store.publish.analytics import RecommendationWriter
+from rechub_store.models.features import reads_item_popularity
 from rechub_store.ranking.embeddings import (
     annoy_metric,
     encode_items,
     encode_users,
     normalize_for_index,
-    reads_item_popularity,
 )
 from rechub_store.ranking.exact import Seen, exact_topk
 from rechub_store.retrieval.annoy_index import (
@@ -41,11 +34,9 @@ from rechub_store.retrieval.annoy_index import (
     sample_rows,
 )
 from rechub_store.training.registry import LoadedModel, load_model, models_dir
-from rechub_store.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
-INDEXES = ("annoy", "exact")
 ANNOY_FILE = "items.ann"
 EVAL_ANNOY_FILE = "items-eval.ann"  # over the evaluation item vectors, when they differ
 
@@ -67,6 +58,7 @@ class ScoringContext:
     # item_vecs (and the same annoy index) unless the item tower reads popularity
     eval_item_vecs: np.ndarray | None = None
     eval_annoy: AnnoyItems | None = None
+    threads: int | None = None  # annoy build and search threads (the warehouse's); None = every core
 
     @property
     def model_run_id(self) -> str:
@@ -87,9 +79,13 @@ class ScoringContext:
 
 
 def load_context(
-    con: duckdb.DuckDBPyConnection, model_run_id: str | None = None, splits: tuple[str, ...] = ()
+    con: duckdb.DuckDBPyConnection,
+    model_run_id: str | None = None,
+    splits: tuple[str, ...] = (),
+    threads: int | None = None,
 ) -> ScoringContext:
-    """Load the feature store (with the given evaluation splits), the model and its item vectors."""
+    """Load the feature store (with the given evaluation splits), the model and its item vectors;
+    `threads` for annoy (the warehouse's thread count)."""
     loaded = load_model(con, model_run_id)
     store = FeatureStore.load(con, loaded.max_seq_len, splits=splits)
     items = normalize_for_index(encode_items(loaded.model, store), loaded.score_kind)
@@ -120,6 +116,7 @@ def load_context(
         # the warehouse's own folder (not the artifact path recorded at training time), so a
         # copied or moved warehouse writes its index and embeddings inside itself
         model_dir=models_dir(con) / loaded.model_run_id,
+        threads=threads,
     )
 
 
@@ -141,6 +138,7 @@ def _load_or_build(
         max_trees=settings.max_trees,
         search_k=settings.search_k,
         seed=settings.seed,
+        n_threads=ctx.threads,
     )
     log.info(
         "annoy index %s: %s, n_trees=%d search_k=%d recall@%d=%.4f (target %.2f)",
@@ -183,7 +181,7 @@ def annoy_recall_now(ctx: ScoringContext, k: int, settings: AnnoySettings | None
     sample = users[sample_rows(len(users), settings.sample_users, settings.seed)]
     ends = ctx.store.history_length(sample)
     recall = measure_recall(
-        items, ctx.user_vectors(sample, ends), k, Seen(*ctx.store.seen(sample, ends)), thread_count()
+        items, ctx.user_vectors(sample, ends), k, Seen(*ctx.store.seen(sample, ends)), ctx.threads
     )
     ctx.measured_recall[k] = recall
     log.info("annoy recall@%d against exact this run: %.4f (%d sampled users)", k, recall, len(sample))
@@ -199,11 +197,9 @@ def topk(
     annoy_settings: AnnoySettings | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (codes, scores) by the chosen index, ties by code; seen items and padding never returned."""
-    if index == "exact":
+    if check_index(index) == "exact":
         return exact_topk(user_vecs, ctx.item_vecs, k, seen)  # ~256 MB score blocks
-    if index == "annoy":
-        return ensure_annoy(ctx, k, annoy_settings).topk(user_vecs, k, seen, n_threads=thread_count())
-    raise UserError(f"--index: expected annoy or exact, got {index!r}")
+    return ensure_annoy(ctx, k, annoy_settings).topk(user_vecs, k, seen, n_threads=ctx.threads)
 
 
 def production_lists(
@@ -221,225 +217,3 @@ def production_lists(
     seen = Seen(*ctx.store.seen(users, ends)) if exclude_seen else None
     codes, scores = topk(ctx, vecs, k, seen, index, annoy_settings)
     return vecs, codes, scores
-
-
-@dataclass
-class ScoreReport:
-    run_id: str
-    model_run_id: str
-    index: str
-    k: int
-    users: int
-    rows: int
-    seconds: float
-    seconds_by_phase: dict[str, float] = field(default_factory=dict)
-    annoy: dict[str, Any] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class _UserEmbeddingsWriter:
-    """`models/<model_run_id>/user_embeddings.parquet` (code, vector) for the users just scored."""
-
-    def __init__(self, path: Path, dim: int) -> None:
-        self.path = path
-        self.tmp = path.with_name(path.name + ".tmp")
-        self.schema = pa.schema([("code", pa.int32()), ("vector", pa.list_(pa.float32(), dim))])
-        self.writer = pq.ParquetWriter(self.tmp, self.schema)
-
-    def add(self, codes: np.ndarray, vecs: np.ndarray) -> None:
-        flat = pa.array(np.ascontiguousarray(vecs, dtype=np.float32).ravel())
-        vectors = pa.FixedSizeListArray.from_arrays(flat, vecs.shape[1])
-        self.writer.write_table(pa.table([pa.array(codes.astype(np.int32)), vectors], schema=self.schema))
-
-    def close(self, keep: bool = True) -> None:
-        """Finish the file; `keep=False` (a failed run) discards it and leaves the old one."""
-        self.writer.close()
-        if keep:
-            self.tmp.replace(self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
-
-def write_item_embeddings(ctx: ScoringContext) -> Path:
-    """`models/<model_run_id>/item_embeddings.parquet` (code, vector), rows 1.. (padding left out)."""
-    ctx.model_dir.mkdir(parents=True, exist_ok=True)
-    path = ctx.model_dir / "item_embeddings.parquet"
-    vecs = ctx.item_vecs[1:]
-    flat = pa.array(np.ascontiguousarray(vecs).ravel())
-    table = pa.table(
-        {
-            "code": pa.array(np.arange(1, len(ctx.item_vecs), dtype=np.int32)),
-            "vector": pa.FixedSizeListArray.from_arrays(flat, vecs.shape[1]),
-        }
-    )
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-    return path
-
-
-ChunkSource = Callable[[np.ndarray], tuple[np.ndarray, Seen | None]]  # user codes -> (vectors, seen)
-Search = Callable[[np.ndarray, Seen | None], tuple[np.ndarray, np.ndarray]]  # -> (codes, scores)
-
-
-def write_topk(
-    con: duckdb.DuckDBPyConnection,
-    run_id: str,
-    model_run_id: str,
-    users: np.ndarray,
-    source: ChunkSource,
-    search: Search,
-    *,
-    keep_runs: int = 30,
-    chunk_users: int = 65_536,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[int, dict[str, float]]:
-    """The scoring loop, model-agnostic: per chunk of users get vectors + seen, search, stage; commit.
-
-    Returns (rows written, seconds per phase). `bench/score.py` drives it with synthetic vectors.
-    """
-    phases = {"encode": 0.0, "topk": 0.0, "stage": 0.0}
-    writer = RecommendationWriter(con, run_id, model_run_id)
-    for lo in range(0, len(users), chunk_users):
-        part = users[lo : lo + chunk_users]
-        t0 = time.perf_counter()
-        vecs, seen = source(part)
-        t1 = time.perf_counter()
-        codes, scores = search(vecs, seen)
-        t2 = time.perf_counter()
-        writer.add(part, codes, scores)
-        phases["encode"] += t1 - t0
-        phases["topk"] += t2 - t1
-        phases["stage"] += time.perf_counter() - t2
-        if progress is not None:
-            progress(min(lo + chunk_users, len(users)), len(users))
-    t3 = time.perf_counter()
-    rows = writer.commit(keep_runs=keep_runs)
-    phases["commit"] = time.perf_counter() - t3
-    return rows, phases
-
-
-def score_run(
-    con: duckdb.DuckDBPyConnection,
-    ctx: ScoringContext,
-    run_id: str,
-    *,
-    k: int = 100,
-    index: str = "annoy",
-    annoy_settings: AnnoySettings | None = None,
-    keep_runs: int = 30,
-    chunk_users: int = 65_536,
-    save_embeddings: bool = True,
-    progress: Callable[[int, int], None] | None = None,
-    exclude_seen: bool = True,
-) -> ScoreReport:
-    """Score every user with events and replace the warehouse's `recommendations` with run `run_id`.
-
-    Users are encoded from their whole current history; everything they have interacted with
-    is excluded (`exclude_seen=False`: re-consumption domains, where repeats are welcome). The
-    history keeps `keep_runs` runs; re-scoring a run_id replaces it.
-    """
-    if index not in INDEXES:
-        raise UserError(f"--index: expected annoy or exact, got {index!r}")
-    t0 = time.perf_counter()
-    if index == "annoy":
-        ensure_annoy(ctx, k, annoy_settings)
-        annoy_recall_now(ctx, k, annoy_settings)
-    index_seconds = time.perf_counter() - t0
-    users = ctx.production_users()
-    emb = None
-    if save_embeddings:
-        write_item_embeddings(ctx)
-        emb = _UserEmbeddingsWriter(ctx.model_dir / "user_embeddings.parquet", ctx.item_vecs.shape[1])
-
-    def source(part: np.ndarray) -> tuple[np.ndarray, Seen | None]:
-        ends = ctx.store.history_length(part)
-        vecs = ctx.user_vectors(part, ends)
-        if emb is not None:
-            emb.add(part, vecs)
-        return vecs, Seen(*ctx.store.seen(part, ends)) if exclude_seen else None
-
-    try:
-        rows, phases = write_topk(
-            con,
-            run_id,
-            ctx.model_run_id,
-            users,
-            source,
-            lambda vecs, seen: topk(ctx, vecs, k, seen, index, annoy_settings),
-            keep_runs=keep_runs,
-            chunk_users=chunk_users,
-            progress=progress,
-        )
-    except BaseException:
-        if emb is not None:
-            emb.close(keep=False)
-        raise
-    if emb is not None:
-        emb.close()
-    phases["index"] = index_seconds
-    report = ScoreReport(
-        run_id=run_id,
-        model_run_id=ctx.model_run_id,
-        index=index,
-        k=k,
-        users=len(users),
-        rows=rows,
-        seconds=round(time.perf_counter() - t0, 3),
-        seconds_by_phase={name: round(v, 3) for name, v in phases.items()},
-        annoy=_annoy_summary(ctx, k) if index == "annoy" else None,
-    )
-    log.info("scored %d users -> %d rows in %.1fs (%s)", report.users, rows, report.seconds, index)
-    return report
-
-
-def _annoy_summary(ctx: ScoringContext, k: int) -> dict[str, Any] | None:
-    if ctx.tuning is None:
-        return None
-    t = ctx.tuning
-    measured = ctx.measured_recall.get(k)
-    return {
-        "measured_recall": None if measured is None else round(measured, 5),  # this run, at k
-        "measured_k": k,
-        "path": str(ctx.model_dir / ANNOY_FILE),
-        "built": ctx.annoy_built,
-        "metric": t.metric,
-        "n_trees": t.n_trees,
-        "search_k": t.search_k,
-        "tuned_k": t.k,
-        "recall": round(t.recall, 5),  # at tuning time, recall@tuned_k
-        "target_recall": t.target_recall,
-        "met_target": t.met_target,
-        "sample_users": t.sample_users,
-        "build_seconds": t.build_seconds,
-        "tune_seconds": t.tune_seconds,
-    }
-
-
-def score(
-    warehouse: Warehouse,
-    *,
-    model_run_id: str | None = None,
-    run_id: str | None = None,
-    k: int = 100,
-    index: str = "annoy",
-    annoy_settings: AnnoySettings | None = None,
-    keep_runs: int = 30,
-    exclude_seen: bool = True,
-) -> ScoreReport:
-    """`rechub-store score`: load the model run (default: latest) and score into the working copy."""
-    with warehouse.session() as con:
-        ctx = load_context(con, model_run_id)
-        run_id = run_id or f"manual-{ctx.model_run_id}"
-        return score_run(
-            con,
-            ctx,
-            run_id,
-            k=k,
-            index=index,
-            annoy_settings=annoy_settings,
-            keep_runs=keep_runs,
-            exclude_seen=exclude_seen,
-        )

@@ -27,22 +27,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark import SparkFiles
 
+from rechub_store.config import INDEXES, AnnoySettings
 from rechub_store.errors import UserError
-from rechub_store.jobconfig import AnnoySettings
-from rechub_store.publish.analytics import RecommendationWriter
 from rechub_store.ranking.exact import Seen, exact_topk
+from rechub_store.results.score import (
+    ScoreReport,
+    _annoy_summary,
+    _UserEmbeddingsWriter,
+    write_item_embeddings,
+)
+from rechub_store.results.tables import RecommendationWriter
 from rechub_store.retrieval.annoy_index import AnnoyItems
 from rechub_store.retrieval.scoring import (
     ANNOY_FILE,
-    INDEXES,
-    ScoreReport,
     ScoringContext,
-    _annoy_summary,
-    _UserEmbeddingsWriter,
     annoy_recall_now,
     ensure_annoy,
     load_context,
-    write_item_embeddings,
 )
 from rechub_store.spark.session import sql_path
 

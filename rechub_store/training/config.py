@@ -12,11 +12,8 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from rechub_store.config import DEFAULT_SEEN_FILTER, TRAIN_NEG_MODES, TRAIN_NEG_SAMPLERS, check_seen_filter
 from rechub_store.errors import UserError
-from rechub_store.ranking.options import DEFAULT_SEEN_FILTER, check_seen_filter
-
-NEG_MODES = ("pointwise", "pairwise", "listwise", "full")
-NEG_SAMPLERS = ("uniform", "popularity", "static")
 
 # Per model: trainer defaults, then model keyword arguments.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -73,11 +70,11 @@ class TrainConfig:
             )
         d = MODEL_DEFAULTS[self.model]
         neg_mode = self.neg_mode or ("full" if n_items <= FULL_SOFTMAX_MAX_ITEMS else "listwise")
-        if neg_mode not in NEG_MODES:
-            raise UserError(f"--neg-mode: expected one of {', '.join(NEG_MODES)}, got {neg_mode!r}")
-        if self.neg_sampler not in NEG_SAMPLERS:
+        if neg_mode not in TRAIN_NEG_MODES:
+            raise UserError(f"--neg-mode: expected one of {', '.join(TRAIN_NEG_MODES)}, got {neg_mode!r}")
+        if self.neg_sampler not in TRAIN_NEG_SAMPLERS:
             raise UserError(
-                f"--neg-sampler: expected one of {', '.join(NEG_SAMPLERS)}, got {self.neg_sampler!r}"
+                f"--neg-sampler: expected one of {', '.join(TRAIN_NEG_SAMPLERS)}, got {self.neg_sampler!r}"
             )
         in_batch = (
             self.in_batch if self.in_batch is not None else (neg_mode == "listwise" and self.neg_mode is None)

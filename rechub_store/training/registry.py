@@ -21,9 +21,9 @@ import duckdb
 import torch
 from torch import nn
 
+from rechub_store.data.specs import FeatureSchema
 from rechub_store.errors import UserError
 from rechub_store.models import build_model
-from rechub_store.models.features import FeatureSchema
 from rechub_store.warehouse import Warehouse, require_table
 
 ARTIFACT_FILE = "model.pt"

@@ -1,11 +1,14 @@
 """The trainer: knows only the two-tower interface (user_tower, item_tower, score_kind and,
 optionally, sequence_outputs).
 
-`train(con_or_warehouse, TrainConfig)` is the core of `rechub-store train`: load the feature
-store, fit with early stopping on validation NDCG@10 (the evaluation protocol of
-`rechub_store.ranking.protocol`: exact full ranking, the config's seen filter, pessimistic ties),
-restore the best epoch, save the artifact and register the run in `meta.model_runs`
-(a failed run is recorded as failed).
+`train(con_or_warehouse, TrainConfig, validation)` loads the feature store, fits with early
+stopping on validation NDCG@10, restores the best epoch, saves the artifact and registers the run
+in `meta.model_runs` (a failed run is recorded as failed).
+
+Validation is injected (`Validation`): the trainer knows no ranking protocol, since `ranking` is
+a layer above `training`. `rechub_store.pipeline.train` composes the two (the evaluation protocol
+of `rechub_store.ranking.protocol`: exact full ranking, the config's seen filter, pessimistic
+ties) and is what the CLI, the nightly job and notebooks call.
 
 Point-in-time inputs: users are encoded with their samples' `user_event_count_scaled`; when the
 item tower reads item popularity, every item a row scores (the target, sampled negatives) gets its
@@ -24,6 +27,7 @@ vectors inference computes for each prefix (tested) at a fraction of the cost.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -33,6 +37,8 @@ from typing import Any
 import duckdb
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from rechub_store.data.readers import (
@@ -48,16 +54,10 @@ from rechub_store.data.readers import (
 )
 from rechub_store.errors import UserError
 from rechub_store.models import build_model
-from rechub_store.paths import thread_count
-from rechub_store.ranking.baselines import Popularity
-from rechub_store.ranking.embeddings import reads_item_popularity
-from rechub_store.ranking.metrics import rank_metrics
-from rechub_store.ranking.options import DEFAULT_SEEN_FILTER
-from rechub_store.ranking.protocol import baseline_ranks, model_ranks
+from rechub_store.models.features import reads_item_popularity
 from rechub_store.training import losses, registry
 from rechub_store.training.config import TrainConfig
 from rechub_store.training.optim import TwoTowerAdam
-from rechub_store.warehouse import Warehouse
 
 EVAL_K = 10
 
@@ -133,37 +133,24 @@ class Prepared:
     neg_mask: torch.Tensor | None = None  # [M, R] usable negatives (code > 0)
 
 
-# ---------------------------------------------------------------------- evaluation
+# ---------------------------------------------------------------------- validation
+@dataclass(frozen=True)
+class Validation:
+    """How the fit loop scores the validation samples, given by the caller.
+
+    Both callables return flat metrics keyed `<metric>@<k>` and must include `ndcg@10`, the early
+    stopping metric. `baseline` (optional) is scored once, before the first epoch, for reference.
+    """
+
+    model: Callable[[nn.Module, Samples], dict[str, float]]
+    baseline: Callable[[Samples], dict[str, float]] | None = None
+
+
 def _valid_subset(samples: Samples, limit: int | None, seed: int) -> Samples:
     if limit is None or len(samples) <= limit:
         return samples
     idx = np.sort(np.random.default_rng([seed, 7]).choice(len(samples), size=limit, replace=False))
     return samples.take(idx)
-
-
-def evaluate_model(
-    model: nn.Module,
-    store: FeatureStore,
-    samples: Samples,
-    ks: tuple[int, ...] = (EVAL_K,),
-    seen_filter: str = DEFAULT_SEEN_FILTER,
-) -> dict[str, dict[int, float]]:
-    """Leave-one-out metrics under the evaluation protocol (`ranking.protocol`)."""
-    return rank_metrics(model_ranks(model, store, samples, seen_filter), ks)
-
-
-def evaluate_popularity(
-    store: FeatureStore,
-    samples: Samples,
-    ks: tuple[int, ...] = (EVAL_K,),
-    seen_filter: str = DEFAULT_SEEN_FILTER,
-) -> dict[str, dict[int, float]]:
-    """The most-popular baseline (training counts), under the same protocol as the models."""
-    return rank_metrics(baseline_ranks(Popularity().fit(store), store, samples, seen_filter), ks)
-
-
-def _flat(metrics: dict[str, dict[int, float]]) -> dict[str, float]:
-    return {f"{m}@{k}": round(v, 6) for m, per_k in metrics.items() for k, v in per_k.items()}
 
 
 # ---------------------------------------------------------------------- fitting
@@ -172,9 +159,6 @@ def _progress(enabled: bool, total: int, epoch: int) -> Iterator[Any]:
     if not enabled:
         yield None
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     with Progress(
         TextColumn(f"epoch {epoch}"),
         BarColumn(),
@@ -353,11 +337,15 @@ class Trainer:
             return
         yield from prefetch(batches, depth=2)
 
-    def fit(self, valid: Samples | None) -> FitResult:
+    def fit(self, valid: Samples | None, validation: Validation | None = None) -> FitResult:
+        """Epochs until `patience` epochs without a better validation NDCG@10 (without validation
+        samples or a `validation`: the training loss); the best epoch's weights are restored."""
         cfg = self.config
         result = FitResult()
-        if valid is not None and len(valid):
-            result.popularity = _flat(evaluate_popularity(self.store, valid, seen_filter=cfg.seen_filter))
+        if validation is None:
+            valid = None
+        if valid is not None and len(valid) and validation is not None and validation.baseline is not None:
+            result.popularity = validation.baseline(valid)
         best_state: dict[str, torch.Tensor] | None = None
         stale = 0
         total_samples, total_time = 0, 0.0
@@ -393,13 +381,9 @@ class Trainer:
                 "data_seconds": round(data_s, 3),
                 "samples_per_second": round(seen_rows / max(train_s, 1e-9), 1),
             }
-            if valid is not None and len(valid):
+            if valid is not None and len(valid) and validation is not None:
                 t1 = time.perf_counter()
-                row["valid"] = _flat(
-                    evaluate_model(
-                        self.model, self.store, valid, ks=(5, EVAL_K, 20), seen_filter=cfg.seen_filter
-                    )
-                )
+                row["valid"] = validation.model(self.model, valid)
                 row["valid_seconds"] = round(time.perf_counter() - t1, 3)
                 metric = row["valid"][f"ndcg@{EVAL_K}"]
             else:
@@ -423,8 +407,6 @@ class Trainer:
 
 
 def _report_epoch(row: dict[str, Any], popularity: dict[str, float]) -> None:
-    from rich.console import Console
-
     valid = row.get("valid", {})
     text = f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, {row['samples_per_second']:,.0f} samples/s"
     if valid:
@@ -447,18 +429,20 @@ def fit_model(
     source: InMemorySamples | StreamingSamples | SequenceSource | None = None,
     threads: int | None = None,
     popularity_index: Callable[[], ItemPopularityIndex] | None = None,
-    fit: Callable[[Trainer, Samples | None], FitResult] | None = None,
+    validation: Validation | None = None,
+    fit: Callable[[Trainer, Samples | None, Validation | None], FitResult] | None = None,
 ) -> tuple[nn.Module, FitResult, TrainConfig]:
     """Build and fit a model on an already loaded store (no registry); used by `train` and tests.
 
-    `threads`: torch intra-op threads (default `rechub_store.paths.thread_count()`).
+    `threads`: torch intra-op threads (default: every core).
+    `validation`: how the validation samples are scored (None: no validation, the training loss).
     `popularity_index`: loads the store's point-in-time popularity index if the model turns out to
     read item popularity and the store was loaded without it (the index holds every event).
     `fit`: the loop that fits the Trainer (default `Trainer.fit`; torchrun's data-parallel loop
-    in `rechub_store.training.distributed`).
+    in `rechub_store.pipeline.distributed`).
     """
     cfg = replace(config.resolve(store.n_items), max_seq_len=config.max_seq_len or store.max_seq_len)
-    torch.set_num_threads(max(1, int(threads or thread_count())))
+    torch.set_num_threads(max(1, int(threads or os.cpu_count() or 1)))
     _seed_everything(cfg.seed)
     schema = store.schema(cfg.max_seq_len)
     model = build_model(cfg.model, schema, embed_dim=cfg.embed_dim, **cfg.model_params)
@@ -490,24 +474,24 @@ def fit_model(
     valid = store.samples.get("valid")
     if valid is not None:
         valid = _valid_subset(valid, cfg.valid_users, cfg.seed)
-    result = (fit or Trainer.fit)(Trainer(model, store, cfg, source), valid)
+    result = (fit or Trainer.fit)(Trainer(model, store, cfg, source), valid, validation)
     return model, result, cfg
 
 
-def _duckdb_threads(con: duckdb.DuckDBPyConnection) -> int | None:
-    """The thread count the warehouse connection was opened with (`--threads` / RECHUB_THREADS)."""
-    try:
-        return int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
-    except (duckdb.Error, ValueError, IndexError):
-        return None
+ValidationFor = Callable[[FeatureStore, TrainConfig], Validation]  # (store, resolved config) -> scoring
 
 
-def train(target: Warehouse | duckdb.DuckDBPyConnection, config: TrainConfig) -> ModelRunResult:
-    """Train, register and save one model run; returns its summary. Failures are recorded as failed."""
-    if isinstance(target, Warehouse):
-        with target.session() as con:
-            return train(con, config)
-    con = target
+def train(
+    con: duckdb.DuckDBPyConnection,
+    config: TrainConfig,
+    validation: ValidationFor | None = None,
+    threads: int | None = None,
+) -> ModelRunResult:
+    """Train, register and save one model run; returns its summary. Failures are recorded as failed.
+
+    `validation` builds the validation scoring for the loaded store (None: no validation);
+    `threads`: torch threads, the warehouse's (`Warehouse.threads`) when called through the pipeline.
+    """
     t0 = time.perf_counter()
     static = config.neg_sampler == "static"
     store = FeatureStore.load(
@@ -528,8 +512,9 @@ def train(target: Warehouse | duckdb.DuckDBPyConnection, config: TrainConfig) ->
             store,
             cfg,
             source,
-            threads=_duckdb_threads(con),
+            threads=threads,
             popularity_index=lambda: ItemPopularityIndex.load(con, store.n_items),
+            validation=None if validation is None else validation(store, cfg),
         )
         wall = time.perf_counter() - t0
         artifact = registry.save_artifact(con, run_id, model, cfg, store, fit.history)

@@ -19,8 +19,9 @@ from rechub_store.data.encodings import detect_encoding, first_invalid_utf8, nor
 from rechub_store.data.ingest import ingest_interactions, ingest_items, ingest_users
 from rechub_store.data.movielens import ingest_movielens
 from rechub_store.errors import UserError
-from rechub_store.jobconfig import JobConfig
-from rechub_store.nightly import JobRecorder, Nightly
+from rechub_store.jobs.config import JobConfig
+from rechub_store.jobs.job import Nightly
+from rechub_store.jobs.records import JobRecorder
 from rechub_store.warehouse import Warehouse
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"  # ml-1m / ml-100k: latin-1, as published

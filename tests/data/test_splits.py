@@ -64,7 +64,7 @@ def split_samples(
     return [(user, [items[c] for c in hist], target) for user, hist, target in rows]
 
 
-# ------------------------------------------------------------------ the DESIGN.md example
+# ------------------------------------------------------------------ the README example (A,C,B,D,E)
 
 
 def test_design_example_with_validation(con: duckdb.DuckDBPyConnection) -> None:

@@ -14,14 +14,15 @@ import duckdb
 import pytest
 from typer.testing import CliRunner
 
-from rechub_store import nightly
 from rechub_store.cli import app
 from rechub_store.data import sqlmodels
 from rechub_store.data.build import BuildParams, build_features
 from rechub_store.data.movielens import ingest_movielens
 from rechub_store.errors import UserError
-from rechub_store.jobconfig import JobConfig
-from rechub_store.nightly import JobRecorder, Nightly
+from rechub_store.jobs import records
+from rechub_store.jobs.config import JobConfig
+from rechub_store.jobs.job import Nightly
+from rechub_store.jobs.records import JobRecorder
 from rechub_store.paths import SQL_DIR
 from rechub_store.warehouse import Warehouse
 
@@ -230,7 +231,7 @@ def test_job_file_models_dir_and_the_nightly_fingerprint(
     # call keeps "the previous run" well defined, as nightly runs days apart are
     ticks = itertools.count()
     monkeypatch.setattr(
-        nightly, "utcnow", lambda: dt.datetime(2026, 1, 1) + dt.timedelta(seconds=next(ticks))
+        records, "utcnow", lambda: dt.datetime(2026, 1, 1) + dt.timedelta(seconds=next(ticks))
     )
     jobs = tmp_path / "jobs"
     readme_models(jobs / "my_models")

@@ -9,8 +9,8 @@ import torch
 from rechub_store.data.readers import FeatureStore
 from rechub_store.models import MODELS, build_model
 from rechub_store.models.features import fit_window
+from rechub_store.pipeline.train import fit_model
 from rechub_store.training.config import TrainConfig
-from rechub_store.training.trainer import fit_model
 
 ALL = sorted(MODELS)
 

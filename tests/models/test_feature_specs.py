@@ -6,15 +6,8 @@ from __future__ import annotations
 import torch
 
 from rechub_store.data.readers import FeatureStore
-from rechub_store.models.features import (
-    Embeddings,
-    FeatureSchema,
-    SequenceFeature,
-    SmallLookup,
-    SparseFeature,
-    linear_over_parts,
-    pool,
-)
+from rechub_store.data.specs import FeatureSchema, SequenceFeature, SparseFeature
+from rechub_store.models.features import Embeddings, SmallLookup, linear_over_parts, pool
 
 
 def test_pool_masks_padding() -> None:

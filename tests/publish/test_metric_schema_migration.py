@@ -8,8 +8,9 @@ import duckdb
 import pytest
 import sqlalchemy as sa
 
-from rechub_store.publish.analytics import ensure_results_tables, publish_analytics, write_metrics
+from rechub_store.publish.analytics import publish_analytics
 from rechub_store.publish.server import publish_to_url
+from rechub_store.results.tables import ensure_results_tables, write_metrics
 
 OLD_DUCKDB = (
     "CREATE TABLE main.evaluation_metrics (run_id VARCHAR, model_run_id VARCHAR, split VARCHAR, "

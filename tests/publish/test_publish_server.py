@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from rechub_store.cli import app
 from rechub_store.errors import UserError
-from rechub_store.publish.server import FAULT_ENV, mask_url, publish_to_url
+from rechub_store.faults import PUBLISH_FAULT_ENV as FAULT_ENV
+from rechub_store.publish.server import mask_url, publish_to_url
 
 pytestmark = pytest.mark.postgres
 
@@ -180,7 +181,7 @@ def test_failure_mid_load_leaves_the_server_as_it_was(warehouse, pg_url, fill_re
 
     fill_results(warehouse, "run-2", ["a", "b", "c"], day=2)
     monkeypatch.setenv(FAULT_ENV, point)
-    with pytest.raises(RuntimeError, match="injected fault"):
+    with pytest.raises(RuntimeError, match="fault injected at"):
         publish_to_url(warehouse, pg_url, retries=0)
     after = {t: _rows(pg_url, f"SELECT * FROM {t} ORDER BY 1, 2, 3") for t in before}
     assert after == before

@@ -9,9 +9,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rechub_store.config import SEEN_FILTERS
 from rechub_store.ranking.exact import MISS, NO_ITEM, Seen, exact_ranks, exact_topk, ranks_in_lists
 from rechub_store.ranking.metrics import METRICS, rank_metrics, ranking_metrics
-from rechub_store.ranking.options import SEEN_FILTERS
 from rechub_store.retrieval.annoy_index import AnnoyItems, rescore
 
 

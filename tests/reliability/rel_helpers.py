@@ -151,8 +151,8 @@ def write_rows(
 
 def run_in_process(warehouse: Path, job: Path, date: dt.date):
     """The nightly in this process (fast: torch imported once). Raises UserError on a clean failure."""
-    from rechub_store.jobconfig import JobConfig
-    from rechub_store.nightly import run_nightly
+    from rechub_store.jobs.config import JobConfig
+    from rechub_store.jobs.job import run_nightly
     from rechub_store.warehouse import Warehouse
 
     return run_nightly(Warehouse(warehouse, threads=1), JobConfig.load(job), date)
@@ -161,11 +161,12 @@ def run_in_process(warehouse: Path, job: Path, date: dt.date):
 _SHIM = """
 import sys, datetime as dt
 from rechub_store.errors import UserError
-from rechub_store.jobconfig import JobConfig
-from rechub_store.nightly import run_nightly
-from rechub_store.warehouse import Warehouse
+from rechub_store.jobs.config import JobConfig
+from rechub_store.jobs.job import run_nightly
+from rechub_store.settings import Settings
 try:
-    run_nightly(Warehouse.at(sys.argv[1]), JobConfig.load(sys.argv[2]), dt.date.fromisoformat(sys.argv[3]))
+    warehouse = Settings.from_env(warehouse_path=sys.argv[1]).warehouse()
+    run_nightly(warehouse, JobConfig.load(sys.argv[2]), dt.date.fromisoformat(sys.argv[3]))
 except UserError as exc:
     print(f"error: {exc}", file=sys.stderr)
     sys.exit(exc.exit_code)

@@ -15,8 +15,9 @@ import pytest
 from rel_helpers import NEXT_DATE, run_in_process, write_job
 
 from rechub_store.errors import UserError
-from rechub_store.publish.analytics import RecommendationWriter, publish_analytics, write_metrics
+from rechub_store.publish.analytics import publish_analytics
 from rechub_store.publish.gates import GateFailed, check_gates
+from rechub_store.results.tables import RecommendationWriter, write_metrics
 from rechub_store.retrieval.annoy_index import AnnoyItems
 from rechub_store.warehouse import Warehouse
 

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from rechub_store.cli import app
 from rechub_store.errors import UserError
-from rechub_store.nightly import Nightly
+from rechub_store.jobs.job import Nightly
 from rechub_store.redact import MASK, forget_all, redact, register
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rechub_store.cli import app
-from rechub_store.publish.analytics import RecommendationWriter, publish_analytics
+from rechub_store.publish.analytics import publish_analytics
+from rechub_store.results.tables import RecommendationWriter
 from rechub_store.warehouse import Warehouse
 
 HOSTILE = [

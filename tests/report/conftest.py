@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 
 from rechub_store.cli import app
 from rechub_store.errors import UserError
-from rechub_store.jobconfig import JobConfig
-from rechub_store.nightly import run_nightly
+from rechub_store.jobs.config import JobConfig
+from rechub_store.jobs.job import run_nightly
 from rechub_store.warehouse import Warehouse
 
 REQUIRE_ENV = "RECHUB_REQUIRE_BROWSER"

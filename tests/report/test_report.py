@@ -13,9 +13,9 @@ import pytest
 from conftest import D3, RUN2, ReportWarehouse, fetch, write_job
 from typer.testing import CliRunner
 
-import rechub_store.report as report_module
+import rechub_store.jobs.job as job_module
 from rechub_store.cli import app
-from rechub_store.nightly import run_nightly
+from rechub_store.jobs.job import run_nightly
 from rechub_store.report import build_report, page_path
 from rechub_store.warehouse import Warehouse
 
@@ -51,7 +51,7 @@ def test_a_failing_report_never_fails_the_run(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(report_module, "build_report", broken)
+    monkeypatch.setattr(job_module, "build_report", broken)  # the nightly step calls it
     result = run_nightly(wh, write_job(wh.root, "never"), D3)  # rerun of the failed date, now fine
     assert result.status == "success" and result.report_path is None
     sql = "SELECT status, details FROM meta.job_runs WHERE run_id = ? AND step = 'whole'"

@@ -15,8 +15,8 @@ import pytest
 
 from rechub_store.data.build import BuildParams, build_features
 from rechub_store.data.generate import generate_into
+from rechub_store.pipeline.train import train
 from rechub_store.training.config import TrainConfig
-from rechub_store.training.trainer import train
 from rechub_store.warehouse import Warehouse
 
 pytestmark = pytest.mark.slow

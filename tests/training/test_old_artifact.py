@@ -11,8 +11,8 @@ import numpy as np
 
 from rechub_store.data.build import BuildParams, build_features
 from rechub_store.data.generate import generate_into
-from rechub_store.retrieval.evaluate import evaluate
-from rechub_store.retrieval.scoring import score
+from rechub_store.results.evaluate import evaluate
+from rechub_store.results.score import score
 from rechub_store.training.registry import load_artifact
 from rechub_store.warehouse import Warehouse
 

@@ -16,7 +16,8 @@ from rechub_store.data.build import BuildParams, build_features
 from rechub_store.data.generate import generate_into
 from rechub_store.data.readers import FeatureStore, InMemorySamples, SequenceSource
 from rechub_store.models import build_model
-from rechub_store.ranking.embeddings import encode_items, encode_users, reads_item_popularity
+from rechub_store.models.features import reads_item_popularity
+from rechub_store.ranking.embeddings import encode_items, encode_users
 from rechub_store.ranking.protocol import model_ranks
 from rechub_store.training.config import TrainConfig
 from rechub_store.training.trainer import Trainer

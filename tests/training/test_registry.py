@@ -10,10 +10,11 @@ import pytest
 
 from rechub_store.data.readers import FeatureStore
 from rechub_store.errors import UserError
+from rechub_store.pipeline.train import fit_model, train
 from rechub_store.ranking.embeddings import annoy_metric, encode_items, encode_users, normalize_for_index
+from rechub_store.ranking.validation import evaluate_model
 from rechub_store.training import registry
 from rechub_store.training.config import TrainConfig
-from rechub_store.training.trainer import evaluate_model, fit_model, train
 from rechub_store.warehouse import Warehouse
 
 CFG = TrainConfig(model="sasrec", epochs=3, batch_size=128, embed_dim=8, lr=5e-3, progress=False)

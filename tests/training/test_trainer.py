@@ -10,8 +10,9 @@ import torch
 
 from rechub_store.data.readers import FeatureStore
 from rechub_store.errors import UserError
+from rechub_store.pipeline.train import fit_model
+from rechub_store.ranking.validation import evaluate_model
 from rechub_store.training.config import TrainConfig
-from rechub_store.training.trainer import evaluate_model, fit_model
 
 BASE = TrainConfig(
     model="youtubednn", epochs=12, batch_size=128, embed_dim=16, lr=5e-3, patience=12, progress=False

@@ -27,15 +27,20 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from rechub_store.config import (
+    BASELINE_NAMES,
+    DEFAULT_SEEN_FILTER,
+    INDEXES,
+    AnnoySettings,
+    check_index,
+    check_seen_filter,
+)
 from rechub_store.data.sqlmodels import run_metric_models
 from rechub_store.errors import UserError
-from rechub_store.jobconfig import AnnoySettings
-from rechub_store.publish.analytics import previous_list_run, write_evaluation_lists, write_metrics
 from rechub_store.ranking.baselines import Baseline, Popularity, Transition
 from rechub_store.ranking.exact import Seen, exact_ranks, exact_topk, scorer_ranks, scorer_topk
 from rechub_store.ranking.itemknn import ItemKNN
 from rechub_store.ranking.metrics import METRICS
-from rechub_store.ranking.options import BASELINE_NAMES, DEFAULT_SEEN_FILTER, check_seen_filter
 from rechub_store.ranking.protocol import (
     SliceMetrics,
     evaluation_vectors,
@@ -44,9 +49,9 @@ from rechub_store.ranking.protocol import (
     slice_masks,
     slice_metrics,
 )
+from rechub_store.results.tables import previous_list_run, write_evaluation_lists, write_metrics
 from rechub_store.retrieval.annoy_index import overlap_at_k, sample_rows
 from rechub_store.retrieval.scoring import (
-    INDEXES,
     ScoringContext,
     ensure_annoy,
     load_context,
@@ -285,8 +290,7 @@ def evaluate_run(
     t0 = time.perf_counter()
     ks = sorted(set(int(k) for k in ks))
     for index in indexes:
-        if index not in INDEXES:
-            raise UserError(f"--index: expected annoy or exact, got {index!r}")
+        check_index(index)
     check_seen_filter(seen_filter)
     report = EvaluationReport(run_id, ctx.model_run_id, seen_filter)
     fitted = fit_baselines(ctx, baselines)
@@ -352,7 +356,7 @@ def evaluate(
     """`rechub-store evaluate`: evaluate a model run (default: latest) into the working copy."""
     check_seen_filter(seen_filter)
     with warehouse.session() as con:
-        ctx = load_context(con, model_run_id, splits=tuple(splits))
+        ctx = load_context(con, model_run_id, splits=tuple(splits), threads=warehouse.threads)
         run_id = run_id or f"manual-{ctx.model_run_id}"
         return evaluate_run(
             con,

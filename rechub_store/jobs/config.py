@@ -1,4 +1,4 @@
-"""The nightly job file (`jobs/nightly.toml`), parsed into typed settings that reject mistakes.
+"""The nightly job file (e.g. `jobs/nightly.toml`), parsed into typed settings that reject mistakes.
 
 cron runs unattended, so a typo in the job file must fail loudly before any work starts:
 every table is a frozen dataclass, unknown keys and bad values raise `UserError` naming the
@@ -18,48 +18,36 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rechub_store.config import (
+    BASELINE_NAMES,
+    DEFAULT_SEEN_FILTER,
+    INDEXES,
+    SEEN_FILTERS,
+    AnnoySettings,
+    as_choice,
+    as_float,
+    as_int,
+    check_keys,
+)
+from rechub_store.data.build import BuildParams
+from rechub_store.data.encodings import normalize_encoding
+from rechub_store.data.ingest import TIME_FORMATS, parse_time_bound
 from rechub_store.errors import UserError
-from rechub_store.ranking.options import BASELINE_NAMES, DEFAULT_SEEN_FILTER, SEEN_FILTERS
+from rechub_store.publish.server import parse_url
+from rechub_store.training.config import MODEL_DEFAULTS, TrainConfig
 
 RETRAIN_POLICIES = ("never", "always", "if-older-than", "if-missing")
-INDEX_KINDS = ("annoy", "exact", "auto")
+INDEX_KINDS = (*INDEXES, "auto")
 SOURCE_KINDS = ("interactions", "movielens")
 SPLITS = ("test", "valid")
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise UserError(
-            f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
-        )
-
-
 def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     value = data.get(key, {})
     if not isinstance(value, dict):
         raise UserError(f"{where}{key}: expected a table")
-    return value
-
-
-def _int(value: Any, key: str, lo: int = 1, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise UserError(f"{key}: expected an integer {bound}, got {value!r}")
-    return value
-
-
-def _float(value: Any, key: str, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo < value <= hi:
-        raise UserError(f"{key}: expected a number in ({lo}, {hi}], got {value!r}")
-    return float(value)
-
-
-def _choice(value: Any, key: str, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise UserError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
     return value
 
 
@@ -74,14 +62,14 @@ def _str_list(value: Any, key: str, choices: tuple[str, ...] | None = None) -> t
         raise UserError(f"{key}: expected a list of strings, got {value!r}")
     if choices:
         for v in value:
-            _choice(v, key, choices)
+            as_choice(v, key, choices)
     return tuple(value)
 
 
 def _int_list(value: Any, key: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not value:
         raise UserError(f"{key}: expected a non-empty list of integers, got {value!r}")
-    return tuple(_int(v, key) for v in value)
+    return tuple(as_int(v, key) for v in value)
 
 
 def _path(value: Any, key: str, base_dir: Path) -> Path:
@@ -113,16 +101,13 @@ SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
 
 def _check_options(options: dict[str, Any], kind: str, where: str) -> dict[str, Any]:
     """The source's `options` (and its time-window keys), checked by name and value before any work."""
-    from rechub_store.data.encodings import normalize_encoding
-    from rechub_store.data.ingest import TIME_FORMATS, parse_time_bound
-
     allowed = SOURCE_OPTIONS[kind]
-    _check_keys(options, set(allowed), f"{where}.options")
+    check_keys(options, set(allowed), f"{where}.options")
     out = dict(options)
     for key, value in options.items():
         name = f"{where}.options.{key}"
         if key == "time_format":
-            _choice(value, name, TIME_FORMATS)
+            as_choice(value, name, TIME_FORMATS)
         elif key == "max_reject_ratio":
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise UserError(f"{name}: expected a number in [0, 1], got {value!r}")
@@ -159,8 +144,8 @@ class Source:
     def parse(cls, data: Any, where: str) -> Source:
         if not isinstance(data, dict):
             raise UserError(f"{where}: expected a table")
-        _check_keys(data, {f.name for f in fields(cls)}, where)
-        kind = _choice(data.get("kind", "interactions"), f"{where}.kind", SOURCE_KINDS)
+        check_keys(data, {f.name for f in fields(cls)}, where)
+        kind = as_choice(data.get("kind", "interactions"), f"{where}.kind", SOURCE_KINDS)
         path = data.get("path")
         if not isinstance(path, str) or not path:
             raise UserError(f"{where}.path: expected a file, folder or glob")
@@ -186,8 +171,6 @@ class Source:
                 if key in options:
                     raise UserError(f"{where}: {key} is given both as a key and in options")
                 window[key] = data[key]
-                from rechub_store.data.ingest import parse_time_bound
-
                 parse_time_bound(data[key], f"{where}.{key}")
         return cls(kind=kind, path=path, options=options, **window, **cols)
 
@@ -206,7 +189,7 @@ class TrainSettings:
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> TrainSettings:
-        _check_keys(data, {"policy", "max_age_days", "model", "params"}, "train")
+        check_keys(data, {"policy", "max_age_days", "model", "params"}, "train")
         params = data.get("params", {})
         if not isinstance(params, dict):
             raise UserError("train.params: expected a table")
@@ -214,8 +197,8 @@ class TrainSettings:
         if not isinstance(model, str):
             raise UserError(f"train.model: expected a model name, got {model!r}")
         settings = cls(
-            policy=_choice(data.get("policy", cls.policy), "train.policy", RETRAIN_POLICIES),
-            max_age_days=_float(
+            policy=as_choice(data.get("policy", cls.policy), "train.policy", RETRAIN_POLICIES),
+            max_age_days=as_float(
                 data.get("max_age_days", cls.max_age_days), "train.max_age_days", 0.0, 3650.0
             ),
             model=model,
@@ -226,8 +209,6 @@ class TrainSettings:
 
     def config(self) -> Any:
         """The trainer's config (`TrainConfig`) for these settings; UserError naming the key."""
-        from rechub_store.training.config import MODEL_DEFAULTS, TrainConfig
-
         if self.model not in MODEL_DEFAULTS:
             raise UserError(
                 f"train.model: unknown model {self.model!r}; choose one of {', '.join(MODEL_DEFAULTS)}"
@@ -241,34 +222,6 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
-class AnnoySettings:
-    """Auto-tuning: raise search_k (then n_trees) until recall@k vs exact reaches target_recall."""
-
-    n_trees: int = 10  # starting point
-    max_trees: int = 160
-    search_k: int | None = None  # fixed search_k: skips tuning when set
-    target_recall: float = 0.95
-    sample_users: int = 1000
-    seed: int = 0
-
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> AnnoySettings:
-        where = "score.annoy"
-        _check_keys(data, {f.name for f in fields(cls)}, where)
-        search_k = data.get("search_k")
-        return cls(
-            n_trees=_int(data.get("n_trees", cls.n_trees), f"{where}.n_trees"),
-            max_trees=_int(data.get("max_trees", cls.max_trees), f"{where}.max_trees"),
-            search_k=None if search_k is None else _int(search_k, f"{where}.search_k"),
-            target_recall=_float(
-                data.get("target_recall", cls.target_recall), f"{where}.target_recall", 0.0, 1.0
-            ),
-            sample_users=_int(data.get("sample_users", cls.sample_users), f"{where}.sample_users"),
-            seed=_int(data.get("seed", cls.seed), f"{where}.seed", lo=0),
-        )
-
-
-@dataclass(frozen=True)
 class ScoreSettings:
     k: int = 100
     index: str = "annoy"  # annoy | exact | auto (exact up to exact_max_items items, else annoy)
@@ -278,11 +231,11 @@ class ScoreSettings:
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> ScoreSettings:
-        _check_keys(data, {"k", "index", "exact_max_items", "exclude_seen", "annoy"}, "score")
+        check_keys(data, {"k", "index", "exact_max_items", "exclude_seen", "annoy"}, "score")
         return cls(
-            k=_int(data.get("k", cls.k), "score.k", hi=10_000),
-            index=_choice(data.get("index", cls.index), "score.index", INDEX_KINDS),
-            exact_max_items=_int(
+            k=as_int(data.get("k", cls.k), "score.k", hi=10_000),
+            index=as_choice(data.get("index", cls.index), "score.index", INDEX_KINDS),
+            exact_max_items=as_int(
                 data.get("exact_max_items", cls.exact_max_items), "score.exact_max_items", lo=0
             ),
             exclude_seen=_bool(data.get("exclude_seen", cls.exclude_seen), "score.exclude_seen"),
@@ -309,7 +262,7 @@ class EvaluateSettings:
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> EvaluateSettings:
-        _check_keys(data, {f.name for f in fields(cls)}, "evaluate")
+        check_keys(data, {f.name for f in fields(cls)}, "evaluate")
         popularity = _bool(data.get("popularity", cls.popularity), "evaluate.popularity")
         baselines = _str_list(
             data.get("baselines", list(cls.baselines)), "evaluate.baselines", BASELINE_NAMES
@@ -318,14 +271,16 @@ class EvaluateSettings:
             enabled=_bool(data.get("enabled", cls.enabled), "evaluate.enabled"),
             ks=_int_list(data.get("ks", list(cls.ks)), "evaluate.ks"),
             splits=_str_list(data.get("splits", list(cls.splits)), "evaluate.splits", SPLITS),
-            indexes=_str_list(data.get("indexes", list(cls.indexes)), "evaluate.indexes", ("annoy", "exact")),
+            indexes=_str_list(data.get("indexes", list(cls.indexes)), "evaluate.indexes", INDEXES),
             popularity=popularity,
             baselines=tuple(b for b in baselines if popularity or b != "popularity"),
-            seen_filter=_choice(
+            seen_filter=as_choice(
                 data.get("seen_filter", cls.seen_filter), "evaluate.seen_filter", SEEN_FILTERS
             ),
-            max_users=_int(data["max_users"], "evaluate.max_users") if "max_users" in data else cls.max_users,
-            list_users=_int(data.get("list_users", cls.list_users), "evaluate.list_users", lo=0),
+            max_users=as_int(data["max_users"], "evaluate.max_users")
+            if "max_users" in data
+            else cls.max_users,
+            list_users=as_int(data.get("list_users", cls.list_users), "evaluate.list_users", lo=0),
         )
 
 
@@ -346,13 +301,13 @@ class GateSettings:
     @classmethod
     def parse(cls, data: dict[str, Any]) -> GateSettings:
         where = "publish.gates"
-        _check_keys(data, {f.name for f in fields(cls)}, where)
+        check_keys(data, {f.name for f in fields(cls)}, where)
 
         def mode(key: str) -> str:
-            return _choice(data.get(key, getattr(cls, key)), f"{where}.{key}", GATE_MODES)
+            return as_choice(data.get(key, getattr(cls, key)), f"{where}.{key}", GATE_MODES)
 
         def share(key: str) -> float:
-            return _float(data.get(key, getattr(cls, key)), f"{where}.{key}", 0.0, 1.0)
+            return as_float(data.get(key, getattr(cls, key)), f"{where}.{key}", 0.0, 1.0)
 
         return cls(
             rows_per_user=mode("rows_per_user"),
@@ -372,10 +327,10 @@ class PublishSettings:
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> PublishSettings:
-        _check_keys(data, {"analytics", "keep_runs", "targets", "gates"}, "publish")
+        check_keys(data, {"analytics", "keep_runs", "targets", "gates"}, "publish")
         return cls(
             analytics=_bool(data.get("analytics", cls.analytics), "publish.analytics"),
-            keep_runs=_int(data.get("keep_runs", cls.keep_runs), "publish.keep_runs"),
+            keep_runs=as_int(data.get("keep_runs", cls.keep_runs), "publish.keep_runs"),
             targets=_str_list(data.get("targets", []), "publish.targets"),
             gates=GateSettings.parse(_table(data, "gates", "publish.")),
         )
@@ -383,8 +338,6 @@ class PublishSettings:
     def resolved_targets(self) -> list[tuple[str, str]]:
         """(key, URL) per target with `${VAR}` expanded and the URL checked (an unset variable or
         an ambiguous URL is a one-line error naming the key, e.g. `publish.targets[1]`)."""
-        from rechub_store.publish.server import parse_url
-
         out = []
         for i, raw in enumerate(self.targets):
             key = f"publish.targets[{i}]"
@@ -413,14 +366,14 @@ class JobConfig:
     def from_mapping(
         cls, data: dict[str, Any], base_dir: Path | None = None, path: Path | None = None
     ) -> JobConfig:
-        _check_keys(data, {"job", "ingest", "build", "train", "score", "evaluate", "publish"}, "job file")
+        check_keys(data, {"job", "ingest", "build", "train", "score", "evaluate", "publish"}, "job file")
         job = _table(data, "job", "")
-        _check_keys(job, {"name"}, "job")
+        check_keys(job, {"name"}, "job")
         name = job.get("name", cls.name)
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
             raise UserError(f"job.name: expected letters, digits, '.', '_' or '-', got {name!r}")
         ingest = _table(data, "ingest", "")
-        _check_keys(ingest, {"sources"}, "ingest")
+        check_keys(ingest, {"sources"}, "ingest")
         raw_sources = ingest.get("sources", [])
         if not isinstance(raw_sources, list):
             raise UserError("ingest.sources: expected an array of tables ([[ingest.sources]])")
@@ -434,8 +387,6 @@ class JobConfig:
             if not build:  # only a models folder: build parameters as the last build had them
                 build = None
         if build is not None:
-            from rechub_store.data.build import BuildParams
-
             try:
                 BuildParams.from_mapping(build)
             except UserError as exc:

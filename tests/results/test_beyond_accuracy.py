@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rechub_store.data.sqlmodels import METRICS_DIR, discover, run_metric_models
-from rechub_store.publish.analytics import previous_list_run, write_evaluation_lists
+from rechub_store.results.tables import previous_list_run, write_evaluation_lists
 
 KS = [2, 4]
 N_ITEMS = 12  # catalogue codes 1..12

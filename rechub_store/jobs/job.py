@@ -7,318 +7,62 @@ What cron needs from it:
 - a record: one `meta.job_runs` row per step (status, seconds, rows, details JSON with URLs
   masked) plus a `whole` row, and a log file per run under `<warehouse folder>/logs/`.
 - all or nothing for analysts: results reach `analytics.duckdb` only by an atomic rename at the
-  end (see publish/analytics.py), so a run killed at any step leaves the previous run published.
+  end (see `rechub_store.publish.analytics`), so a run killed at any step leaves the previous run published.
 - exit code 0 only on success.
 
-Fault injection (tests, and rehearsing failures by hand): `RECHUB_FAULT=<point>:<action>` where
-point is a step name (`ingest`, `build`, `train`, `score`, `evaluate`, `publish`; fires when the
-step starts), `publish-replace` (the new analytics file is complete, not yet renamed) or
-`job-record` (writing a step's end to meta.job_runs), and action is `sleep[=SECONDS]` (print
-"fault: pausing at <point>" to the terminal, then sleep; default 600 s), `fail` (raise an error),
-`kill` (SIGKILL itself), `enospc` (fail as a full disk does) or `stderr=TEXT` (write TEXT to file
-descriptor 2 directly, as C code does).
+Fault injection points (`rechub_store.faults`): every step name, `publish-replace`, `job-record`.
+
+The parts: `jobs.config` (the job file), `jobs.lock`, `jobs.records` (meta.job_runs), `jobs.status`,
+`jobs.demo`; this module runs the steps.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
-import fcntl
 import json
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from rechub_store.errors import AlreadyRunning, UserError
-from rechub_store.jobconfig import (
-    EvaluateSettings,
-    JobConfig,
-    ScoreSettings,
-    TrainSettings,
-)
-from rechub_store.publish.analytics import publish_analytics, utcnow
-from rechub_store.ranking.options import BASELINE_NAMES
+from rechub_store.data.build import BuildParams, build_features
+from rechub_store.data.ingest import ingest_interactions
+from rechub_store.data.movielens import ingest_movielens
+from rechub_store.data.readers import latest_build
+from rechub_store.data.sqlmodels import fingerprint, user_models_folder
+from rechub_store.errors import UserError
+from rechub_store.faults import fault_point, set_console
+from rechub_store.jobs.config import JobConfig, TrainSettings
+from rechub_store.jobs.lock import LOCK_FILE, NightlyLock, unwritable
+from rechub_store.jobs.records import BookkeepingFailed, JobRecorder
+from rechub_store.paths import SQL_DIR
+from rechub_store.pipeline.train import train
+from rechub_store.publish.analytics import publish_analytics
+from rechub_store.publish.gates import check_gates
+from rechub_store.publish.server import check_target, mask_url, publish_to_url
 from rechub_store.redact import RedactingFilter, redact
+from rechub_store.report import build_report
+from rechub_store.results.evaluate import evaluate_run
+from rechub_store.results.score import score_run
+from rechub_store.results.tables import utcnow
+from rechub_store.retrieval.scoring import load_context
 from rechub_store.warehouse import Warehouse, table_exists
 
 log = logging.getLogger(__name__)
 
-FAULT_ENV = "RECHUB_FAULT"
-LOCK_FILE = "nightly.lock"
 STEPS = ("ingest", "build", "train", "score", "evaluate", "publish")
 FILE_ONLY = {"file_only": True}  # a log record for the run's log file, not the terminal (tracebacks)
 
 
-# ---------------------------------------------------------------------------- fault injection
-def fault_point(point: str) -> None:
-    """Act on `RECHUB_FAULT=<point>:<action>` if it names this point (see module docstring)."""
-    spec = os.environ.get(FAULT_ENV, "")
-    name, _, action = spec.partition(":")
-    if not spec or name != point:
-        return
-    if action.startswith("sleep"):
-        seconds = float(action.partition("=")[2] or 600)
-        _console(f"fault: pausing at {point} for {seconds:g}s (pid {os.getpid()})")
-        time.sleep(seconds)
-    elif action == "fail":
-        raise RuntimeError(f"fault injected at {point} ({FAULT_ENV}={spec})")
-    elif action == "kill":
-        _console(f"fault: killing pid {os.getpid()} at {point}")
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif action == "enospc":
-        raise OSError(errno.ENOSPC, f"No space left on device (fault injected at {point})")
-    elif action.startswith("stderr="):
-        os.write(2, action.partition("=")[2].encode() + b"\n")  # as a C library would: fd 2, no sys.stderr
-    else:
-        raise UserError(
-            f"{FAULT_ENV}={spec!r}: action must be sleep[=SECONDS], fail, kill, enospc or stderr=TEXT"
-        )
-
-
-_console_fd: int | None = None  # the terminal's stderr while a quiet run sends fd 2 to its log
-
-
-def _console(message: str) -> None:
-    """Fault messages go to the terminal even when --quiet sends everything else to the log."""
-    os.write(_console_fd if _console_fd is not None else 2, (message + "\n").encode())
-
-
-# ---------------------------------------------------------------------------- the lock
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state, start time in clock ticks) of a live process from /proc, None if it does not exist."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return ("?", "")
-    rest = text.rsplit(")", 1)[1].split()
-    return rest[0], rest[19]
-
-
-def _pid_alive(pid: int, start: str | None) -> bool:
-    """Is `pid` still the process that took the lock? (dead, zombie or a reused pid -> False)"""
-    if Path("/proc").is_dir():
-        stat = _proc_stat(pid)
-        if stat is None or stat[0] in ("Z", "X"):
-            return False
-        return not (start and stat[1] and stat[1] != start)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class NightlyLock:
-    """An exclusive lock file: created atomically (link of a complete temp file), removed on release."""
-
-    def __init__(self, path: Path, run_id: str) -> None:
-        self.path = path
-        self.run_id = run_id
-        self.recovered: dict[str, Any] | None = None  # the stale holder we took over from
-        self.held = False
-
-    def _info(self) -> dict[str, Any]:
-        pid = os.getpid()
-        stat = _proc_stat(pid)
-        return {
-            "pid": pid,
-            "host": socket.gethostname(),
-            "started_at": utcnow().isoformat(),
-            "run_id": self.run_id,
-            "proc_start": stat[1] if stat else None,
-        }
-
-    def read(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {}
-
-    def _create(self, payload: str) -> bool:
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(payload)
-        try:
-            os.link(tmp, self.path)  # atomic, fails if the lock exists, and the content is complete
-            return True
-        except FileExistsError:
-            return False
-        except OSError:  # a filesystem without hard links
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "w") as fh:
-                fh.write(payload)
-            return True
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        """Serialize acquire() across processes, so that the read-stale-unlink-create sequence of
-        a stale-lock takeover cannot delete a lock another process has just taken."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path.with_name(f"{self.path.name}.guard"), os.O_CREAT | os.O_RDWR, 0o644)
-        except OSError as exc:
-            raise _unwritable(self.path.parent, exc) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # held for milliseconds; released when the process dies
-            yield
-        finally:
-            os.close(fd)
-
-    def acquire(self) -> NightlyLock:
-        with self._guard():
-            return self._acquire()
-
-    def _acquire(self) -> NightlyLock:
-        payload = json.dumps(self._info())
-        for _ in range(3):
-            try:
-                created = self._create(payload)
-            except OSError as exc:
-                raise _unwritable(self.path.parent, exc) from exc
-            if created:
-                self.held = True
-                return self
-            holder = self.read()
-            if holder is None:  # released between our attempt and the read
-                continue
-            if self._stale(holder):
-                log.warning("recovering stale lock %s left by %s", self.path, json.dumps(holder))
-                self.recovered = holder
-                self.path.unlink(missing_ok=True)
-                continue
-            raise AlreadyRunning(
-                f"a nightly job is already running (pid {holder.get('pid')} on {holder.get('host')}, "
-                f"run {holder.get('run_id')}, since {holder.get('started_at')}); lock file {self.path}"
-            )
-        raise AlreadyRunning(f"could not take the lock {self.path}: another nightly job keeps taking it")
-
-    def _stale(self, holder: dict[str, Any]) -> bool:
-        if not holder:  # unreadable: stale only once it is clearly not being written right now
-            with contextlib.suppress(FileNotFoundError):
-                return time.time() - self.path.stat().st_mtime > 60
-            return True
-        if holder.get("host") != socket.gethostname():
-            return False  # cannot see another host's processes: delete the file by hand if it is dead
-        pid = holder.get("pid")
-        return not isinstance(pid, int) or not _pid_alive(pid, holder.get("proc_start"))
-
-    def release(self) -> None:
-        if self.held:
-            holder = self.read()
-            if holder and holder.get("pid") == os.getpid():
-                self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def __enter__(self) -> NightlyLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def lock_status(warehouse: Warehouse) -> dict[str, Any] | None:
-    """Who holds the nightly lock, and whether that process is still alive (for `status`)."""
-    lock = NightlyLock(warehouse.root / LOCK_FILE, "")
-    holder = lock.read()
-    if holder is None:
-        return None
-    return {**holder, "stale": lock._stale(holder), "path": str(lock.path)}
-
-
-# ---------------------------------------------------------------------------- meta.job_runs
-class BookkeepingFailed(UserError):
-    """meta.job_runs could not be written (a full disk, an I/O error): the run stops, exit code 1."""
-
-    def __init__(self, exc: BaseException) -> None:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        super().__init__(f"cannot record the job run in meta.job_runs: {first}", exit_code=1)
-
-
-class JobRecorder:
-    """Rows of meta.job_runs for one run: inserted as `running`, updated when the step ends.
-
-    Every message stored is masked (`rechub_store.redact`); a failed write is a BookkeepingFailed."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, run_id: str, job: str) -> None:
-        self.con, self.run_id, self.job = con, run_id, job
-
-    def _execute(self, sql: str, params: list[Any]) -> None:
-        try:
-            self.con.execute(sql, params)
-        except (duckdb.Error, OSError) as exc:
-            raise BookkeepingFailed(exc) from exc
-
-    def reset(self) -> None:
-        """Rerunning a run_id replaces its rows; rows left `running` by a killed run become failed."""
-        self._execute("DELETE FROM meta.job_runs WHERE run_id = ? AND job = ?", [self.run_id, self.job])
-        self._execute(
-            "UPDATE meta.job_runs SET status = 'failed', "
-            "error = 'interrupted: the process died before finishing' WHERE status = 'running'",
-            [],
-        )
-
-    def start(self, step: str) -> float:
-        self._execute(
-            "INSERT INTO meta.job_runs (run_id, job, step, status, started_at) "
-            "VALUES (?, ?, ?, 'running', ?)",
-            [self.run_id, self.job, step, utcnow()],
-        )
-        return time.perf_counter()
-
-    def finish(
-        self,
-        step: str,
-        t0: float,
-        status: str,
-        rows: int | None = None,
-        details: dict[str, Any] | None = None,
-        error: str | None = None,
-    ) -> float:
-        seconds = round(time.perf_counter() - t0, 3)
-        try:
-            fault_point("job-record")
-        except OSError as exc:
-            raise BookkeepingFailed(exc) from exc
-        self._execute(
-            "UPDATE meta.job_runs SET status = ?, finished_at = ?, seconds = ?, rows = ?, details = ?, "
-            "error = ? WHERE run_id = ? AND job = ? AND step = ? AND status = 'running'",
-            [
-                status,
-                utcnow(),
-                seconds,
-                rows,
-                redact(json.dumps(details or {}, default=str)),
-                redact(error),
-                self.run_id,
-                self.job,
-                step,
-            ],
-        )
-        return seconds
-
-
-# ---------------------------------------------------------------------------- the job
 @dataclass
 class StepResult:
     step: str
@@ -367,15 +111,11 @@ class _State:
     score: dict[str, Any] | None = None  # what score wrote (k, index, annoy recall), for the gates
 
 
-def _unwritable(folder: Path, exc: OSError) -> UserError:
-    return UserError(f"cannot write the warehouse folder {folder}: {exc.strerror or exc}")
-
-
 def _run_dir_log(warehouse: Warehouse, run_id: str) -> Path:
     try:
         warehouse.logs_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _unwritable(warehouse.logs_dir, exc) from exc
+        raise unwritable(warehouse.logs_dir, exc) from exc
     return warehouse.logs_dir / f"{run_id}.{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.log"
 
 
@@ -409,7 +149,6 @@ def _log_to(path: Path, echo: bool) -> Iterator[None]:
 def _stderr_to(path: Path, enabled: bool) -> Iterator[None]:
     """With `enabled` (--quiet, --json), file descriptor 2 itself goes to the run's log, so that what
     C code writes there (annoy, DuckDB, a crashing library) stays out of cron's mail too."""
-    global _console_fd
     if not enabled:
         yield
         return
@@ -418,14 +157,14 @@ def _stderr_to(path: Path, enabled: bool) -> Iterator[None]:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(fd, 2)
     os.close(fd)
-    _console_fd = saved
+    set_console(saved)
     try:
         yield
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
-        _console_fd = None
+        set_console(None)
 
 
 class Terminated(Exception):
@@ -471,11 +210,6 @@ def _train_config(settings: TrainSettings) -> Any:
 
 
 def _build_params(con: duckdb.DuckDBPyConnection, job: JobConfig) -> Any:
-    from dataclasses import fields
-
-    from rechub_store.data.build import BuildParams
-    from rechub_store.data.readers import latest_build
-
     if job.build is not None:
         return BuildParams.from_mapping(job.build)
     _, stored = latest_build(con)  # no [build] table: keep what the last build used
@@ -497,8 +231,6 @@ def _user_sql_dir(con: duckdb.DuckDBPyConnection, warehouse: Warehouse, job: Job
         return Path(warehouse.user_sql_dir)
     if job.models_dir is not None or job.build is not None:
         return job.models_dir
-    from rechub_store.data.readers import latest_build
-
     _, stored = latest_build(con)
     return Path(stored["models_dir"]) if stored.get("models_dir") else None
 
@@ -513,9 +245,6 @@ class Nightly:
 
     # -- steps (each returns (rows, details) or raises _Skip) --------------------------------
     def ingest(self, con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, Any]]:
-        from rechub_store.data.ingest import ingest_interactions
-        from rechub_store.data.movielens import ingest_movielens
-
         if not self.job.sources:
             raise _Skip({"reason": "no [[ingest.sources]] in the job"})
         files: list[dict[str, Any]] = []
@@ -560,11 +289,6 @@ class Nightly:
         text; the latest successful build must still be the one the previous nightly recorded
         (a manual `build-features` in between forces a rebuild).
         """
-        from rechub_store.data.build import build_features
-        from rechub_store.data.readers import latest_build
-        from rechub_store.data.sqlmodels import fingerprint
-        from rechub_store.paths import SQL_DIR
-
         params = _build_params(con, self.job)
         user_dir = _user_sql_dir(con, self.warehouse, self.job)
         inputs = {"raw": _raw_state(con), "params": params.to_dict(), "sql": fingerprint(SQL_DIR, user_dir)}
@@ -608,10 +332,8 @@ class Nightly:
             assert latest is not None
             self.state.model_run_id = latest[0]
             raise _Skip({"policy": settings.policy, "model_run_id": latest[0], "reason": "model is current"})
-        from rechub_store.training.trainer import train
-
         log.info("training %s (%s)", settings.model, reason)
-        result = train(con, _train_config(settings))
+        result = train(con, _train_config(settings), self.warehouse.threads)
         self.state.model_run_id = result.model_run_id
         return 1, {
             "policy": settings.policy,
@@ -623,17 +345,15 @@ class Nightly:
         }
 
     def _context(self, con: duckdb.DuckDBPyConnection) -> Any:
-        from rechub_store.retrieval.scoring import load_context
-
         if self.state.ctx is None:
             splits = self.job.evaluate.splits if self.job.evaluate.enabled else ()
-            self.state.ctx = load_context(con, self.state.model_run_id, splits=tuple(splits))
+            self.state.ctx = load_context(
+                con, self.state.model_run_id, splits=tuple(splits), threads=self.warehouse.threads
+            )
             self.state.model_run_id = self.state.ctx.model_run_id
         return self.state.ctx
 
     def score(self, con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, Any]]:
-        from rechub_store.retrieval.scoring import score_run
-
         ctx = self._context(con)
         s = self.job.score
         index = s.index_for(ctx.item_vecs.shape[0] - 1)
@@ -655,8 +375,6 @@ class Nightly:
         return report.rows, report.as_dict()
 
     def evaluate(self, con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, Any]]:
-        from rechub_store.retrieval.evaluate import evaluate_run
-
         e = self.job.evaluate
         if not e.enabled:
             raise _Skip({"reason": "evaluate.enabled = false"})
@@ -686,9 +404,6 @@ class Nightly:
         """Gates first (a failed `fail` gate publishes nothing), then the analytics file, then every
         server target; a target that fails does not stop the others, and the step then fails
         naming which targets have the run (a rerun of the date publishes only to the others)."""
-        from rechub_store.publish.gates import check_gates
-        from rechub_store.publish.server import mask_url, publish_to_url
-
         p = self.job.publish
         if not p.analytics and not p.targets:
             raise _Skip({"reason": "publish.analytics = false and no publish.targets"})
@@ -725,7 +440,15 @@ class Nightly:
             for key, url in targets:
                 entry: dict[str, Any] = {"key": key, "url": mask_url(url)}
                 try:
-                    res = publish_to_url(con, url, run_id=self.run_id, retention=p.keep_runs, where=key)
+                    res = publish_to_url(
+                        con,
+                        url,
+                        run_id=self.run_id,
+                        retention=p.keep_runs,
+                        where=key,
+                        retries=self.warehouse.publish_retries,
+                        backoff_s=self.warehouse.publish_backoff_s,
+                    )
                 except Exception as exc:  # one target down must not keep the run from the others
                     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                     entry.update(status="failed", error=redact(first))
@@ -798,8 +521,6 @@ class Nightly:
         A report never changes the run's outcome: an error here is logged and noted in the `whole`
         row's details (`report_error`); the run keeps its status and exit code.
         """
-        from rechub_store.report import build_report
-
         try:
             path = build_report(
                 self.warehouse, self.run_id, con=con, trend_runs=self.job.publish.keep_runs
@@ -825,11 +546,14 @@ class Nightly:
     def _check_targets(self) -> list[tuple[str, str]]:
         """Every publish target, `${VAR}` expanded, reachable now (retried like a publish; an
         authentication failure fails at once): (key, URL) pairs, or a one-line UserError."""
-        from rechub_store.publish.server import check_target
-
         targets = self.job.publish.resolved_targets()
         for key, url in targets:
-            info = check_target(url, key)
+            info = check_target(
+                url,
+                key,
+                retries=self.warehouse.publish_retries,
+                backoff_s=self.warehouse.publish_backoff_s,
+            )
             log.info("%s %s is reachable (%d attempt(s))", key, info["target"], info["attempts"])
         return targets
 
@@ -894,8 +618,6 @@ def validate_job(job: JobConfig, warehouse: Warehouse) -> None:
     and the URLs themselves, the user's SQL models folder. The job file loader checks most of it
     already; a JobConfig built in Python is checked here."""
     if job.build is not None:
-        from rechub_store.data.build import BuildParams
-
         try:
             BuildParams.from_mapping(job.build)
         except UserError as exc:
@@ -903,8 +625,6 @@ def validate_job(job: JobConfig, warehouse: Warehouse) -> None:
     job.train.config()
     job.publish.resolved_targets()
     if (warehouse.user_sql_dir or job.models_dir) is not None:
-        from rechub_store.data.sqlmodels import user_models_folder
-
         user_models_folder(warehouse.user_sql_dir or job.models_dir)  # type: ignore[arg-type]
 
 
@@ -925,128 +645,3 @@ def run_nightly(
     run_date = run_date or dt.datetime.now(dt.UTC).date()
     validate_job(job, warehouse)
     return Nightly(warehouse, job, f"nightly-{run_date.isoformat()}", echo=echo).run()
-
-
-# ---------------------------------------------------------------------------- demo
-@dataclass
-class DemoReport:
-    nightly: NightlyReport
-    metrics: list[dict[str, Any]]
-    sample: list[dict[str, Any]]
-    data_dir: str
-    seconds: float
-
-
-def run_demo(
-    warehouse: Warehouse,
-    *,
-    n_users: int = 2000,
-    n_items: int = 1000,
-    n_events: int = 60_000,
-    model: str = "sasrec",
-    epochs: int = 5,
-    k: int = 20,
-    seed: int = 0,
-    run_date: dt.date | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> DemoReport:
-    """Synthetic data end to end: generate, ingest, build, train, then nightly (score, evaluate, publish)."""
-    from rechub_store.data.build import BuildParams, build_features
-    from rechub_store.data.generate import generate_into
-    from rechub_store.training.config import TrainConfig
-    from rechub_store.training.trainer import train
-
-    say = progress or (lambda _msg: None)
-    t0 = time.perf_counter()
-    data_dir = warehouse.root / "demo-data"
-    with warehouse.session() as con:
-        say(f"generating {n_users} users x {n_items} items x {n_events} events into {data_dir}")
-        generate_into(con, data_dir, n_users=n_users, n_items=n_items, n_events=n_events, seed=seed)
-        say("building features")
-        build_features(con, BuildParams(), user_dir=warehouse.user_sql_dir)
-        say(f"training {model} ({epochs} epochs)")
-        train(con, TrainConfig(model=model, epochs=epochs, seed=seed, progress=False))
-    job = JobConfig(
-        name="demo",
-        train=TrainSettings(policy="never"),
-        score=replace(ScoreSettings(), k=k),
-        evaluate=replace(EvaluateSettings(), ks=tuple(x for x in (10, 20, 50) if x <= max(k, 10)) or (k,)),
-    )
-    say("nightly: score, evaluate, publish")
-    report = run_nightly(warehouse, job, run_date)
-    con = duckdb.connect(str(warehouse.analytics_path), read_only=True)
-    try:
-        cur = con.execute(
-            """
-            PIVOT (SELECT model_run_id, "index", k, metric, value FROM evaluation_metrics
-                   WHERE run_id = ? AND split = 'test' AND slice = 'all')
-            ON metric IN ('recall', 'hit', 'ndcg', 'mrr', 'precision', 'annoy_recall') USING first(value)
-            ORDER BY k, list_contains(?, model_run_id), model_run_id, "index"
-            """,
-            [report.run_id, list(BASELINE_NAMES)],
-        )
-        names = [d[0] for d in cur.description]
-        metrics = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-        cur = con.execute(
-            "SELECT user_id, rank, item_id, round(score, 4) AS score FROM recommendations "
-            "WHERE user_id IN (SELECT DISTINCT user_id FROM recommendations ORDER BY user_id LIMIT 2) "
-            "AND rank <= 5 ORDER BY user_id, rank"
-        )
-        names = [d[0] for d in cur.description]
-        sample = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-    finally:
-        con.close()
-    return DemoReport(report, metrics, sample, str(data_dir), round(time.perf_counter() - t0, 3))
-
-
-# ---------------------------------------------------------------------------- status
-def job_status(warehouse: Warehouse, limit: int = 10) -> dict[str, Any]:
-    """Last job runs, latest model run, the published run and the lock, for `rechub-store status`.
-
-    Reads the warehouse read-only; while a job holds it (DuckDB's single-writer lock) falls back
-    to the copies in analytics.duckdb and says so.
-    """
-    from rechub_store.publish.analytics import published_run
-
-    out: dict[str, Any] = {
-        "warehouse": str(warehouse.path),
-        "analytics": str(warehouse.analytics_path),
-        "published": published_run(warehouse.analytics_path),
-        "lock": lock_status(warehouse),
-        "source": None,
-        "job_runs": [],
-        "latest_model_run": None,
-    }
-    con = None
-    for path in (warehouse.path, warehouse.analytics_path):
-        if not path.exists():
-            continue
-        try:
-            con = duckdb.connect(str(path), read_only=True)
-            out["source"] = str(path)
-            break
-        except duckdb.Error as exc:
-            out.setdefault("notes", []).append(f"{path}: {str(exc).splitlines()[0]}")
-    if con is None:
-        return out
-    schema = "meta" if out["source"] == str(warehouse.path) else "main"
-    try:
-        if table_exists(con, f"{schema}.job_runs"):
-            cur = con.execute(
-                "SELECT run_id, job, status, started_at, finished_at, seconds, rows, error "
-                f"FROM {schema}.job_runs WHERE step = 'whole' ORDER BY started_at DESC LIMIT ?",
-                [limit],
-            )
-            names = [d[0] for d in cur.description]
-            out["job_runs"] = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-        if table_exists(con, f"{schema}.model_runs"):
-            cur = con.execute(
-                f"SELECT model_run_id, model, status, best_metric, finished_at FROM {schema}.model_runs "
-                "WHERE status = 'success' ORDER BY finished_at DESC NULLS LAST LIMIT 1"
-            )
-            row = cur.fetchone()
-            if row:
-                out["latest_model_run"] = dict(zip([d[0] for d in cur.description], row, strict=True))
-    finally:
-        con.close()
-    return out

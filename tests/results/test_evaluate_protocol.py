@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch import nn
 
+from rechub_store.config import SEEN_FILTERS, AnnoySettings
 from rechub_store.data.build import BuildParams, build_features
 from rechub_store.data.generate import generate_into
 from rechub_store.data.readers import FeatureStore
-from rechub_store.jobconfig import AnnoySettings
 from rechub_store.models import build_model
 from rechub_store.ranking.embeddings import encode_items
-from rechub_store.ranking.options import SEEN_FILTERS
-from rechub_store.retrieval.evaluate import evaluate_run
-from rechub_store.retrieval.scoring import ScoringContext, score_run
+from rechub_store.results.evaluate import evaluate_run
+from rechub_store.results.score import score_run
+from rechub_store.retrieval.scoring import ScoringContext
 from rechub_store.training.registry import LoadedModel
 from rechub_store.warehouse import Warehouse
 

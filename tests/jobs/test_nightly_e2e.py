@@ -23,12 +23,12 @@ import pytest
 from typer.testing import CliRunner
 
 from rechub_store.cli import app
+from rechub_store.config import BASELINE_NAMES
 from rechub_store.errors import UserError
-from rechub_store.jobconfig import JobConfig
-from rechub_store.nightly import run_nightly
+from rechub_store.jobs.config import JobConfig
+from rechub_store.jobs.job import run_nightly
 from rechub_store.publish.analytics import published_run
 from rechub_store.ranking.metrics import METRICS
-from rechub_store.ranking.options import BASELINE_NAMES
 from rechub_store.warehouse import Warehouse
 
 K = 10

@@ -13,13 +13,9 @@ import numpy as np
 import pytest
 
 from rechub_store.errors import UserError
-from rechub_store.publish.analytics import (
-    RecommendationWriter,
-    publish_analytics,
-    published_run,
-    write_metrics,
-)
+from rechub_store.publish.analytics import publish_analytics, published_run
 from rechub_store.publish.readonly import check_read_only, query_readonly
+from rechub_store.results.tables import RecommendationWriter, write_metrics
 from rechub_store.warehouse import Warehouse
 
 ODD_USERS = ["u1", "O'Brien", "名前", 'a,"b"', "18446744073709551616", " spaced "]
@@ -152,7 +148,7 @@ class Analyst:
         self.proc.wait(timeout=30)
 
 
-ANALYST = Path(__file__).resolve().parents[1] / "nightly" / "analyst.py"
+ANALYST = Path(__file__).resolve().parents[1] / "jobs" / "analyst.py"
 
 
 @pytest.mark.parametrize("mode", ["duckdb", "sqlalchemy"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rechub_store.errors import UserError
-from rechub_store.jobconfig import JobConfig
+from rechub_store.jobs.config import JobConfig
 
 JOBS_DIR = Path(__file__).resolve().parents[2] / "jobs"  # the repository's example job file
 
@@ -157,7 +157,7 @@ def test_time_window_keys_reach_the_ingest_call() -> None:
 def test_targets_are_expanded_and_checked_before_any_work(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rechub_store.nightly import run_nightly
+    from rechub_store.jobs.job import run_nightly
     from rechub_store.warehouse import Warehouse
 
     monkeypatch.delenv("NO_SUCH_PG_URL", raising=False)
@@ -195,7 +195,7 @@ def test_source_globs_resolve_against_the_job_folder(tmp_path: Path) -> None:
 
 
 def test_env_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rechub_store.jobconfig import expand_env
+    from rechub_store.jobs.config import expand_env
 
     monkeypatch.setenv("PGPW", "s3cr3t")
     assert expand_env("postgresql://u:${PGPW}@h/db", "publish.targets[0]") == "postgresql://u:s3cr3t@h/db"

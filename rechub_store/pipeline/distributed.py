@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rechub_store.data.readers import FeatureStore, ItemPopularityIndex, Samples
 from rechub_store.errors import UserError
 from rechub_store.models.features import Embeddings
+from rechub_store.ranking.validation import protocol_validation
 from rechub_store.training import registry
 from rechub_store.training.config import TrainConfig
 from rechub_store.training.trainer import (
@@ -41,10 +42,8 @@ from rechub_store.training.trainer import (
     FitResult,
     ModelRunResult,
     Trainer,
-    _flat,
+    Validation,
     _report_epoch,
-    evaluate_model,
-    evaluate_popularity,
     fit_model,
 )
 from rechub_store.warehouse import Warehouse
@@ -102,7 +101,14 @@ def shard(samples: Samples, rank: int, world: int) -> Samples:
     return samples.take(np.flatnonzero(samples.user_code % world == rank))
 
 
-def _fit(trainer: Trainer, valid: Samples | None, *, checkpoint: Path, resume: dict | None) -> FitResult:
+def _fit(
+    trainer: Trainer,
+    valid: Samples | None,
+    validation: Validation | None,
+    *,
+    checkpoint: Path,
+    resume: dict | None,
+) -> FitResult:
     """Trainer.fit's loop under DDP: same objective, early stopping on rank 0's validation."""
     cfg = trainer.config
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -124,8 +130,8 @@ def _fit(trainer: Trainer, valid: Samples | None, *, checkpoint: Path, resume: d
         )
         result.popularity = resume["popularity"]
         torch.set_rng_state(resume["torch_rng"][rank])
-    elif valid is not None and len(valid) and rank == 0:
-        result.popularity = _flat(evaluate_popularity(trainer.store, valid, seen_filter=cfg.seen_filter))
+    elif valid is not None and len(valid) and rank == 0 and validation and validation.baseline is not None:
+        result.popularity = validation.baseline(valid)
     for epoch in range(start, int(cfg.epochs) + 1):
         trainer.model.train()
         steps = _min_across(math.ceil(len(trainer.source) / trainer.units_per_batch))
@@ -154,15 +160,11 @@ def _fit(trainer: Trainer, valid: Samples | None, *, checkpoint: Path, resume: d
             "samples_per_second": round(rows_all / max(train_s, 1e-9), 1),
             "world_size": world,
         }
-        if valid is not None and len(valid):
+        if valid is not None and len(valid) and validation is not None:
             scores = None
             if rank == 0:
                 t1 = time.perf_counter()
-                scores = _flat(
-                    evaluate_model(
-                        trainer.model, trainer.store, valid, ks=(5, EVAL_K, 20), seen_filter=cfg.seen_filter
-                    )
-                )
+                scores = validation.model(trainer.model, valid)
                 row["valid_seconds"] = round(time.perf_counter() - t1, 3)
             row["valid"] = _from_rank0(scores)
             metric = row["valid"][f"ndcg@{EVAL_K}"]
@@ -274,9 +276,12 @@ def _train(
         model, fit, cfg = fit_model(
             store,
             cfg,
-            threads=None,
+            threads=warehouse.threads,
             popularity_index=lambda: pop_index,
-            fit=lambda trainer, valid: _fit(trainer, valid, checkpoint=checkpoint, resume=state),
+            validation=protocol_validation(store, cfg),
+            fit=lambda trainer, valid, validation: _fit(
+                trainer, valid, validation, checkpoint=checkpoint, resume=state
+            ),
         )
     except BaseException as exc:
         if rank == 0:

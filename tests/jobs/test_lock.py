@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from rechub_store.errors import AlreadyRunning
-from rechub_store.nightly import NightlyLock, fault_point
+from rechub_store.faults import fault_point
+from rechub_store.jobs.lock import NightlyLock
 
 
 def dead_pid() -> int:
