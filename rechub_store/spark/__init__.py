@@ -1,9 +1,9 @@
 """Past one machine: the same `sql/` models on Spark SQL over a Parquet lake, and scoring as a Spark job.
 
-Optional: `pip install 'rechub-store[spark]'` brings PySpark and SQLGlot. Only the CLI's
-`--engine spark` path (`rechub_store/cli/spark.py`) imports this package, inside the functions that
-run it, so the default install (DuckDB on one box) never loads PySpark. `lake` and `manifest` need
-neither PySpark nor SQLGlot (`ingest --lake` uses them).
+Optional: `pip install 'rechub-store[spark]'` brings PySpark and SQLGlot. The CLI
+(`rechub_store/cli/spark.py`) imports `lake` at load time (DuckDB only, for `ingest --lake`) and
+the other modules only inside the `--engine spark` functions, so the default install (DuckDB on
+one box) never loads PySpark. `lake` and `manifest` need neither PySpark nor SQLGlot.
 
 - `lake`: the lake's layout; raw batches exported from the warehouse as Parquet, once each.
 - `manifest`: the published table set of the lake, switched by one atomic rename.
