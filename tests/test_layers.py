@@ -23,6 +23,7 @@ LAYERS = (
     "retrieval",
     "results",
     "publish",
+    "spark",  # optional engine (the spark extra): reads data, retrieval, results; only the CLI calls it
     "report",
     "jobs",
     "api",
@@ -35,6 +36,10 @@ LAZY = {
     ("rechub_store.report.charts", "matplotlib.figure"),  # matplotlib loads only when a chart is drawn
     ("rechub_store.report.charts", "matplotlib"),
     ("rechub_store.data", "rechub_store.data"),  # `from rechub_store.data import tables`: torch + Polars
+    (
+        "rechub_store.cli.spark",
+        "rechub_store.spark",
+    ),  # PySpark (optional extra) loads only for --engine spark
 }
 
 

@@ -82,12 +82,17 @@ RUNTIME = _requirement_names(PYPROJECT["project"]["dependencies"])
 EXTRAS = {k: _requirement_names(v) for k, v in PYPROJECT["project"]["optional-dependencies"].items()}
 
 
+SPARK_PACKAGE = ROOT / "rechub_store" / "spark"  # the one place the spark extra may be imported
+
+
 def test_every_package_import_is_a_declared_dependency() -> None:
     for module, (dists, path) in _third_party(ROOT / "rechub_store", {"rechub_store"}).items():
-        assert dists & RUNTIME, (
+        allowed = RUNTIME | EXTRAS["spark"] if path.is_relative_to(SPARK_PACKAGE) else RUNTIME
+        assert dists & allowed, (
             f"{path.relative_to(ROOT)} imports {module} ({', '.join(sorted(dists))}), "
             "which is not in pyproject.toml's dependencies"
         )
+    # the spark extra only under rechub_store/spark/ (files elsewhere are checked against RUNTIME above)
 
 
 def test_every_declared_dependency_is_used() -> None:
@@ -95,10 +100,40 @@ def test_every_declared_dependency_is_used() -> None:
     unused = RUNTIME - imported - LOADED_INDIRECTLY
     assert not unused, f"declared in pyproject.toml but never imported by rechub_store: {sorted(unused)}"
     assert LOADED_INDIRECTLY <= RUNTIME
+    spark = set().union(*(d for d, _ in _third_party(SPARK_PACKAGE, {"rechub_store"}).values()))
+    spark |= {"pandas"}  # required by PySpark's mapInArrow (spark/scoring.py), never imported by us
+    assert EXTRAS["spark"] <= spark, (
+        f"spark extra not imported by rechub_store/spark: {EXTRAS['spark'] - spark}"
+    )
+
+
+def test_default_path_never_imports_pyspark(tmp_path: Path) -> None:
+    """The CLI, a DuckDB build and the package's modules outside rechub_store/spark load no PySpark
+    or SQLGlot (they are the optional spark extra)."""
+    code = (
+        "import sys, pkgutil, importlib, rechub_store\n"
+        "from typer.testing import CliRunner\n"
+        "from rechub_store.cli import app\n"
+        "for m in pkgutil.walk_packages(rechub_store.__path__, 'rechub_store.'):\n"
+        "    if not m.name.startswith('rechub_store.spark'): importlib.import_module(m.name)\n"
+        "r = CliRunner().invoke(app, ['generate', 'data', '--users', '30', '--items', '20',"
+        " '--events', '400', '--ingest'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "r = CliRunner().invoke(app, ['build-features'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('pyspark', 'sqlglot', 'py4j'))\n"
+        "assert not bad, bad\n"
+    )
+    env = {**os.environ, "RECHUB_WAREHOUSE": str(tmp_path / "wh" / "rechub.duckdb"), "RECHUB_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
 
 
 def test_tests_and_benchmarks_import_only_what_their_extras_declare() -> None:
-    for folder, allowed in (("tests", RUNTIME | EXTRAS["dev"]), ("bench", RUNTIME | EXTRAS["bench"])):
+    for folder, allowed in (
+        ("tests", RUNTIME | EXTRAS["dev"] | EXTRAS["spark"]),
+        ("bench", RUNTIME | EXTRAS["bench"] | EXTRAS["spark"]),
+    ):
         # bench/ borrows the tests' helpers (tests/pgserver.py) through sys.path
         local = _local_modules(ROOT / folder) | _local_modules(ROOT / "tests") | {"rechub_store"}
         for module, (dists, path) in _third_party(ROOT / folder, local).items():

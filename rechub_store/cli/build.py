@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -9,6 +11,7 @@ from rich.table import Table
 
 from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
+from rechub_store.cli.spark import ENGINE_OPTION, LAKE_OPTION, MASTER_OPTION, build_on_spark, check_engine
 from rechub_store.config import NEG_MODES, NEG_SAMPLERS
 from rechub_store.data.build import BuildParams, BuildReport
 from rechub_store.errors import UserError
@@ -56,11 +59,23 @@ def build_features_command(
     full_refresh: bool = typer.Option(
         False, "--full-refresh", help="Rebuild every table from all raw batches (the default)."
     ),
+    engine: str = ENGINE_OPTION,
+    spark_master: str = MASTER_OPTION,
+    lake: Path = LAKE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Build the feature store (vocabularies, histories, splits, negatives) from raw.* in DuckDB."""
+    """Build the feature store (vocabularies, histories, splits, negatives) from raw.* in DuckDB.
+
+    With --engine spark: the same SQL models on Spark SQL, from the lake's raw Parquet (the
+    warehouse's new raw batches are exported there first) to Parquet tables under --lake.
+    """
     if incremental and full_refresh:
         raise UserError("--incremental and --full-refresh exclude each other")
+    spark = check_engine(engine, lake)
+    if spark and (select is not None or incremental):
+        raise UserError(
+            "--select/--incremental: not available with --engine spark (the Spark build is whole)"
+        )
     params = BuildParams(
         max_seq_len=max_seq_len,
         min_seq_len=min_seq_len,
@@ -75,6 +90,11 @@ def build_features_command(
         seed=seed,
     )
     console = Console(stderr=True)
+    if spark:
+        report = build_on_spark(ctx.find_root().obj, lake, spark_master, params, as_json)
+        if as_json:
+            print_json(report)
+        return
     warehouse = warehouse_of(ctx)
     if as_json:
         report = api.build(warehouse, params, select=select, incremental=incremental)

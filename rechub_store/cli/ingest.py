@@ -11,6 +11,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
+from rechub_store.cli.spark import LAKE_OPTION, sync_lake
 from rechub_store.data.generate import SHAPES, generate, generate_into, get_shape
 from rechub_store.data.ingest import (
     IngestResult,
@@ -23,6 +24,13 @@ from rechub_store.data.movielens import ingest_movielens
 
 ingest_app = typer.Typer(help="Load raw logs (CSV, Parquet, MovieLens) into the warehouse's raw tables.")
 app.add_typer(ingest_app, name="ingest", no_args_is_help=True)
+
+
+@ingest_app.callback()
+def _ingest_options(ctx: typer.Context, lake: Path = LAKE_OPTION) -> None:
+    """`--lake DIR`: also write the warehouse's new raw batches to the lake as Parquet (--engine spark)."""
+    ctx.meta["lake"] = lake
+
 
 RATIO_OPTION = typer.Option(
     0.05,
@@ -85,6 +93,11 @@ def _run(ctx: typer.Context, as_json: bool, work: Callable[..., IngestResult | l
             _print_results(exc.results, as_json)
             raise
     _print_results(out if isinstance(out, list) else [out], as_json)
+    lake = ctx.meta.get("lake")
+    if lake is not None:
+        exported = sync_lake(warehouse_of(ctx), lake)
+        if not as_json:
+            typer.echo(f"lake {lake}: {len(exported)} raw batch(es) written")
 
 
 @ingest_app.command("movielens")

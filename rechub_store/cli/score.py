@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, parse_int_list, print_json, warehouse_of
+from rechub_store.cli.spark import ENGINE_OPTION, MASTER_OPTION, check_engine, score_on_spark
 from rechub_store.config import (
     BASELINE_NAMES,
     INDEXES,
@@ -75,11 +78,21 @@ def score_command(
         "--exclude-seen/--include-seen",
         help="Remove items the user interacted with (--include-seen: re-consumption domains)",
     ),
+    engine: str = ENGINE_OPTION,
+    spark_master: str = MASTER_OPTION,
+    lake: Path = typer.Option(
+        None,
+        "--lake",
+        envvar="RECHUB_LAKE",
+        help="--engine spark: job files go to <lake>/scratch [env RECHUB_LAKE]",
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Write every user's top-k items to the warehouse's `recommendations` (working copy)."""
-    report = api.score(
-        warehouse_of(ctx),
+    """Write every user's top-k items to the warehouse's `recommendations` (working copy).
+
+    With --engine spark the top-k search runs as a Spark job over user partitions (same results).
+    """
+    options = dict(
         model_run_id=model_run,
         run_id=run_id,
         k=k,
@@ -88,6 +101,10 @@ def score_command(
         keep_runs=keep_runs,
         exclude_seen=exclude_seen,
     )
+    if check_engine(engine, lake, needs_lake=False):
+        report = score_on_spark(warehouse_of(ctx), spark_master, lake, **options)
+    else:
+        report = api.score(warehouse_of(ctx), **options)
     if as_json:
         print_json(report.as_dict())
         return

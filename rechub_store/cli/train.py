@@ -9,7 +9,9 @@ from rich.table import Table
 from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
 from rechub_store.config import TRAIN_NEG_MODES, TRAIN_NEG_SAMPLERS
+from rechub_store.errors import UserError
 from rechub_store.models import MODELS
+from rechub_store.pipeline.distributed import train_distributed, world_size
 from rechub_store.training.config import NEIGHBOUR_MODELS, TrainConfig
 from rechub_store.training.registry import list_runs
 
@@ -62,9 +64,16 @@ def train_command(
         "--seq-train/--no-seq-train",
         help="All-position training for gru4rec/sasrec (default: on for them).",
     ),
+    resume: str = typer.Option(
+        None, "--resume", help="Under torchrun: continue this interrupted run from its last checkpoint."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Train a two-tower model on the feature store and register it in meta.model_runs."""
+    """Train a two-tower model on the feature store and register it in meta.model_runs.
+
+    Under torchrun (`torchrun --nproc-per-node N -m rechub_store train ...`) the processes train
+    one model data-parallel (DDP); rank 0 registers and prints it.
+    """
     config = TrainConfig(
         model=model,
         epochs=epochs,
@@ -87,7 +96,14 @@ def train_command(
         seq_train=seq_train,
         progress=not as_json,
     )
-    result = api.train(warehouse_of(ctx), config)
+    if world_size() > 1:
+        result = train_distributed(warehouse_of(ctx), config, resume=resume)
+        if result is None:  # ranks other than 0 print nothing
+            return
+    elif resume is not None:
+        raise UserError("--resume: only under torchrun (checkpoints are written by distributed training)")
+    else:
+        result = api.train(warehouse_of(ctx), config)
     if as_json:
         print_json(result.to_dict())
         return

@@ -33,6 +33,8 @@ class Embeddings(nn.Module):
     def __init__(self, features: list[SparseFeature | SequenceFeature], dim: int) -> None:
         super().__init__()
         self.dim = dim
+        # pooled lookups return row-sparse gradients unless this is off (DDP averages dense ones)
+        self.sparse_pooling = True
         self.tables = nn.ModuleDict()
         self._table_of: dict[str, str] = {}
         self._vocab: dict[str, int] = {}
@@ -82,7 +84,8 @@ class Embeddings(nn.Module):
         real = codes > 0
         count = real.sum(1)
         offsets = torch.cumsum(count, 0) - count
-        return F.embedding_bag(codes[real], self.table(name).weight, offsets, mode=mode, sparse=True)
+        weight = self.table(name).weight
+        return F.embedding_bag(codes[real], weight, offsets, mode=mode, sparse=self.sparse_pooling)
 
 
 def pool(emb: Tensor, codes: Tensor, mode: Pooling) -> Tensor:

@@ -113,6 +113,20 @@ class TwoTowerAdam:
                 (p.grad._values() if p.grad.is_sparse else p.grad).mul_(coef)
         return total
 
+    def state_dict(self) -> dict:
+        """The dense Adam's state, for checkpoints (taken with every table dense: `sparse=False`)."""
+        if self.tables:
+            raise ValueError("checkpoints need sparse=False (lazy Adam state is kept per process)")
+        if not self._built:
+            self._build()
+        return {"dense": self._dense.state_dict() if self._dense is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not self._built:
+            self._build()
+        if self._dense is not None and state.get("dense") is not None:
+            self._dense.load_state_dict(state["dense"])
+
     def step(self) -> None:
         if not self._built:
             self._build()

@@ -83,6 +83,34 @@ class ModelRunResult:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    @classmethod
+    def of(
+        cls,
+        run_id: str,
+        cfg: TrainConfig,
+        fit: FitResult,
+        artifact: Any,
+        wall: float,
+        build_id: str | None,
+        vocab: dict[str, int],
+    ) -> ModelRunResult:
+        """A successful run's summary."""
+        return cls(
+            model_run_id=run_id,
+            model=cfg.model,
+            status="success",
+            best_epoch=fit.best_epoch,
+            best_metric=fit.best_metric,
+            popularity_metric=fit.popularity.get(f"ndcg@{EVAL_K}", 0.0),
+            history=fit.history,
+            artifact_path=str(artifact),
+            wall_seconds=round(wall, 3),
+            build_id=build_id,
+            params=cfg.to_dict(),
+            vocab_sizes=vocab,
+            samples_per_second=round(fit.samples_per_second, 1),
+        )
+
 
 @dataclass
 class FitResult:
@@ -433,6 +461,7 @@ def fit_model(
     validation: Validation | None = None,
     on_epoch: EpochCallback | None = None,
     should_stop: StopCheck | None = None,
+    fit: Callable[[Trainer, Samples | None, Validation | None], FitResult] | None = None,
 ) -> tuple[nn.Module, FitResult, TrainConfig]:
     """Build and fit a model on an already loaded store (no registry); used by `train` and tests.
 
@@ -442,6 +471,8 @@ def fit_model(
     read item popularity and the store was loaded without it (the index holds every event).
     `on_epoch`: see `EpochCallback` (tuning reports each epoch's validation NDCG and prunes);
     `should_stop`: see `StopCheck`.
+    `fit`: another loop that fits the Trainer (torchrun's data-parallel loop in
+    `rechub_store.pipeline.distributed`); default `Trainer.fit` with `on_epoch`/`should_stop`.
     """
     cfg = replace(config.resolve(store.n_items), max_seq_len=config.max_seq_len or store.max_seq_len)
     torch.set_num_threads(max(1, int(threads or os.cpu_count() or 1)))
@@ -476,7 +507,11 @@ def fit_model(
     valid = store.samples.get("valid")
     if valid is not None:
         valid = _valid_subset(valid, cfg.valid_users, cfg.seed)
-    result = Trainer(model, store, cfg, source).fit(valid, validation, on_epoch, should_stop)
+    trainer = Trainer(model, store, cfg, source)
+    if fit is not None:
+        result = fit(trainer, valid, validation)
+    else:
+        result = trainer.fit(valid, validation, on_epoch, should_stop)
     return model, result, cfg
 
 
@@ -531,18 +566,4 @@ def train(
             con, run_id, f"{type(exc).__name__}: {exc}".splitlines()[0], time.perf_counter() - t0
         )
         raise
-    return ModelRunResult(
-        model_run_id=run_id,
-        model=cfg.model,
-        status="success",
-        best_epoch=fit.best_epoch,
-        best_metric=fit.best_metric,
-        popularity_metric=fit.popularity.get(f"ndcg@{EVAL_K}", 0.0),
-        history=fit.history,
-        artifact_path=str(artifact),
-        wall_seconds=round(wall, 3),
-        build_id=store.build_id,
-        params=cfg.to_dict(),
-        vocab_sizes=vocab,
-        samples_per_second=round(fit.samples_per_second, 1),
-    )
+    return ModelRunResult.of(run_id, cfg, fit, artifact, wall, store.build_id, vocab)

@@ -176,10 +176,11 @@ walked as (
     from short_2 s
     join (
         select s2.user_code, s2.pos, u.items,
-            list_transform(range((select ratio from settings)), lambda step:
+            list_transform(range(t2.ratio), lambda step:
                 u.items[(((hash(s2.sample_key) % len(u.items)) + step) % len(u.items))::BIGINT + 1]) as walk
         from short_2 s2
         join unseen u using (user_code, pos)
+        cross join settings t2  -- a join, not a subquery: Spark allows none inside a lambda
     ) w using (user_code, pos)
     cross join settings t
 ),
@@ -192,12 +193,13 @@ picked as (
     select user_code, pos, items from walked
 ),
 
+-- one row per kept negative: its rank, and the item at that rank (one unnest per SELECT, which
+-- both DuckDB and Spark accept)
 final as (
-    select user_code, pos, neg_rank::INTEGER as neg_rank, neg_item_code
+    select user_code, pos, neg_rank::INTEGER as neg_rank, items[neg_rank] as neg_item_code
     from (
-        select user_code, pos,
-            unnest(range(1, least(len(items), (select ratio from settings)) + 1)) as neg_rank,
-            unnest(items[1:(select ratio from settings)]) as neg_item_code
+        select user_code, pos, items,
+            unnest(range(1, least(len(items), (select ratio from settings)) + 1)) as neg_rank
         from picked
     )
 )
