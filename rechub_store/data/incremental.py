@@ -37,6 +37,11 @@ from rechub_store.warehouse import table_exists
 RAW_TABLES = ("raw.interactions", "raw.user_attributes", "raw.item_attributes", "raw.item_tags")
 
 
+# A whole build over every raw batch: the variables an engine without incremental builds sets
+# (the Spark build) so the models' incremental and backfill filters keep every row.
+FULL_BUILD_VARIABLES: dict[str, Any] = {"incremental": False, "upto_batch_seq": None, "built_batch_seq": 0}
+
+
 @dataclass(frozen=True)
 class Plan:
     """How a build runs: incremental or full (and why), over the batches up to `upto_batch_seq`."""

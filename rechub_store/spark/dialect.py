@@ -122,6 +122,9 @@ def _rules(variables: Mapping[str, Any]):
             if name not in variables:
                 raise UnportableSQL(f"getvariable('{name}'): no such build parameter")
             return _literal(variables[name])
+        # a timestamp as microseconds since the epoch (the audits hash event times)
+        if _call(node, "epoch_us"):
+            return exp.Anonymous(this="unix_micros", expressions=[node.expressions[0].copy()])
         # arg_min_null/arg_max_null keep the winning row's value even when NULL, as min_by/max_by do
         if _call(node, "arg_min_null", "arg_max_null"):
             name = "MIN_BY" if node.name.lower() == "arg_min_null" else "MAX_BY"

@@ -26,6 +26,7 @@ from sqlglot import exp
 
 from rechub_store.data import sqlmodels
 from rechub_store.data.build import BuildParams
+from rechub_store.data.incremental import FULL_BUILD_VARIABLES
 from rechub_store.errors import UserError
 from rechub_store.paths import SQL_DIR
 from rechub_store.spark import dialect, lake, manifest
@@ -158,7 +159,12 @@ def build_features_spark(
 
 def _build(spark, lake_dir, params, models, todo, audits, raw, partitions, progress) -> SparkBuild:
     started = time.perf_counter()
-    variables: Mapping[str, Any] = {**params.variables(), "partition": 0, "n_partitions": 1}
+    variables: Mapping[str, Any] = {
+        **params.variables(),
+        **FULL_BUILD_VARIABLES,
+        "partition": 0,
+        "n_partitions": 1,
+    }
     previous = manifest.read(lake_dir)
     build_id = f"b{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     out = manifest.build_dir(lake_dir, build_id)

@@ -3,26 +3,27 @@
 -- seq k, and n_events their number. Compared per user, set-wise: the multiset of (seq, item, ts)
 -- of both sides is summarised by its count and the sum of 64-bit hashes of its elements (a changed,
 -- moved, missing or extra element changes the sum, barring a 2^-64 coincidence), so the lists are
--- unnested once and nothing is joined row by row.
+-- unnested once and nothing is joined row by row. The element hash chains one-integer hash() calls
+-- (as negatives_train does), which the Spark build computes too.
 with lengths as (
     select user_code, n_events, len(item_codes) as n_items, len(ts_list) as n_ts
     from features.user_history
 ),
 
 listed as (
-    select user_code, sum(hash(seq, item_code, ts)::HUGEINT) as fingerprint
+    select user_code,
+        sum(hash(xor(hash(xor(hash(seq::UBIGINT), item_codes[seq + 1]::UBIGINT)), epoch_us(ts_list[seq + 1])::UBIGINT)))
+            as fingerprint
     from (
-        select user_code,
-            unnest(item_codes) as item_code,
-            unnest(ts_list) as ts,
-            unnest(range(len(item_codes)))::INTEGER as seq
+        select user_code, item_codes, ts_list, unnest(range(len(item_codes))) as seq
         from features.user_history
     )
     group by user_code
 ),
 
 events as (
-    select user_code, count(*) as n, sum(hash(seq, item_code, ts)::HUGEINT) as fingerprint
+    select user_code, count(*) as n,
+        sum(hash(xor(hash(xor(hash(seq::UBIGINT), item_code::UBIGINT)), epoch_us(ts)::UBIGINT))) as fingerprint
     from features.events
     group by user_code
 ),

@@ -27,13 +27,13 @@ misplaced as (
 ),
 
 sampled as (
-    select user_code, count(*) as n, sum(hash(pos, target_item_code)::HUGEINT) as fingerprint
+    select user_code, count(*) as n, sum(hash(xor(hash(pos::UBIGINT), target_item_code::UBIGINT))) as fingerprint
     from samples
     group by user_code
 ),
 
 targets as (
-    select user_code, count(*) as n, sum(hash(seq, item_code)::HUGEINT) as fingerprint
+    select user_code, count(*) as n, sum(hash(xor(hash(seq::UBIGINT), item_code::UBIGINT))) as fingerprint
     from features.events
     where seq >= 1 and user_code in (select user_code from sampled)
     group by user_code

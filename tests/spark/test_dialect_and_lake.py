@@ -10,7 +10,9 @@ import pytest
 pytest.importorskip("sqlglot")
 
 from rechub_store.data import sqlmodels
+from rechub_store.data.build import BuildParams
 from rechub_store.data.generate import generate_into
+from rechub_store.data.incremental import FULL_BUILD_VARIABLES
 from rechub_store.paths import SQL_DIR
 from rechub_store.spark import dialect, lake, manifest
 from rechub_store.warehouse import Warehouse
@@ -20,16 +22,8 @@ VARS = {"k": 3, "seed": 7}
 
 def test_every_builtin_model_and_audit_translates() -> None:
     variables = {
-        "max_seq_len": 50,
-        "min_seq_len": 3,
-        "min_rating": None,
-        "k_core": 0,
-        "validation": True,
-        "neg_mode": "listwise",
-        "neg_ratio": 4,
-        "neg_sampler": "popularity",
-        "neg_alpha": 0.75,
-        "seed": 42,
+        **BuildParams(max_seq_len=50, neg_ratio=4, seed=42).variables(),
+        **FULL_BUILD_VARIABLES,
         "partition": 0,
         "n_partitions": 1,
     }
