@@ -12,7 +12,7 @@ with lengths as (
 
 listed as (
     select user_code,
-        sum(hash(xor(hash(xor(hash(seq::UBIGINT), item_codes[seq + 1]::UBIGINT)), epoch_us(ts_list[seq + 1])::UBIGINT)))
+        sum(hash(xor(hash(xor(hash(seq::UBIGINT), item_codes[seq + 1]::UBIGINT)), hash(epoch_us(ts_list[seq + 1])))))
             as fingerprint
     from (
         select user_code, item_codes, ts_list, unnest(range(len(item_codes))) as seq
@@ -23,7 +23,7 @@ listed as (
 
 events as (
     select user_code, count(*) as n,
-        sum(hash(xor(hash(xor(hash(seq::UBIGINT), item_code::UBIGINT)), epoch_us(ts)::UBIGINT))) as fingerprint
+        sum(hash(xor(hash(xor(hash(seq::UBIGINT), item_code::UBIGINT)), hash(epoch_us(ts))))) as fingerprint
     from features.events
     group by user_code
 ),
