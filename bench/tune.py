@@ -93,12 +93,19 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
             first = False
         if model in args.tune_models.split(","):
             t2 = time.perf_counter()
-            cfg = TuneConfig(model=model, budget_seconds=args.budget_seconds, seed=args.seed, progress=False)
+            cfg = TuneConfig(
+                model=model,
+                budget_seconds=args.budget_seconds,
+                max_trials=args.trials,
+                seed=args.seed,
+                progress=False,
+            )
             study = tune(wh, cfg)
             entry["tuned"] = {
                 "study_id": study.study_id,
                 "model_run_id": study.model_run_id,
                 "budget_seconds": args.budget_seconds,
+                "max_trials": args.trials,
                 "wall_seconds": round(time.perf_counter() - t2, 1),
                 "trials": study.n_trials,
                 "trial_states": study.trial_states,
@@ -124,7 +131,7 @@ def table(path: Path) -> str:
         return "—" if not m else f"{m['ndcg@10']:.4f} / {m['hit@10']:.4f}"
 
     lines = [
-        "| shape | model | default | tuned | budget / wall (s) | trials (pruned) | popularity | item-kNN "
+        "| shape | model | default | tuned | budget / wall | trials (pruned) | popularity | item-kNN "
         "| transition |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -132,7 +139,11 @@ def table(path: Path) -> str:
         base = shape["baselines"]
         for model, entry in shape["models"].items():
             tuned = entry.get("tuned")
-            budget = f"{tuned['budget_seconds']:.0f} / {tuned['wall_seconds']:.0f}" if tuned else "—"
+            budget = "—"
+            if tuned:
+                limits = [f"{tuned['max_trials']} trials"] if tuned.get("max_trials") else []
+                limits += [f"{tuned['budget_seconds']:.0f} s"] if tuned["budget_seconds"] else []
+                budget = f"{' + '.join(limits)} / {tuned['wall_seconds']:.0f} s"
             trials = f"{tuned['trials']} ({tuned['trial_states'].get('pruned', 0)})" if tuned else "—"
             lines.append(
                 f"| {shape['shape']} | {model} | {cell(entry['default']['test'])} "
@@ -148,7 +159,12 @@ def main() -> None:
     ap.add_argument("--shapes", default="short,long,weak-seq,skewed,mild")
     ap.add_argument("--models", default="sasrec,gru4rec")
     ap.add_argument("--tune-models", default="sasrec")
-    ap.add_argument("--budget", default="5m", help="tune's wall-clock budget per model and shape")
+    ap.add_argument(
+        "--budget", default="5m", help="tune's wall-clock budget per model and shape ('none': --trials only)"
+    )
+    ap.add_argument(
+        "--trials", type=int, help="tune's trial budget per model and shape (independent of the load)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=int, default=1, help="divide the shape's sizes by this")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("RECHUB_THREADS", "2")))
@@ -158,7 +174,7 @@ def main() -> None:
     if args.table:
         print(table(args.table))
         return
-    args.budget_seconds = parse_duration(args.budget)
+    args.budget_seconds = None if args.budget.strip().lower() == "none" else parse_duration(args.budget)
     result: dict[str, Any] = {
         "command": " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -10,14 +10,13 @@ from rich.table import Table
 
 from rechub_store import api
 from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
-from rechub_store.models import SEARCH_SPACES
-from rechub_store.tuning.study import PRUNERS, TuneConfig, parse_duration
+from rechub_store.tuning.study import PRUNERS, SPACES, TuneConfig, parse_duration
 
 
 @app.command("tune")
 def tune_command(
     ctx: typer.Context,
-    model: str = typer.Option("sasrec", "--model", "-m", help=f"Model: {' | '.join(SEARCH_SPACES)}."),
+    model: str = typer.Option("sasrec", "--model", "-m", help=f"Model: {' | '.join(SPACES)}."),
     budget: str = typer.Option(
         "30m", "--budget", help="Wall-clock budget: 600, 90s, 30m, 1h30m ('none': only --trials)."
     ),

@@ -32,6 +32,7 @@ from rechub_store.ranking.metrics import rank_metrics
 from rechub_store.ranking.protocol import baseline_ranks
 from rechub_store.training import registry
 from rechub_store.training.config import NEIGHBOUR_MODELS, TrainConfig, check_neighbour_params
+from rechub_store.training.trainer import FitResult
 
 NAME = "itemknn"
 ARTIFACT_FILE = "itemknn.npz"
@@ -65,20 +66,9 @@ def fit_itemknn(con: duckdb.DuckDBPyConnection, config: TrainConfig, tuned_from:
     recorded = {"model": NAME, "model_params": params, "seed": config.seed, "seen_filter": config.seen_filter}
     registry.start_run(con, run_id, NAME, recorded, store.build_id, vocab, tuned_from)
     try:
-        knn = ItemKNN(**params).fit(store)
-        valid = store.samples.get("valid")
-        metric = popularity = 0.0
-        history: list[dict[str, Any]] = []
-        if valid is not None and len(valid):
-            ranks = baseline_ranks(knn, store, valid, config.seen_filter)
-            values = {f"{m}@{k}": round(v, 6) for m, d in rank_metrics(ranks, (5, EVAL_K, 20)).items()
-                      for k, v in d.items()}  # fmt: skip
-            metric = values[f"ndcg@{EVAL_K}"]
-            pop = rank_metrics(
-                baseline_ranks(Popularity().fit(store), store, valid, config.seen_filter), (EVAL_K,)
-            )
-            popularity = round(pop["ndcg"][EVAL_K], 6)
-            history.append({"epoch": 1, "valid": values})
+        knn, fit = fit_validated(store, config)
+        metric, history = fit.best_metric, fit.history
+        popularity = fit.popularity.get(f"ndcg@{EVAL_K}", 0.0)
         artifact = save_artifact(con, run_id, knn, params, store)
         wall = time.perf_counter() - t0
         registry.finish_run(
@@ -97,6 +87,25 @@ def fit_itemknn(con: duckdb.DuckDBPyConnection, config: TrainConfig, tuned_from:
         )
         raise
     return KNNRun(run_id, metric, popularity, str(artifact), round(wall, 3), store.build_id, recorded, vocab)
+
+
+def fit_validated(store: FeatureStore, config: TrainConfig) -> tuple[ItemKNN, FitResult]:
+    """Fit on the training split and validate by the protocol on `store`'s validation split: one
+    "epoch" whose NDCG@10 is the run's (or a tuning trial's) value, popularity beside it. Without
+    validation samples the metric is 0."""
+    knn = ItemKNN(**knn_params(config)).fit(store)
+    fit = FitResult(best_epoch=1, best_metric=0.0, popularity={f"ndcg@{EVAL_K}": 0.0})
+    valid = store.samples.get("valid")
+    if valid is not None and len(valid):
+        ranks = baseline_ranks(knn, store, valid, config.seen_filter)
+        values = {f"{m}@{k}": round(v, 6) for m, d in rank_metrics(ranks, (5, EVAL_K, 20)).items()
+                  for k, v in d.items()}  # fmt: skip
+        popular = baseline_ranks(Popularity().fit(store), store, valid, config.seen_filter)
+        pop = rank_metrics(popular, (EVAL_K,))
+        fit.best_metric = values[f"ndcg@{EVAL_K}"]
+        fit.popularity = {f"ndcg@{EVAL_K}": round(pop["ndcg"][EVAL_K], 6)}
+        fit.history.append({"epoch": 1, "valid": values})
+    return knn, fit
 
 
 def save_artifact(
@@ -131,4 +140,13 @@ def load_knn(path: Path, store: FeatureStore) -> ItemKNN:
     return ItemKNN.from_similar(similar, store, int(p["neighbours"]), int(p["recent"]), float(p["decay"]))
 
 
-__all__ = ["ARTIFACT_FILE", "DEFAULTS", "NAME", "KNNRun", "fit_itemknn", "is_knn_artifact", "load_knn"]
+__all__ = [
+    "ARTIFACT_FILE",
+    "DEFAULTS",
+    "NAME",
+    "KNNRun",
+    "fit_itemknn",
+    "fit_validated",
+    "is_knn_artifact",
+    "load_knn",
+]

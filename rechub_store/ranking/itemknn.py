@@ -15,9 +15,19 @@ import scipy.sparse as sp
 from sklearn.metrics.pairwise import cosine_similarity
 
 from rechub_store.data.readers import FeatureStore
+from rechub_store.models.space import Float, Int, Range
 from rechub_store.ranking.baselines import SparseScorer, fallback_scores, training_events
 
 SIMILARITY_BLOCK = 1 << 24  # item x item similarities computed this many at a time (64 MB float32)
+
+# What `rechub-store tune --model itemknn` searches (the run's model_params; defaults in
+# training.config.NEIGHBOUR_MODELS): few neighbours suit sparse, sequential logs, many suit dense
+# ones; `recent` 1 with any decay is a last-item model, a long window with decay near 1 a profile.
+SEARCH_SPACE: dict[str, Range] = {
+    "neighbours": Int(10, 500, log=True),
+    "recent": Int(1, 50, log=True),
+    "decay": Float(0.3, 1.0),
+}
 
 
 class ItemKNN:

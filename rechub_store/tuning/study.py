@@ -37,9 +37,11 @@ from rechub_store.data.readers import FeatureStore, ItemPopularityIndex
 from rechub_store.errors import UserError
 from rechub_store.models import SEARCH_SPACES
 from rechub_store.models.space import Choice, Float, Int, Range
+from rechub_store.pipeline.itemknn import fit_itemknn, fit_validated
 from rechub_store.pipeline.train import fit_model
+from rechub_store.ranking import itemknn
 from rechub_store.training import registry
-from rechub_store.training.config import FULL_SOFTMAX_MAX_ITEMS, TrainConfig
+from rechub_store.training.config import FULL_SOFTMAX_MAX_ITEMS, NEIGHBOUR_MODELS, TrainConfig
 from rechub_store.training.trainer import EVAL_K
 from rechub_store.tuning import records
 from rechub_store.warehouse import Warehouse
@@ -47,6 +49,8 @@ from rechub_store.warehouse import Warehouse
 log = logging.getLogger(__name__)
 
 PRUNERS = ("median", "halving", "none")
+# every model `tune` searches: the trained models' spaces and item-kNN's (fitted in one pass)
+SPACES: dict[str, dict[str, Range]] = {**SEARCH_SPACES, itemknn.ItemKNN.name: itemknn.SEARCH_SPACE}
 TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
 # a trial that raises one of these is recorded as failed and the study goes on
 TRIAL_ERRORS = (UserError, RuntimeError, ValueError)
@@ -84,10 +88,8 @@ class TuneConfig:
     progress: bool = True
 
     def check(self) -> TuneConfig:
-        if self.model not in SEARCH_SPACES:
-            raise UserError(
-                f"--model: unknown model {self.model!r}; choose one of {', '.join(SEARCH_SPACES)}"
-            )
+        if self.model not in SPACES:
+            raise UserError(f"--model: unknown model {self.model!r}; choose one of {', '.join(SPACES)}")
         if self.pruner not in PRUNERS:
             raise UserError(f"--pruner: expected one of {', '.join(PRUNERS)}, got {self.pruner!r}")
         if self.budget_seconds is None and self.max_trials is None:
@@ -122,7 +124,7 @@ def split_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
 def space_for(model: str, n_items: int) -> dict[str, Range]:
     """The model's declared space, less what this catalogue rules out (full softmax above the size
     where the trainer would not choose it)."""
-    space = dict(SEARCH_SPACES[model])
+    space = dict(SPACES[model])
     mode = space.get("neg_mode")
     if isinstance(mode, Choice) and n_items > FULL_SOFTMAX_MAX_ITEMS:
         space["neg_mode"] = Choice(tuple(o for o in mode.options if o != "full"))
@@ -349,14 +351,20 @@ def _run_trial(
 
     try:
         train_cfg = cfg.train_config(params)
-        model, fit, resolved = fit_model(
-            store,
-            train_cfg,
-            threads=threads,
-            popularity_index=popularity_index,
-            on_epoch=on_epoch,
-            should_stop=out_of_time,
-        )
+        if cfg.model in NEIGHBOUR_MODELS:  # fitted in one pass: one "epoch", nothing to prune
+            resolved = train_cfg.resolve(store.n_items)
+            model, fit = fit_validated(store, resolved)
+            curve.append({"epoch": 1, f"valid_ndcg@{EVAL_K}": fit.best_metric, "train_loss": None,
+                          "seconds": round(time.monotonic() - t0, 3)})  # fmt: skip
+        else:
+            model, fit, resolved = fit_model(
+                store,
+                train_cfg,
+                threads=threads,
+                popularity_index=popularity_index,
+                on_epoch=on_epoch,
+                should_stop=out_of_time,
+            )
     except TRIAL_ERRORS as exc:
         error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -415,8 +423,11 @@ def _run_trial(
 def _register(
     con: duckdb.DuckDBPyConnection, study_id: str, best: dict[str, Any], store: FeatureStore
 ) -> str:
-    """The best trial's model as a successful model run, `tuned_from` = the study."""
+    """The best trial's model as a successful model run, `tuned_from` = the study (item-kNN is
+    refitted with the trial's parameters: deterministic, and one pass)."""
     cfg: TrainConfig = best["config"]
+    if cfg.model in NEIGHBOUR_MODELS:
+        return fit_itemknn(con, cfg, tuned_from=study_id).model_run_id
     fit = best["fit"]
     run_id = registry.new_run_id(cfg.model)
     schema = store.schema(cfg.max_seq_len)

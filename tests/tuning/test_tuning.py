@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 from rechub_store.cli import app
 from rechub_store.data.readers import FeatureStore, Samples
 from rechub_store.errors import UserError
+from rechub_store.models.space import Float, Int
 from rechub_store.pipeline.train import fit_model
-from rechub_store.training.config import TrainConfig
+from rechub_store.training.config import TrainConfig, check_neighbour_params
 from rechub_store.training.registry import load_model
-from rechub_store.tuning.study import TuneConfig, parse_duration, tune, tuned_config
+from rechub_store.tuning.study import SPACES, TuneConfig, parse_duration, tune, tuned_config
 from rechub_store.warehouse import Warehouse
 
 # small and quick: 3 epochs per trial, sequence model (all-position training)
@@ -140,3 +141,24 @@ def test_stop_check_abandons_the_running_epoch(planted_warehouse: Warehouse) -> 
         store, cfg, on_epoch=lambda epoch, metric, row: fit_history.append(epoch), should_stop=stop
     )
     assert fit.stopped_by == "stop check" and len(fit.history) == 1 and fit.best_epoch == 1
+
+
+def test_itemknn_space_is_valid_and_tunes(planted_warehouse: Warehouse) -> None:
+    """`tune --model itemknn`: every sampled point is a valid item-kNN configuration, each trial is
+    one fitted and validated pass, and the best is registered as an item-kNN run whose validation
+    NDCG@10 is the trial's value."""
+    for name, spec in SPACES["itemknn"].items():
+        assert isinstance(spec, Float | Int) and spec.low < spec.high, name
+    cfg = TuneConfig(model="itemknn", budget_seconds=None, max_trials=4, seed=3, progress=False)
+    result = tune(planted_warehouse, cfg)
+    assert result.n_trials == 4 and result.trial_states == {"complete": 4}
+    for t in result.trials:
+        assert check_neighbour_params("itemknn", t["params"]) and len(t["curve"]) == 1, t
+    assert len({json.dumps(t["params"], sort_keys=True) for t in result.trials}) == 4
+    with planted_warehouse.session() as con:
+        run = con.execute(
+            "SELECT model, status, tuned_from, best_metric FROM meta.model_runs WHERE model_run_id = ?",
+            [result.model_run_id],
+        ).fetchone()
+    assert run[:3] == ("itemknn", "success", result.study_id)
+    assert run[3] == pytest.approx(result.best_value) and result.best_value > result.popularity_valid
