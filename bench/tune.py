@@ -25,9 +25,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import scipy.sparse as sp
+
 from rechub_store.data.build import BuildParams, build_features
-from rechub_store.data.generate import SHAPES, generate_into
+from rechub_store.data.generate import N_SUCCESSORS, P_DUPLICATE, SHAPES, _ids, _World, generate_into
+from rechub_store.data.readers import FeatureStore
 from rechub_store.pipeline.train import train
+from rechub_store.ranking.baselines import SparseScorer, fallback_scores
+from rechub_store.ranking.metrics import rank_metrics
+from rechub_store.ranking.protocol import baseline_ranks
 from rechub_store.results.evaluate import evaluate
 from rechub_store.training.config import TrainConfig
 from rechub_store.tuning.study import TuneConfig, parse_duration, tune
@@ -55,6 +62,62 @@ def _test_metrics(wh: Warehouse, model_run_id: str, baselines: bool) -> dict[str
     return out
 
 
+class Oracle:
+    """The generator's own next-item distribution given the user's last item (successors, the last
+    item's cluster, global popularity, repeats), as a baseline: what a model that knew the
+    generating process from the last item alone would rank. Ignores the walk's rule against
+    returning to one of the user's last 12 items (the protocol's seen filter mostly does that)."""
+
+    name = "oracle"
+
+    def __init__(self, con: Any, store: FeatureStore, shape: str, n_items: int, seed: int) -> None:
+        spec = SHAPES[shape]
+        world = _World(np.random.default_rng([seed, 0]), n_items, spec)  # generate()'s first draws
+        ids = _ids("i", n_items, 41).to_pylist()
+        vocab = dict(con.execute("SELECT value, code FROM features.vocab_item_id").fetchall())
+        code = np.array([vocab.get(i, 0) for i in ids], dtype=np.int64)  # world index -> item code
+        succ_p = np.asarray(spec.successor_p, dtype=np.float64)
+        succ_p = spec.p_successor * succ_p / succ_p.sum()
+        rows = [np.repeat(np.arange(n_items), N_SUCCESSORS), np.arange(n_items)]
+        cols = [world.successors.ravel(), np.arange(n_items)]
+        vals = [np.tile(succ_p, n_items), np.full(n_items, P_DUPLICATE)]
+        cluster_w = np.bincount(world.cluster, weights=world.weight, minlength=world.n_clusters)
+        for c in range(world.n_clusters):  # the last item's cluster, by popularity weight
+            members = np.flatnonzero(world.cluster == c)
+            share = spec.p_cluster * world.weight[members] / cluster_w[c]
+            rows.append(np.repeat(members, members.size))
+            cols.append(np.tile(members, members.size))
+            vals.append(np.tile(share, members.size))
+        top = np.argsort(-world.weight)[:200]  # anywhere, by popularity: the head is what can rank
+        rest = max(0.0, 1.0 - spec.p_successor - spec.p_cluster)
+        rows.append(np.repeat(np.arange(n_items), top.size))
+        cols.append(np.tile(top, n_items))
+        vals.append(np.tile(rest * world.weight[top] / world.weight.sum(), n_items))
+        r, c_, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+        known = (code[r] > 0) & (code[c_] > 0)
+        n = store.n_items
+        self.matrix = sp.csr_matrix((v[known], (code[r[known]], code[c_[known]])), shape=(n, n))
+        self.store, self.fallback = store, fallback_scores(store)
+
+    def scorer(self, user_codes: np.ndarray, hist_end: np.ndarray) -> SparseScorer:
+        last = self.store.history_windows(user_codes, hist_end, 1)[:, 0]
+        ok = last > 0
+        rows = sp.csr_matrix(
+            (np.ones(int(ok.sum())), (np.flatnonzero(ok), last[ok])),
+            shape=(len(user_codes), self.store.n_items),
+        )
+        return SparseScorer(rows, self.matrix, self.fallback)
+
+
+def oracle_metrics(wh: Warehouse, shape: str, n_items: int, seed: int) -> dict[str, float]:
+    """Test NDCG@10 / Hit@10 of `Oracle` under the protocol's default seen filter."""
+    with wh.session() as con:
+        store = FeatureStore.load(con, None, splits=("test",), popularity_index=False)
+        oracle = Oracle(con, store, shape, n_items, seed)
+    m = rank_metrics(baseline_ranks(oracle, store, store.samples["test"]), (10,))
+    return {"ndcg@10": round(m["ndcg"][10], 6), "hit@10": round(m["hit"][10], 6)}
+
+
 def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     users, items, events = (max(1, n // args.scale) for n in SHAPES[shape].sizes)
     work = OUT / "work" / f"tune-{shape}"
@@ -72,6 +135,7 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
         "log": {"users": users, "items": items, "events": events, "seed": args.seed},
         "samples": report.samples,
         "build_seconds": round(time.perf_counter() - t0, 1),
+        "oracle": oracle_metrics(wh, shape, items, args.seed),
         "models": {},
         "baselines": {},
     }
@@ -91,6 +155,17 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
         if first:
             result["baselines"] = metrics
             first = False
+        for name, options in args.variants.get(model, {}).items():  # candidate defaults, side by side
+            t3 = time.perf_counter()
+            fit = train(wh, TrainConfig(model=model, seed=args.seed, progress=False, **options))
+            entry[name] = {
+                "options": options,
+                "model_run_id": fit.model_run_id,
+                "train_seconds": round(time.perf_counter() - t3, 1),
+                "best_epoch": fit.best_epoch,
+                "valid_ndcg@10": round(fit.best_metric, 6),
+                "test": _test_metrics(wh, fit.model_run_id, baselines=False)[fit.model_run_id],
+            }
         if model in args.tune_models.split(","):
             t2 = time.perf_counter()
             cfg = TuneConfig(
@@ -132,8 +207,8 @@ def table(path: Path) -> str:
 
     lines = [
         "| shape | model | default | tuned | budget / wall | trials (pruned) | popularity | item-kNN "
-        "| transition |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| transition | oracle |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for shape in data["shapes"]:
         base = shape["baselines"]
@@ -149,8 +224,14 @@ def table(path: Path) -> str:
                 f"| {shape['shape']} | {model} | {cell(entry['default']['test'])} "
                 f"| {cell(tuned['test'] if tuned else None)} | {budget} | {trials} "
                 f"| {cell(base.get('popularity'))} | {cell(base.get('itemknn'))} "
-                f"| {cell(base.get('transition'))} |"
+                f"| {cell(base.get('transition'))} | {cell(shape.get('oracle'))} |"
             )
+            for name, variant in entry.items():
+                if name not in ("default", "tuned"):
+                    lines.append(
+                        f"| {shape['shape']} | {model} `{name}` {json.dumps(variant['options'])} "
+                        f"| {cell(variant['test'])} | | | | | | | |"
+                    )
     return "\n".join(lines)
 
 
@@ -168,12 +249,35 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=int, default=1, help="divide the shape's sizes by this")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("RECHUB_THREADS", "2")))
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="MODEL:NAME:JSON",
+        help="a candidate default trained beside the default, e.g. 'sasrec:dim128:{\"embed_dim\": 128}'",
+    )
     ap.add_argument("--out", type=Path, default=OUT / "tune.json")
     ap.add_argument("--table", type=Path)
+    ap.add_argument(
+        "--add-oracle",
+        type=Path,
+        help="compute the oracle of every shape of this JSON from its work warehouse",
+    )
     args = ap.parse_args()
     if args.table:
         print(table(args.table))
         return
+    if args.add_oracle:
+        data = json.loads(args.add_oracle.read_text())
+        for shape in data["shapes"]:
+            wh = Warehouse(OUT / "work" / f"tune-{shape['shape']}" / "rechub.duckdb", threads=args.threads)
+            shape["oracle"] = oracle_metrics(wh, shape["shape"], shape["log"]["items"], shape["log"]["seed"])
+        args.add_oracle.write_text(json.dumps(data, indent=2))
+        return
+    args.variants = {}
+    for spec in args.variant:
+        model, name, options = spec.split(":", 2)
+        args.variants.setdefault(model, {})[name] = json.loads(options)
     args.budget_seconds = None if args.budget.strip().lower() == "none" else parse_duration(args.budget)
     result: dict[str, Any] = {
         "command": " ".join(sys.argv),
