@@ -123,6 +123,7 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     work = OUT / "work" / f"tune-{shape}"
     shutil.rmtree(work, ignore_errors=True)
     wh = Warehouse(work / "rechub.duckdb", threads=args.threads)
+    load = os.getloadavg()
     t0 = time.perf_counter()
     with wh.session() as con:
         generate_into(
@@ -132,6 +133,7 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "shape": shape,
         "description": SHAPES[shape].description,
+        "load_average_start": [round(x, 1) for x in load],
         "log": {"users": users, "items": items, "events": events, "seed": args.seed},
         "samples": report.samples,
         "build_seconds": round(time.perf_counter() - t0, 1),
@@ -195,6 +197,7 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
         result["models"][model] = entry
         print(f"{shape} {model}: {json.dumps({k: v.get('test') for k, v in entry.items()})}", flush=True)
     result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["load_average_end"] = [round(x, 1) for x in os.getloadavg()]
     return result
 
 
