@@ -120,7 +120,7 @@ def oracle_metrics(wh: Warehouse, shape: str, n_items: int, seed: int) -> dict[s
 
 def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     users, items, events = (max(1, n // args.scale) for n in SHAPES[shape].sizes)
-    work = OUT / "work" / f"tune-{shape}"
+    work = args.work / f"tune-{shape}"
     shutil.rmtree(work, ignore_errors=True)
     wh = Warehouse(work / "rechub.duckdb", threads=args.threads)
     load = os.getloadavg()
@@ -260,6 +260,7 @@ def main() -> None:
         help="a candidate default trained beside the default, e.g. 'sasrec:dim128:{\"embed_dim\": 128}'",
     )
     ap.add_argument("--out", type=Path, default=OUT / "tune.json")
+    ap.add_argument("--work", type=Path, default=OUT / "work", help="where each shape's warehouse is built")
     ap.add_argument("--table", type=Path)
     ap.add_argument(
         "--add-oracle",
@@ -273,7 +274,7 @@ def main() -> None:
     if args.add_oracle:
         data = json.loads(args.add_oracle.read_text())
         for shape in data["shapes"]:
-            wh = Warehouse(OUT / "work" / f"tune-{shape['shape']}" / "rechub.duckdb", threads=args.threads)
+            wh = Warehouse(args.work / f"tune-{shape['shape']}" / "rechub.duckdb", threads=args.threads)
             shape["oracle"] = oracle_metrics(wh, shape["shape"], shape["log"]["items"], shape["log"]["seed"])
         args.add_oracle.write_text(json.dumps(data, indent=2))
         return
