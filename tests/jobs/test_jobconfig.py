@@ -112,11 +112,14 @@ def test_unknown_build_and_train_params_are_rejected_when_the_file_is_read() -> 
         ("[train.params]\nepochs = 'ten'", "train.params.epochs: expected an integer >= 1, got 'ten'"),
         ("[train.params]\nlr = -1.0", "train.params.lr: expected a positive number, got -1.0"),
         ("[train.params]\nin_batch = 1", "train.params.in_batch: expected true or false, got 1"),
-        ("[train.params]\nneg_mode = 'fancy'", "train.params.neg_mode: expected one of pointwise, pairwise, listwise, full, got 'fancy'"),
+        ("[train.params]\nneg_mode = 'fancy'",
+         "train.params.neg_mode: expected one of pointwise, pairwise, listwise, full, got 'fancy'"),
         ("[train.params]\nmodel_params = 3", "train.params.model_params: expected a table, got 3"),
         # a misspelled model fails now, not on the night a retrain finally comes due
-        ("[train]\npolicy = 'never'\nmodel = 'sasrek'", "train.model: expected one of dssm, youtubednn, gru4rec, sasrec, itemknn, got 'sasrek'"),
-        ("[build]\nmin_seq_len = 1", "build.min_seq_len: expected an integer >= 3 (a test target, a validation target"),
+        ("[train]\npolicy = 'never'\nmodel = 'sasrek'",
+         "train.model: expected one of dssm, youtubednn, gru4rec, sasrec, itemknn, got 'sasrek'"),
+        ("[build]\nmin_seq_len = 1",
+         "build.min_seq_len: expected an integer >= 3 (a test target, a validation target and one event"),
         ("[[ingest.sources]]\npath='x'\nuser_col='u'\nitem_col='i'\ntime_col='t'\noptions={typo=1}",
          "ingest.sources[0].options: unknown key(s) typo"),
         ("[[ingest.sources]]\npath='x'\nuser_col='u'\nitem_col='i'\ntime_col='t'\n"
