@@ -24,7 +24,6 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
-import annotated_types
 from pydantic import AllowInfNan, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic.fields import FieldInfo
@@ -140,7 +139,7 @@ def describe(exc: ValidationError, cls: type, names: Names) -> str:
     unknown = [e for e in errors if e.error["type"] in ("extra_forbidden", "unexpected_keyword_argument")]
     if unknown:
         first = unknown[0]
-        extra = [str(e.loc[-1]) for e in unknown if e.loc[:-1] == first.loc[:-1]]
+        extra = sorted(str(e.loc[-1]) for e in unknown if e.loc[:-1] == first.loc[:-1])
         allowed = sorted(_fields_at(first.owner, first.field[:-1]))
         where = names(first.loc[:-1])
         problem = f"unknown key(s) {', '.join(extra)} (allowed: {', '.join(allowed)})"
@@ -209,7 +208,7 @@ def _field_at(cls: type, loc: Loc) -> tuple[Any, list[Any], str | None]:
     meta: list[Any] = []
     description = None
     for part in loc:
-        annotation, more = _strip(annotation)
+        annotation = _strip(annotation)[0]
         if isinstance(part, int) and typing.get_origin(annotation) in (tuple, list):
             annotation, meta, description = typing.get_args(annotation)[0], [], None
         elif isinstance(part, str) and dataclasses.is_dataclass(annotation):
@@ -240,13 +239,13 @@ def _expected(cls: type, loc: Loc) -> str:
         bare = _strip(item)[0]
         if typing.get_origin(bare) is Literal:
             return "a list of " + ", ".join(map(str, typing.get_args(bare)))
-        short = any(isinstance(m, annotated_types.MinLen) and m.min_length > 0 for m in meta)
+        short = any(getattr(m, "min_length", 0) for m in meta)
         return (
             f"a {'non-empty ' if short else ''}list of {_noun(bare, plural=True)}{_bounds(_strip(item)[1])}"
         )
     if origin is int or origin is float:
         return _number(origin, meta)
-    if origin is str and any(isinstance(m, annotated_types.MinLen) for m in meta):
+    if origin is str and any(getattr(m, "min_length", 0) for m in meta):
         return "a non-empty string"
     return _noun(annotation)
 
@@ -273,14 +272,14 @@ def _number(kind: type, meta: list[Any]) -> str:
 def _bounds(meta: list[Any]) -> str:
     """` >= 1`, ` in [0, 1]`, ` in (0, 1]` from a field's annotated bounds."""
     lo = hi = None
-    for m in meta:
-        if isinstance(m, annotated_types.Ge):
+    for m in meta:  # pydantic's constraint objects (annotated-types `Ge`, `Gt`, ...), by attribute
+        if getattr(m, "ge", None) is not None:
             lo = ("[", ">=", m.ge)
-        elif isinstance(m, annotated_types.Gt):
+        elif getattr(m, "gt", None) is not None:
             lo = ("(", ">", m.gt)
-        elif isinstance(m, annotated_types.Le):
+        elif getattr(m, "le", None) is not None:
             hi = ("]", "<=", m.le)
-        elif isinstance(m, annotated_types.Lt):
+        elif getattr(m, "lt", None) is not None:
             hi = (")", "<", m.lt)
     if lo and hi:
         return f" in {lo[0]}{_num(lo[2])}, {_num(hi[2])}{hi[0]}"
