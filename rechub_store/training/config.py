@@ -75,9 +75,8 @@ class TrainConfig:
     embed_dim: Count = None
     # pointwise (BCE) | pairwise (BPR) | listwise (softmax) | full softmax
     neg_mode: Literal[TRAIN_NEG_MODES] | None = None
-    neg_ratio: Annotated[Int | None, Field(ge=0)] = (
-        None  # negatives per positive (pointwise/pairwise/listwise)
-    )
+    # negatives per positive (pointwise/pairwise/listwise)
+    neg_ratio: Annotated[Int | None, Field(ge=0)] = None
     # uniform | popularity (count^alpha) | static (features.negatives_train)
     neg_sampler: Literal[TRAIN_NEG_SAMPLERS] = "uniform"
     neg_alpha: NonNegative = 0.75
