@@ -23,9 +23,7 @@ observed as (
     where tag is not null
       and (getvariable('upto_batch_seq') is null or batch_seq <= getvariable('upto_batch_seq'))
     union all
-    select distinct 'attribute', 'user', name, value from staging.user_attributes where kind = 'sparse'
-    union all
-    select distinct 'attribute', 'item', name, value from staging.item_attributes where kind = 'sparse'
+    select distinct 'attribute', entity, name, value from staging.attributes where kind = 'sparse'
 ),
 
 new_values as (
