@@ -75,7 +75,7 @@ def _empty(spark, self_columns: str):
     return spark.createDataFrame([], ", ".join(f"{name} {_spark_type(kind)}" for name, kind in cols))
 
 
-def _previous_version(spark, lake_dir: Path, previous: dict | None, model, variables, scratch: Path):
+def previous_version(spark, lake_dir: Path, previous: dict | None, model, variables, scratch: Path):
     """A `-- self:` model's published version; before its first build, its seed's rows over the
     published tables the seed reads (when all are there), else an empty table."""
     tables = previous["tables"] if previous else {}
@@ -207,9 +207,8 @@ def _build(spark, lake_dir, params, models, todo, audits, raw, partitions, progr
             mine = dict(targets)
             if model.self_columns:  # reads its own published version (stable codes)
                 prev_view = f"previous__{view_name(model.name)}"
-                _previous_version(spark, lake_dir, previous, model, variables, scratch).createOrReplaceTempView(
-                    prev_view
-                )
+                before = previous_version(spark, lake_dir, previous, model, variables, scratch)
+                before.createOrReplaceTempView(prev_view)
                 mine[model.name] = prev_view
             sql = sqlmodels._rewrite(model.sql, sqlmodels._references(model.sql, names), mine)
             df = _run_steps(spark, dialect.steps(sql, variables), scratch / model.name)

@@ -100,7 +100,10 @@ def test_self_model_reads_its_previous_version(tmp_path: Path, warehouse: Wareho
 
 
 def test_seed_is_the_first_version_only_when_its_tables_exist(tmp_path: Path, warehouse: Warehouse) -> None:
-    counter = "-- self: (n INTEGER)\n-- seed: seeds/counter.sql\nselect (max(n) + 1)::INTEGER as n from staging.counter"
+    counter = (
+        "-- self: (n INTEGER)\n-- seed: seeds/counter.sql\n"
+        "select (max(n) + 1)::INTEGER as n from staging.counter"
+    )
     write(tmp_path, "staging/counter.sql", counter)
     write(tmp_path, "seeds/counter.sql", "select n from legacy.counter")  # not a model itself
     with warehouse.session() as con:
@@ -114,10 +117,10 @@ def test_seed_is_the_first_version_only_when_its_tables_exist(tmp_path: Path, wa
         sqlmodels.run(con, variables={}, sql_dir=tmp_path)
         assert con.execute("SELECT n FROM staging.counter").fetchall() == [(43,)]
     write(tmp_path, "staging/counter.sql", counter.replace("seeds/counter", "staging/counter"))
-    with pytest.raises(UserError, match="must be a .sql file in seeds/"):
+    with pytest.raises(UserError, match=r"must be a \.sql file in seeds/"):
         sqlmodels.discover(tmp_path)
     write(tmp_path, "staging/counter.sql", counter.replace("seeds/counter", "seeds/../../x"))
-    with pytest.raises(UserError, match="must be a .sql file in seeds/"):
+    with pytest.raises(UserError, match=r"must be a \.sql file in seeds/"):
         sqlmodels.discover(tmp_path)
     write(tmp_path, "staging/counter.sql", counter.replace("seeds/counter", "seeds/missing"))
     with pytest.raises(UserError, match="not found"):
