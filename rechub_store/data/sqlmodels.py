@@ -783,11 +783,13 @@ def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
 
 def _first_version(con: duckdb.DuckDBPyConnection, model: Model) -> None:
     """Create a `-- self:` model's table before its first build: its seed's rows when every table
-    the seed reads exists, else empty."""
-    con.execute(f"CREATE TABLE {model.name} {model.self_columns}")
-    tables = seed_tables(model)
-    if model.seed is not None and all(_table_exists(con, t) for t in tables):
-        con.execute(f"INSERT INTO {model.name} BY NAME ({model.seed})")
+    the seed reads exists, else empty. One transaction: a failed seed leaves no empty table behind
+    (which the next build would take as the previous version)."""
+    seeded = model.seed is not None and all(_table_exists(con, t) for t in seed_tables(model))
+    with transaction(con):
+        con.execute(f"CREATE TABLE {model.name} {model.self_columns}")
+        if seeded:
+            con.execute(f"INSERT INTO {model.name} BY NAME ({model.seed})")
 
 
 def _same_rows(con: duckdb.DuckDBPyConnection, a: str, b: str) -> bool:

@@ -116,6 +116,13 @@ def test_seed_is_the_first_version_only_when_its_tables_exist(tmp_path: Path, wa
         con.execute("UPDATE legacy.counter SET n = 0")  # read once: the model's own table exists now
         sqlmodels.run(con, variables={}, sql_dir=tmp_path)
         assert con.execute("SELECT n FROM staging.counter").fetchall() == [(43,)]
+        # a seed that fails fails the build and leaves no empty table to be taken as the seeded one
+        con.execute("DROP TABLE staging.counter; CREATE OR REPLACE TABLE legacy.counter AS SELECT 'x' AS n")
+        with pytest.raises(UserError, match="counter"):
+            sqlmodels.run(con, variables={}, sql_dir=tmp_path)
+        assert not con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'staging' AND table_name = 'counter'"
+        ).fetchone()[0]
     write(tmp_path, "staging/counter.sql", counter.replace("seeds/counter", "staging/counter"))
     with pytest.raises(UserError, match=r"must be a \.sql file in seeds/"):
         sqlmodels.discover(tmp_path)
