@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 import rechub_store
 from rechub_store.cli import app
+from rechub_store.data.sqlmodels import AUDIT_DIR, METRICS_DIR, SEED_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -214,7 +215,7 @@ def test_installed_package_finds_its_sql_inside_itself(wheel: Path, tmp_path: Pa
     sql_dir, count, metric_count = run.stdout.split()
     assert Path(sql_dir) == site / "rechub_store" / "sql"
     files = [p.relative_to(ROOT / "sql").parts[0] for p in (ROOT / "sql").rglob("*.sql")]
-    assert int(count) == len([top for top in files if top not in ("audits", "metrics")])
+    assert int(count) == len([top for top in files if top not in (AUDIT_DIR, METRICS_DIR, SEED_DIR)])
     assert int(metric_count) == files.count("metrics") > 0
 
 

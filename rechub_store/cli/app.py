@@ -103,9 +103,6 @@ def print_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, default=str, indent=2) + "\n")
 
 
-JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
-
-
 def parse_int_list(text: str, name: str) -> list[int]:
     """Parse `10,20,50` into [10, 20, 50], naming the option on error."""
     try:

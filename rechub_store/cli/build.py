@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from rechub_store import api
-from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
-from rechub_store.cli.spark import ENGINE_OPTION, LAKE_OPTION, MASTER_OPTION, build_on_spark, check_engine
+from rechub_store.cli.app import app, print_json, warehouse_of
+from rechub_store.cli.options import Engine, Json, Lake, SparkMaster, settings_from
+from rechub_store.cli.spark import build_on_spark, check_engine
 from rechub_store.config import NEG_MODES, NEG_SAMPLERS
 from rechub_store.data.build import BuildParams, BuildReport
 from rechub_store.errors import UserError
@@ -59,10 +58,10 @@ def build_features_command(
     full_refresh: bool = typer.Option(
         False, "--full-refresh", help="Rebuild every table from all raw batches (the default)."
     ),
-    engine: str = ENGINE_OPTION,
-    spark_master: str = MASTER_OPTION,
-    lake: Path = LAKE_OPTION,
-    as_json: bool = JSON_OPTION,
+    engine: Engine = "duckdb",
+    spark_master: SparkMaster = None,
+    lake: Lake = None,
+    as_json: Json = False,
 ) -> None:
     """Build the feature store (vocabularies, histories, splits, negatives) from raw.* in DuckDB.
 
@@ -76,19 +75,7 @@ def build_features_command(
         raise UserError(
             "--select/--incremental: not available with --engine spark (the Spark build is whole)"
         )
-    params = BuildParams(
-        max_seq_len=max_seq_len,
-        min_seq_len=min_seq_len,
-        min_rating=min_rating,
-        k_core=k_core,
-        validation=validation,
-        neg_mode=neg_mode,
-        neg_ratio=neg_ratio,
-        neg_sampler=neg_sampler,
-        neg_alpha=neg_alpha,
-        neg_refresh_drift=neg_refresh_drift,
-        seed=seed,
-    )
+    params = settings_from(ctx, BuildParams)
     console = Console(stderr=True)
     if spark:
         report = build_on_spark(ctx.find_root().obj, lake, spark_master, params, as_json)

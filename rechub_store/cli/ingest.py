@@ -10,8 +10,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
-from rechub_store.cli.spark import LAKE_OPTION, sync_lake
+from rechub_store.cli.app import app, print_json, warehouse_of
+from rechub_store.cli.options import Delimiter, DenseCols, Encoding, Json, Lake, RejectRatio, SparseCols
+from rechub_store.cli.spark import sync_lake
 from rechub_store.data.generate import SHAPES, generate, generate_into, get_shape
 from rechub_store.data.ingest import (
     IngestResult,
@@ -27,27 +28,9 @@ app.add_typer(ingest_app, name="ingest", no_args_is_help=True)
 
 
 @ingest_app.callback()
-def _ingest_options(ctx: typer.Context, lake: Path = LAKE_OPTION) -> None:
+def _ingest_options(ctx: typer.Context, lake: Lake = None) -> None:
     """`--lake DIR`: also write the warehouse's new raw batches to the lake as Parquet (--engine spark)."""
     ctx.meta["lake"] = lake
-
-
-RATIO_OPTION = typer.Option(
-    0.05,
-    "--max-reject-ratio",
-    min=0.0,
-    max=1.0,
-    help="Exit non-zero when more than this share of rows is rejected.",
-)
-DELIM_OPTION = typer.Option(
-    None, "--delimiter", help="CSV field separator (default: sniffed from the header)."
-)
-ENCODING_OPTION = typer.Option(
-    "auto",
-    "--encoding",
-    help="Text encoding: auto (UTF-8, else latin-1; checked over the whole file before loading), "
-    "utf-8, latin-1, utf-16.",
-)
 
 
 def _print_results(results: Sequence[IngestResult], as_json: bool) -> None:
@@ -82,13 +65,17 @@ def _print_results(results: Sequence[IngestResult], as_json: bool) -> None:
     typer.echo(line)
 
 
-def _run(ctx: typer.Context, as_json: bool, work: Callable[..., IngestResult | list[IngestResult]]) -> None:
-    """Open the warehouse, ingest, print counts; on too many rejects print them, then fail."""
+def _run(ctx: typer.Context, ingest: Callable[..., IngestResult | list[IngestResult]]) -> None:
+    """Open the warehouse, call `ingest(con, <the path argument>, **<the other options>)` (each command's
+    options are its ingest function's keywords), print counts; on too many rejects print them, then fail."""
+    options = dict(ctx.params)
+    as_json = options.pop("as_json")
+    path = options.pop("directory", None) or options.pop("file")
     with warehouse_of(ctx, create=True).session() as con:
         con.execute("SET enable_progress_bar = false")  # our spinner instead; stdout stays clean for --json
         try:
             with Console(stderr=True).status("ingesting ...", spinner="dots"):
-                out = work(con)
+                out = ingest(con, path, **options)
         except RejectRatioExceeded as exc:
             _print_results(exc.results, as_json)
             raise
@@ -106,19 +93,15 @@ def movielens_cmd(
     directory: Path = typer.Argument(
         ..., help="Folder with ml-1m (ratings.dat, ...) or ml-100k (u.data, ...)."
     ),
-    encoding: str = ENCODING_OPTION,
-    max_reject_ratio: float = RATIO_OPTION,
-    as_json: bool = JSON_OPTION,
+    encoding: Encoding = "auto",
+    max_reject_ratio: RejectRatio = 0.05,
+    as_json: Json = False,
 ) -> None:
     """Ingest a MovieLens ml-1m or ml-100k folder (ratings, users, movies with genres).
 
     Every file is checked (encoding, format) before any is loaded.
     """
-    _run(
-        ctx,
-        as_json,
-        lambda con: ingest_movielens(con, directory, encoding=encoding, max_reject_ratio=max_reject_ratio),
-    )
+    _run(ctx, ingest_movielens)
 
 
 @ingest_app.command("interactions")
@@ -132,36 +115,19 @@ def interactions_cmd(
     time_format: str = typer.Option(
         "auto", "--time-format", help="auto | seconds | milliseconds | iso (auto: numbers > 1e11 are ms)."
     ),
-    delimiter: str = DELIM_OPTION,
-    encoding: str = ENCODING_OPTION,
-    max_reject_ratio: float = RATIO_OPTION,
+    delimiter: Delimiter = None,
+    encoding: Encoding = "auto",
+    max_reject_ratio: RejectRatio = 0.05,
     min_time: str = typer.Option(
         None, "--min-time", help="Reject events before this ISO date/time (UTC) [default 1990-01-01; none]"
     ),
     max_time: str = typer.Option(
         None, "--max-time", help="Reject events after this ISO date/time (UTC) [default now + 1 day; none]"
     ),
-    as_json: bool = JSON_OPTION,
+    as_json: Json = False,
 ) -> None:
     """Ingest an interactions file (user, item, time, optional rating) into raw.interactions."""
-    _run(
-        ctx,
-        as_json,
-        lambda con: ingest_interactions(
-            con,
-            file,
-            user_col=user_col,
-            item_col=item_col,
-            time_col=time_col,
-            rating_col=rating_col,
-            time_format=time_format,  # type: ignore[arg-type]
-            delimiter=delimiter,
-            encoding=encoding,
-            max_reject_ratio=max_reject_ratio,
-            min_time=min_time,
-            max_time=max_time,
-        ),
-    )
+    _run(ctx, ingest_interactions)
 
 
 @ingest_app.command("users")
@@ -169,28 +135,15 @@ def users_cmd(
     ctx: typer.Context,
     file: Path = typer.Argument(..., help="CSV (with a header) or Parquet file of user attributes."),
     id_col: str = typer.Option(..., "--id-col", help="Column with the user id."),
-    sparse_cols: str = typer.Option("", "--sparse-cols", help="Comma-separated categorical columns."),
-    dense_cols: str = typer.Option("", "--dense-cols", help="Comma-separated numeric columns."),
-    delimiter: str = DELIM_OPTION,
-    encoding: str = ENCODING_OPTION,
-    max_reject_ratio: float = RATIO_OPTION,
-    as_json: bool = JSON_OPTION,
+    sparse_cols: SparseCols = "",
+    dense_cols: DenseCols = "",
+    delimiter: Delimiter = None,
+    encoding: Encoding = "auto",
+    max_reject_ratio: RejectRatio = 0.05,
+    as_json: Json = False,
 ) -> None:
     """Ingest user attributes into raw.user_attributes."""
-    _run(
-        ctx,
-        as_json,
-        lambda con: ingest_users(
-            con,
-            file,
-            id_col=id_col,
-            sparse_cols=sparse_cols,
-            dense_cols=dense_cols,
-            delimiter=delimiter,
-            encoding=encoding,
-            max_reject_ratio=max_reject_ratio,
-        ),
-    )
+    _run(ctx, ingest_users)
 
 
 @ingest_app.command("items")
@@ -198,34 +151,18 @@ def items_cmd(
     ctx: typer.Context,
     file: Path = typer.Argument(..., help="CSV (with a header) or Parquet file of item attributes."),
     id_col: str = typer.Option(..., "--id-col", help="Column with the item id."),
-    sparse_cols: str = typer.Option("", "--sparse-cols", help="Comma-separated categorical columns."),
-    dense_cols: str = typer.Option("", "--dense-cols", help="Comma-separated numeric columns."),
+    sparse_cols: SparseCols = "",
+    dense_cols: DenseCols = "",
     text_cols: str = typer.Option("", "--text-cols", help="Comma-separated free-text columns (e.g. title)."),
     tags_col: str = typer.Option(None, "--tags-col", help="Column holding a tag list such as 'a|b|c'."),
     tags_sep: str = typer.Option("|", "--tags-sep", help="Separator inside the tags column."),
-    delimiter: str = DELIM_OPTION,
-    encoding: str = ENCODING_OPTION,
-    max_reject_ratio: float = RATIO_OPTION,
-    as_json: bool = JSON_OPTION,
+    delimiter: Delimiter = None,
+    encoding: Encoding = "auto",
+    max_reject_ratio: RejectRatio = 0.05,
+    as_json: Json = False,
 ) -> None:
     """Ingest item attributes into raw.item_attributes and tag lists into raw.item_tags."""
-    _run(
-        ctx,
-        as_json,
-        lambda con: ingest_items(
-            con,
-            file,
-            id_col=id_col,
-            sparse_cols=sparse_cols,
-            dense_cols=dense_cols,
-            text_cols=text_cols,
-            tags_col=tags_col,
-            tags_sep=tags_sep,
-            delimiter=delimiter,
-            encoding=encoding,
-            max_reject_ratio=max_reject_ratio,
-        ),
-    )
+    _run(ctx, ingest_items)
 
 
 @app.command("generate")
@@ -246,7 +183,7 @@ def generate_cmd(
     fmt: str = typer.Option("parquet", "--format", help="parquet | csv"),
     chunk_events: int = typer.Option(2_000_000, "--chunk-events", min=1, help="Rows generated per chunk."),
     ingest: bool = typer.Option(False, "--ingest", help="Also ingest the files into the warehouse."),
-    as_json: bool = JSON_OPTION,
+    as_json: Json = False,
 ) -> None:
     """Write seeded synthetic logs (heavy tails, sequential structure, ties, odd ids)."""
     sizes = get_shape(shape).sizes

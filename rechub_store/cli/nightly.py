@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from rechub_store import api
-from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
+from rechub_store.cli.app import app, print_json, warehouse_of
+from rechub_store.cli.options import Json
 from rechub_store.errors import UserError
 from rechub_store.jobs.config import JobConfig
 
@@ -54,7 +55,7 @@ def nightly_command(
         "-q",
         help="Print nothing on success; log to the run's log file only (cron mails only failures)",
     ),
-    as_json: bool = JSON_OPTION,
+    as_json: Json = False,
 ) -> None:
     """ingest -> build-features -> train (per policy) -> score -> evaluate -> publish. 0 = success."""
     config = JobConfig.load(job) if job else None
@@ -95,7 +96,7 @@ def demo_command(
     ),
     k: int = typer.Option(20, "--k", min=1, help="Recommendations per user"),
     seed: int = typer.Option(0, "--seed", help="Data and training seed"),
-    as_json: bool = JSON_OPTION,
+    as_json: Json = False,
 ) -> None:
     """Synthetic data end to end on this warehouse: generate, ingest, build, train, nightly; print results."""
 

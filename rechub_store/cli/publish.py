@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from rechub_store import api
-from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
+from rechub_store.cli.app import app, print_json, warehouse_of
+from rechub_store.cli.options import Json
 
 
 @app.command("publish")
@@ -25,7 +26,7 @@ def publish(
     retries: int = typer.Option(
         None, "--retries", min=0, help="Retries on connection errors, backoff 1s, 2s, 4s... [default: 5]"
     ),
-    json_out: bool = JSON_OPTION,
+    json_out: Json = False,
 ) -> None:
     """Copy the run's recommendations, metrics and run metadata to a server database, atomically."""
     result = api.publish(

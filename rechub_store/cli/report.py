@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from rechub_store import api
-from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
+from rechub_store.cli.app import app, print_json, warehouse_of
+from rechub_store.cli.options import Json
 
 
 @app.command("report")
@@ -22,7 +23,7 @@ def report_command(
         "which also refreshes reports/index.html]",
     ),
     open_page: bool = typer.Option(False, "--open", help="Open the page in the default web browser"),
-    as_json: bool = JSON_OPTION,
+    as_json: Json = False,
 ) -> None:
     """Write a run's HTML report: metrics vs baselines, trends, training, retrieval, pipeline, embeddings."""
     result = api.report(warehouse_of(ctx), run, out)

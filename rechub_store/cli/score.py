@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.table import Table
 
 from rechub_store import api
-from rechub_store.cli.app import JSON_OPTION, app, parse_int_list, print_json, warehouse_of
-from rechub_store.cli.spark import ENGINE_OPTION, MASTER_OPTION, check_engine, score_on_spark
+from rechub_store.cli.app import app, parse_int_list, print_json, warehouse_of
+from rechub_store.cli.options import Engine, Json, RunId, SparkMaster, settings_from
+from rechub_store.cli.spark import check_engine, score_on_spark
 from rechub_store.config import (
     BASELINE_NAMES,
     INDEXES,
@@ -18,10 +19,8 @@ from rechub_store.config import (
     SLICES,
     AnnoySettings,
     as_choice,
-    check_index,
-    check_seen_filter,
 )
-from rechub_store.errors import UserError
+from rechub_store.jobs.config import EvaluateSettings
 
 INDEX_HELP = "annoy (approximate, auto-tuned to recall 0.95 vs exact) or exact (brute force)"
 SCORE_INDEX_HELP = INDEX_HELP + ", or auto (whichever scores a sample of this run's users faster)"
@@ -68,7 +67,7 @@ def score_command(
     ),
     k: int = typer.Option(100, "--k", min=1, help="Recommendations per user"),
     index: str = typer.Option("annoy", "--index", help=SCORE_INDEX_HELP),
-    run_id: str = typer.Option(None, "--run-id", help="Run id to write [default: manual-<model run>]"),
+    run_id: RunId = None,
     target_recall: float = typer.Option(
         0.95, "--target-recall", help="annoy auto-tuning target (recall@k vs exact)"
     ),
@@ -78,15 +77,15 @@ def score_command(
         "--exclude-seen/--include-seen",
         help="Remove items the user interacted with (--include-seen: re-consumption domains)",
     ),
-    engine: str = ENGINE_OPTION,
-    spark_master: str = MASTER_OPTION,
+    engine: Engine = "duckdb",
+    spark_master: SparkMaster = None,
     lake: Path = typer.Option(
         None,
         "--lake",
         envvar="RECHUB_LAKE",
         help="--engine spark: job files go to <lake>/scratch [env RECHUB_LAKE]",
     ),
-    as_json: bool = JSON_OPTION,
+    as_json: Json = False,
 ) -> None:
     """Write every user's top-k items to the warehouse's `recommendations` (working copy).
 
@@ -139,7 +138,7 @@ def evaluate_command(
     k: str = typer.Option("10,20,50", "--k", help="Cut-offs, comma-separated"),
     index: str = typer.Option(None, "--index", help=INDEX_HELP + " [default: both, plus annoy_recall]"),
     split: str = typer.Option("test", "--split", help="test, valid, or test,valid"),
-    run_id: str = typer.Option(None, "--run-id", help="Run id to write [default: manual-<model run>]"),
+    run_id: RunId = None,
     seen_filter: str = typer.Option(
         "except-target",
         "--seen-filter",
@@ -166,31 +165,30 @@ def evaluate_command(
         True, "--exclude-seen/--include-seen", help="The production rule of those lists (as `score`)"
     ),
     slices: bool = typer.Option(False, "--slices", help="Print every slice, not only `all`"),
-    as_json: bool = JSON_OPTION,
+    as_json: Json = False,
 ) -> None:
     """Leave-one-out Recall/Hit/NDCG/MRR/Precision@k (and beyond-accuracy metrics of production lists)
     into the warehouse's `evaluation_metrics`, with every baseline beside the model."""
-    ks = parse_int_list(k, "--k")
-    splits = [s.strip() for s in split.split(",") if s.strip()]
-    for s in splits:
-        if s not in ("test", "valid"):
-            raise UserError(f"--split: expected test or valid, got {s!r}")
-    indexes = [check_index(index)] if index else list(INDEXES)
-    names = [b.strip() for b in baselines.split(",") if b.strip()]
-    for name in names:
-        if name not in BASELINE_NAMES:
-            raise UserError(f"--baselines: expected names from {', '.join(BASELINE_NAMES)}, got {name!r}")
+    settings = settings_from(
+        ctx,
+        EvaluateSettings,
+        renamed={"ks": "k", "splits": "split", "indexes": "index"},
+        ks=parse_int_list(k, "--k"),
+        splits=[s.strip() for s in split.split(",") if s.strip()],
+        indexes=[index] if index else list(INDEXES),
+        baselines=[b.strip() for b in baselines.split(",") if b.strip()],
+    )
     report = api.evaluate(
         warehouse_of(ctx),
         model_run_id=model_run,
         run_id=run_id,
-        ks=ks,
-        splits=splits,
-        indexes=indexes,
-        baselines=[b for b in names if popularity or b != "popularity"],
-        seen_filter=check_seen_filter(seen_filter),
-        max_users=max_users,
-        list_users=list_users,
+        ks=list(settings.ks),
+        splits=list(settings.splits),
+        indexes=list(settings.indexes),
+        baselines=list(settings.baselines),
+        seen_filter=settings.seen_filter,
+        max_users=settings.max_users,
+        list_users=settings.list_users,
         exclude_seen=exclude_seen,
     )
     if as_json:
@@ -205,7 +203,7 @@ def sql_command(
     ctx: typer.Context,
     query: str = typer.Argument(..., help='Read-only SQL, e.g. "SELECT * FROM evaluation_metrics"'),
     limit: int = typer.Option(1000, "--limit", min=1, help="Rows to print at most"),
-    as_json: bool = JSON_OPTION,
+    as_json: Json = False,
 ) -> None:
     """Query the published analytics database read-only (the warehouse if nothing is published yet)."""
     names, rows, path = api.query(warehouse_of(ctx, analytics_ok=True), query, limit=limit)
@@ -216,7 +214,7 @@ def sql_command(
 
 
 @app.command("status")
-def status_command(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+def status_command(ctx: typer.Context, as_json: Json = False) -> None:
     """Last nightly runs, the latest model run, the published run, and whether a job is running now."""
     status = api.status(warehouse_of(ctx, analytics_ok=True))
     if as_json:

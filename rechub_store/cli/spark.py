@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -15,17 +14,6 @@ from rechub_store.spark.lake import export_raw
 from rechub_store.warehouse import Warehouse
 
 ENGINES = ("duckdb", "spark")
-ENGINE_OPTION = typer.Option("duckdb", "--engine", help="duckdb (one box) | spark (needs the spark extra).")
-MASTER_OPTION = typer.Option(
-    None,
-    "--spark-master",
-    envvar="RECHUB_SPARK_MASTER",
-    help="Spark master URL (spark://host:7077, yarn, k8s://...) "
-    "[env RECHUB_SPARK_MASTER; default local[threads]]",
-)
-LAKE_OPTION = typer.Option(
-    None, "--lake", envvar="RECHUB_LAKE", help="Lake folder of the Spark engine [env RECHUB_LAKE]."
-)
 
 
 def check_engine(engine: str, lake: Path | None, needs_lake: bool = True) -> bool:

@@ -7,7 +7,8 @@ from rich.console import Console
 from rich.table import Table
 
 from rechub_store import api
-from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
+from rechub_store.cli.app import app, print_json, warehouse_of
+from rechub_store.cli.options import Json, settings_from
 from rechub_store.config import TRAIN_NEG_MODES, TRAIN_NEG_SAMPLERS
 from rechub_store.errors import UserError
 from rechub_store.models import MODELS
@@ -67,35 +68,14 @@ def train_command(
     resume: str = typer.Option(
         None, "--resume", help="Under torchrun: continue this interrupted run from its last checkpoint."
     ),
-    as_json: bool = JSON_OPTION,
+    as_json: Json = False,
 ) -> None:
     """Train a two-tower model on the feature store and register it in meta.model_runs.
 
     Under torchrun (`torchrun --nproc-per-node N -m rechub_store train ...`) the processes train
     one model data-parallel (DDP); rank 0 registers and prints it.
     """
-    config = TrainConfig(
-        model=model,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        sparse_embeddings=sparse_embeddings,
-        embed_dim=embed_dim,
-        neg_mode=neg_mode,
-        neg_ratio=neg_ratio,
-        neg_sampler=neg_sampler,
-        in_batch=in_batch,
-        logq=logq,
-        max_seq_len=max_seq_len,
-        patience=patience,
-        seed=seed,
-        valid_users=valid_users,
-        seen_filter=seen_filter,
-        streaming=streaming,
-        seq_train=seq_train,
-        progress=not as_json,
-    )
+    config = settings_from(ctx, TrainConfig, progress=not as_json)
     if world_size() > 1:
         result = train_distributed(warehouse_of(ctx), config, resume=resume)
         if result is None:  # ranks other than 0 print nothing
@@ -119,7 +99,7 @@ def train_command(
 def runs_command(
     ctx: typer.Context,
     limit: int = typer.Option(20, help="Show the newest N runs (0 = all)."),
-    as_json: bool = JSON_OPTION,
+    as_json: Json = False,
 ) -> None:
     """List model runs (newest first) from the registry."""
     with warehouse_of(ctx).session(read_only=True) as con:

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from rechub_store import api
-from rechub_store.cli.app import JSON_OPTION, app, print_json, warehouse_of
+from rechub_store.cli.app import app, print_json, warehouse_of
+from rechub_store.cli.options import Json
 from rechub_store.tuning.study import PRUNERS, SPACES, TuneConfig, parse_duration
 
 
@@ -32,7 +33,7 @@ def tune_command(
     valid_users: int = typer.Option(
         None, help="Validate trials on a seeded sample of this many users (default: all)."
     ),
-    as_json: bool = JSON_OPTION,
+    as_json: Json = False,
 ) -> None:
     """Search the model's hyperparameters on the validation split (never test) and register the best
     trial's model as a model run (tuned_from = the study). Trials: meta.tuning_trials."""

@@ -8,15 +8,26 @@ atomically, exposes one `features.vocab_<name>` view per sparse attribute and re
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import duckdb
+from pydantic import Field, model_validator
 
-from rechub_store.config import NEG_MODES, NEG_SAMPLERS
+from rechub_store.config import (
+    NEG_MODES,
+    NEG_SAMPLERS,
+    Bool,
+    Float,
+    Int,
+    Invalid,
+    Names,
+    flags,
+    settings_class,
+    typed,
+)
 from rechub_store.data.incremental import plan
 from rechub_store.data.ingest import ensure_raw_tables
 from rechub_store.data.sqlmodels import ModelRun, Progress, run, user_models_folder
@@ -28,67 +39,39 @@ from rechub_store.warehouse import quote_ident, table_exists
 _RESERVED_VOCABS = {"vocab_user_id", "vocab_item_id", "vocab_tag", "vocab_attribute"}
 
 
-@dataclass(frozen=True)
+@settings_class
 class BuildParams:
     """Build parameters; each one reaches the SQL as `getvariable('<name>')`."""
 
-    max_seq_len: int = 50  # history window kept when samples are read (most recent items)
-    min_seq_len: int = 3  # users with fewer events are left out of the splits (>= 3 with validation, else 2)
-    min_rating: float | None = None  # implicit-feedback threshold: keep events with rating >= this
-    k_core: int = 0  # keep only users and items with >= k_core events (iterated); 0 = off
-    validation: bool = True  # hold out the second-to-last event per user as validation target
-    neg_mode: str = "listwise"  # pointwise | pairwise (forces 1 negative) | listwise
-    neg_ratio: int = 4  # negatives per training sample
-    neg_sampler: str = "popularity"  # uniform | popularity (n_train ^ neg_alpha)
-    neg_alpha: float = 0.75
+    max_seq_len: Annotated[Int, Field(ge=1, le=100_000)] = 50  # history window kept when samples are read
+    # users with fewer events are left out of the splits (>= 3 with validation, else 2: `_enough_events`)
+    min_seq_len: Annotated[Int, Field(le=1_000_000)] = 3
+    min_rating: Float | None = None  # implicit-feedback threshold: keep events with rating >= this
+    k_core: Annotated[Int, Field(ge=0, le=1_000_000)] = 0  # keep users/items with >= k_core events; 0 = off
+    validation: Bool = True  # hold out the second-to-last event per user as validation target
+    neg_mode: Literal[NEG_MODES] = "listwise"  # pointwise | pairwise (forces 1 negative) | listwise
+    neg_ratio: Annotated[Int, Field(ge=1, le=1000)] = 4  # negatives per training sample
+    neg_sampler: Literal[NEG_SAMPLERS] = "popularity"  # uniform | popularity (n_train ^ neg_alpha)
+    neg_alpha: Annotated[Float, Field(ge=0.0)] = 0.75
     # the sampler's distribution is refreshed when it drifts further than this (total variation
     # distance) from the current training counts; 0 = always current (features.negative_sampler)
-    neg_refresh_drift: float = 0.05
-    seed: int = 42
+    neg_refresh_drift: Annotated[Float, Field(ge=0.0, le=1.0)] = 0.05
+    seed: Annotated[Int, Field(ge=0, le=2**63 - 1)] = 42
 
-    def __post_init__(self) -> None:
-        _int_field("max_seq_len", self.max_seq_len, 1, 100_000)
-        least = 3 if self.validation else 2
-        if not isinstance(self.validation, bool):
-            raise UserError(f"build parameter validation: expected true or false, got {self.validation!r}")
-        _int_field(
-            "min_seq_len",
-            self.min_seq_len,
-            least,
-            1_000_000,
-            why=" (a test target, a validation target and one event of history)"
-            if self.validation
-            else " (a test target and one event of history)",
-        )
-        if self.min_rating is not None:
-            _float_field("min_rating", self.min_rating)
-        _int_field("k_core", self.k_core, 0, 1_000_000)
-        if self.neg_mode not in NEG_MODES:
-            raise UserError(
-                f"build parameter neg_mode: expected one of {', '.join(NEG_MODES)}, got {self.neg_mode!r}"
+    @model_validator(mode="after")
+    def _enough_events(self) -> BuildParams:
+        least, why = (3, "a test target, a validation target") if self.validation else (2, "a test target")
+        if self.min_seq_len < least:
+            raise Invalid(
+                "min_seq_len",
+                f"expected an integer >= {least} ({why} and one event of history), got {self.min_seq_len}",
             )
-        _int_field("neg_ratio", self.neg_ratio, 1, 1000)
-        if self.neg_sampler not in NEG_SAMPLERS:
-            raise UserError(
-                f"build parameter neg_sampler: expected one of {', '.join(NEG_SAMPLERS)}, "
-                f"got {self.neg_sampler!r}"
-            )
-        _float_field("neg_alpha", self.neg_alpha, lo=0.0)
-        _float_field("neg_refresh_drift", self.neg_refresh_drift, lo=0.0)
-        if self.neg_refresh_drift > 1:
-            raise UserError(f"build parameter neg_refresh_drift: expected 0..1, got {self.neg_refresh_drift}")
-        _int_field("seed", self.seed, 0, 2**63 - 1)
+        return self
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> BuildParams:
-        """From a job file's `[build]` table or stored params; unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(
-                f"unknown build parameter(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**dict(values))
+    def from_mapping(cls, values: Mapping[str, Any], names: Names = flags) -> BuildParams:
+        """From a job file's `[build]` table or stored params; UserError naming the key via `names`."""
+        return typed(cls, dict(values), names)
 
     @property
     def effective_neg_ratio(self) -> int:
@@ -104,20 +87,6 @@ class BuildParams:
         values["neg_alpha"] = float(self.neg_alpha)
         values["neg_refresh_drift"] = float(self.neg_refresh_drift)
         return values
-
-
-def _int_field(name: str, value: Any, lo: int, hi: int, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"build parameter {name}: expected an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise UserError(f"build parameter {name}: expected {lo}..{hi}{why}, got {value}")
-
-
-def _float_field(name: str, value: Any, lo: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UserError(f"build parameter {name}: expected a finite number, got {value!r}")
-    if lo is not None and value < lo:
-        raise UserError(f"build parameter {name}: expected >= {lo}, got {value}")
 
 
 @dataclass

@@ -1,4 +1,8 @@
-"""Feature tables -> numpy/torch batches: DuckDB -> Arrow -> numpy, no per-row Python.
+"""Feature tables -> numpy/torch batches: DuckDB -> Arrow -> Polars -> numpy, no per-row Python.
+
+Every read is one query whose Arrow result Polars wraps without copying (`read_frame`); columns
+reach numpy as views of the Polars buffers where the type allows, and Polars does the per-name
+partitioning of the attribute tables and the ordering of the samples.
 
 `FeatureStore.load(con)` reads the feature store once: vocabulary sizes, every user's history
 as one flat int32 array plus CSR offsets (indexed by user_code), user/item sparse and dense
@@ -26,6 +30,7 @@ from typing import Literal, TypeVar
 
 import duckdb
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import torch
 
@@ -93,7 +98,7 @@ class Samples:
 POINT_IN_TIME_COLUMNS = "epoch_us(event_ts) AS event_us, user_event_count_scaled, item_popularity_scaled"
 
 
-def _point_in_time(table: pa.Table) -> dict[str, np.ndarray]:
+def _point_in_time(table: pl.DataFrame) -> dict[str, np.ndarray]:
     return {
         "event_ts": _np(table, "event_us"),
         "user_count": _np(table, "user_event_count_scaled", np.float32),
@@ -116,7 +121,7 @@ class ItemPopularityIndex:
 
     @classmethod
     def load(cls, con: duckdb.DuckDBPyConnection, n_items: int) -> ItemPopularityIndex:
-        events = _fetch(
+        events = read_frame(
             con,
             "SELECT unnest(item_codes) AS item_code, epoch_us(unnest(ts_list)) AS ts "
             "FROM features.user_history",
@@ -135,17 +140,27 @@ class ItemPopularityIndex:
         return np.where(ok, count, 0)
 
 
-def _fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
+def read_frame(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:
+    """A query's result as a Polars DataFrame over DuckDB's Arrow buffers (no copy of the columns).
+
+    NOTE: with `preserve_insertion_order = false` (Warehouse.connect) DuckDB 2.0's Arrow results do
+    NOT keep ORDER BY order across chunks: callers that need an order sort the frame.
+    """
     # execute() (not sql()): works whatever state earlier execute() results left the connection in.
-    # NOTE: with `preserve_insertion_order = false` (Warehouse.connect) DuckDB 2.0's
-    # execute().to_arrow_table() does NOT keep ORDER BY order across chunks: callers re-sort.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return con.execute(sql, params or []).to_arrow_table()
+        return _polars(con.execute(sql, params or []).to_arrow_table())
 
 
-def _np(table: pa.Table, column: str, dtype: type = np.int64) -> np.ndarray:
-    return table.column(column).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+def _polars(arrow: pa.Table | pa.RecordBatch) -> pl.DataFrame:
+    frame = pl.from_arrow(arrow, rechunk=False)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _np(table: pl.DataFrame, column: str, dtype: type = np.int64) -> np.ndarray:
+    """A column as numpy (a view of the Polars buffer when it is one chunk without nulls)."""
+    return table.get_column(column).to_numpy().astype(dtype, copy=False)
 
 
 def list_to_matrix(values: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
@@ -173,15 +188,12 @@ def reorder_lists(
     return values[idx], new_lengths
 
 
-def _list_column(table: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
+def _list_column(table: pl.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
     """(flat values, per-row lengths) of a list column; NULL lists count as empty."""
-    arr = table.column(column).combine_chunks()
-    if isinstance(arr, pa.ChunkedArray):  # empty table
-        arr = pa.array([], type=pa.list_(pa.int32()))
-    arr = arr.fill_null(pa.scalar([], type=arr.type)) if arr.null_count else arr
-    offsets = arr.offsets.to_numpy().astype(np.int64)
-    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    return values, np.diff(offsets)
+    lists = table.get_column(column)
+    lengths = lists.list.len().fill_null(0).to_numpy().astype(np.int64, copy=False)
+    values = lists.explode(empty_as_null=False, keep_nulls=False).to_numpy().astype(np.int64, copy=False)
+    return values, lengths
 
 
 def latest_build(con: duckdb.DuckDBPyConnection) -> tuple[str | None, dict]:
@@ -265,7 +277,7 @@ class FeatureStore:
             ).fetchone()[0]
         )
 
-        hist = _fetch(con, "SELECT user_code, item_codes FROM features.user_history")
+        hist = read_frame(con, "SELECT user_code, item_codes FROM features.user_history")
         values, lengths = _list_column(hist, "item_codes")
         codes = _np(hist, "user_code")
         values, lengths = reorder_lists(values, lengths, np.argsort(codes, kind="stable"))
@@ -280,7 +292,7 @@ class FeatureStore:
             if table_exists(con, f"features.samples_{split}")
         ]
         if held_out:
-            first = _fetch(
+            first = read_frame(
                 con,
                 f"SELECT user_code, min(pos) AS pos FROM ({' UNION ALL '.join(held_out)}) GROUP BY user_code",
             )
@@ -296,7 +308,7 @@ class FeatureStore:
 
         item_tags, n_tags = None, 0
         if table_exists(con, "features.item_tags"):
-            tags = _fetch(con, "SELECT item_code, tag_codes FROM features.item_tags ORDER BY item_code")
+            tags = read_frame(con, "SELECT item_code, tag_codes FROM features.item_tags ORDER BY item_code")
             tvals, tlens = _list_column(tags, "tag_codes")
             if tvals.size:
                 width = int(min(MAX_TAGS, tlens.max()))
@@ -319,7 +331,7 @@ class FeatureStore:
         samples = {s: cls._samples(con, s, static_negatives and s == "train") for s in splits}
         train_count = np.zeros(n_items, dtype=np.float64)
         if table_exists(con, "features.item_popularity"):
-            pop = _fetch(con, "SELECT item_code, n_train FROM features.item_popularity")
+            pop = read_frame(con, "SELECT item_code, n_train FROM features.item_popularity")
             codes = _np(pop, "item_code")
             ok = codes < n_items
             train_count[codes[ok]] = _np(pop, "n_train", np.float64)[ok]
@@ -381,15 +393,10 @@ class FeatureStore:
         arrays: dict[str, np.ndarray] = {}
         sizes = {name: vocab[(entity, name)] for name in names}
         if table_exists(con, table):
-            data = _fetch(con, f"SELECT {entity}_code AS code, name, code AS value FROM {table}")
-            all_names = data.column("name").to_numpy(zero_copy_only=False)
-            codes, values = _np(data, "code"), _np(data, "value")
-            for name in sorted(set(all_names.tolist()) | set(names)):
-                sel = (all_names == name) & (codes < n) & (codes >= 0)
-                arr = np.zeros(n, dtype=np.int64)
-                arr[codes[sel]] = values[sel]
-                arrays[name] = arr
-                sizes[name] = max(sizes.get(name, 1), int(values[sel].max(initial=0)) + 1)
+            data = read_frame(con, f"SELECT {entity}_code AS code, name, code AS value FROM {table}")
+            for name, codes, values in _by_name(data, n, np.int64):
+                arrays[name] = _scatter(codes, values, n, np.int64)
+                sizes[name] = max(sizes.get(name, 1), int(values.max(initial=0)) + 1)
         for name in names:
             arrays.setdefault(name, np.zeros(n, dtype=np.int64))
         return dict(sorted(arrays.items())), dict(sorted(sizes.items()))
@@ -408,17 +415,11 @@ class FeatureStore:
         table = f"features.{entity}_dense"
         if not table_exists(con, table):
             return {}
-        data = _fetch(con, f"SELECT {entity}_code AS code, name, value FROM {table}")
-        all_names = data.column("name").to_numpy(zero_copy_only=False)
-        codes = _np(data, "code")
-        values = np.nan_to_num(_np(data, "value", np.float32), nan=0.0)
-        out: dict[str, np.ndarray] = {}
-        for name in sorted(set(all_names.tolist())):
-            sel = (all_names == name) & (codes < n) & (codes >= 0)
-            arr = np.zeros(n, dtype=np.float32)
-            arr[codes[sel]] = values[sel]
-            out[name] = arr
-        return out
+        data = read_frame(con, f"SELECT {entity}_code AS code, name, value FROM {table}")
+        return {
+            name: _scatter(codes, np.nan_to_num(values, nan=0.0), n, np.float32)
+            for name, codes, values in _by_name(data, n, np.float32)
+        }
 
     @staticmethod
     def _samples(con: duckdb.DuckDBPyConnection, split: str, static_negatives: bool) -> Samples:
@@ -426,7 +427,7 @@ class FeatureStore:
         require_table(con, table, BUILD_HINT)
         if static_negatives:
             require_table(con, "features.negatives_train", BUILD_HINT + " with a negative-sampling mode")
-            data = _fetch(
+            data = read_frame(
                 con,
                 f"""
                 SELECT s.user_code, s.target_item_code, s.pos, n.negs, {POINT_IN_TIME_COLUMNS}
@@ -438,21 +439,24 @@ class FeatureStore:
             values, lengths = _list_column(data, "negs")
             negs = list_to_matrix(values, lengths, int(lengths.max(initial=0)))
         else:
-            data = _fetch(
+            data = read_frame(
                 con,
                 f"SELECT user_code, target_item_code, pos, {POINT_IN_TIME_COLUMNS} FROM {table} "
                 "ORDER BY user_code, pos",
             )
             negs = None
-        users, pos = _np(data, "user_code"), _np(data, "pos")
-        order = np.lexsort((pos, users))  # never trust result order (see `_fetch`)
-        pit = {name: values[order] for name, values in _point_in_time(data).items()}
+        order = (
+            data.select(pl.int_range(pl.len()).sort_by("user_code", "pos").alias("i"))
+            .get_column("i")
+            .to_numpy()
+        )  # never trust result order (see `read_frame`)
+        data = data.drop("negs", strict=False)[order]  # one Polars gather of every column
         return Samples(
-            users[order],
-            _np(data, "target_item_code")[order],
-            pos[order],
+            _np(data, "user_code"),
+            _np(data, "target_item_code"),
+            _np(data, "pos"),
             None if negs is None else negs[order],
-            **pit,
+            **_point_in_time(data),
         )
 
     # ------------------------------------------------------------------ metadata
@@ -584,6 +588,22 @@ class FeatureStore:
             raise ValueError("point-in-time popularity needs FeatureStore.load(..., popularity_index=True)")
         counts = self.popularity_index.count_before(item_codes, ts)
         return _scale(counts.astype(np.float64), *self.popularity_scaling)
+
+
+def _by_name(data: pl.DataFrame, n: int, dtype: type) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, codes, values) of a long (code, name, value) attribute table, per name in name order,
+    codes outside [0, n) dropped: one Polars partitioning instead of a mask per name."""
+    data = data.filter((pl.col("code") >= 0) & (pl.col("code") < n))
+    parts = data.partition_by("name", as_dict=True, include_key=False)
+    for (name,), part in sorted(parts.items(), key=lambda kv: str(kv[0][0])):
+        yield str(name), _np(part, "code"), _np(part, "value", dtype)
+
+
+def _scatter(codes: np.ndarray, values: np.ndarray, n: int, dtype: type) -> np.ndarray:
+    """[n] array indexed by code: `values` at `codes`, 0 elsewhere."""
+    out = np.zeros(n, dtype=dtype)
+    out[codes] = values
+    return out
 
 
 def _scale(x: np.ndarray, transform: str, lo: float, hi: float) -> np.ndarray:
@@ -919,7 +939,7 @@ class StreamingSamples:
         pending: list[Samples] = []
         n_pending = 0
         for rb in reader:
-            table = pa.Table.from_batches([rb])
+            table = _polars(rb)
             negs = None
             if self.static_negatives:
                 values, lengths = _list_column(table, "negs")
@@ -933,7 +953,7 @@ class StreamingSamples:
                     **_point_in_time(table),
                 )
             )
-            n_pending += table.num_rows
+            n_pending += table.height
             while n_pending >= batch_size:
                 merged = _concat(pending)
                 yield merged.take(np.arange(batch_size))

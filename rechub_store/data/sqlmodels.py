@@ -29,6 +29,11 @@ getvariable('partition')`, so that each pass reads 1/n of them and the union of 
 exactly the unpartitioned result (rows of one partition must not depend on other partitions'
 inputs). Outside a partitioned model `partition` = 0 and `n_partitions` = 1.
 
+A model that reads its own previous version (`-- self: (col TYPE, ...)`, stable vocabularies) may
+name a seed, `-- seed: seeds/<file>.sql`: a SELECT under the models folder's `seeds/` whose rows are
+the model's first previous version, when its table does not exist yet and every table the seed reads
+does (e.g. the codes of the tables an older store kept them in). Otherwise the first version is empty.
+
 Incremental builds (dbt's incremental models): `run(..., incremental=True)` sets the variable
 `incremental` (false in a full build) and builds the models with an `-- incremental:` header from
 their previous version instead of from scratch; every other model is rebuilt whole, as always.
@@ -70,6 +75,7 @@ from rechub_store.warehouse import transaction
 
 TMP_PREFIX = "__tmp_"
 AUDIT_DIR = "audits"
+SEED_DIR = "seeds"  # first versions of `-- self:` models (`-- seed:` headers), not models themselves
 # Schemas a user model may not write: ingested data, bookkeeping, results, DuckDB's own.
 RESERVED_SCHEMAS = {
     "raw": "ingested data",
@@ -89,6 +95,7 @@ Progress = Callable[[str, int, int], None]
 _NAME = r'"?([A-Za-z_][A-Za-z0-9_]*)"?'
 _REFERENCE = re.compile(rf"(?<![A-Za-z0-9_.]){_NAME}\s*\.\s*{_NAME}(?![A-Za-z0-9_])")
 _SELF_HEADER = re.compile(r"^\s*--\s*self:\s*(\(.*\))\s*$", re.IGNORECASE)
+_SEED_HEADER = re.compile(r"^\s*--\s*seed:\s*(\S+)\s*$", re.IGNORECASE)
 _PARTITION_HEADER = re.compile(r"^\s*--\s*partition:", re.IGNORECASE)
 _PARTITION_SPEC = re.compile(
     r"^\s*--\s*partition:\s*([A-Za-z_][A-Za-z0-9_]*)\s*,\s*one\s+per\s+([0-9][0-9_]*)\s+rows\s+of\s+"
@@ -141,6 +148,7 @@ class Model:
     partition: Partitioning | None = None  # from a `-- partition:` header
     user: bool = False  # from the user's models folder (a new table or an override of a built-in one)
     incremental: Incremental | None = None  # from an `-- incremental:` header
+    seed: str | None = None  # SELECT of the first previous version (`-- seed:` header)
 
     @property
     def schema(self) -> str:
@@ -303,6 +311,32 @@ def _incremental_header(path: Path, sql: str) -> Incremental | None:
     return None
 
 
+def _seed(path: Path, sql: str, root: Path, self_columns: str | None) -> str | None:
+    """The SELECT a `-- seed: seeds/<file>.sql` header names (inside `root`'s seeds folder)."""
+    for line in _header_lines(sql):
+        m = _SEED_HEADER.match(line)
+        if not m:
+            continue
+        if self_columns is None:
+            raise UserError(f"{path}: a `-- seed:` header needs a `-- self: (col TYPE, ...)` header")
+        seeds = (root / SEED_DIR).resolve()
+        file = (root / m.group(1)).resolve()
+        if file.parent != seeds or file.suffix != ".sql":
+            raise UserError(f"{path}: the seed {m.group(1)!r} must be a .sql file in {SEED_DIR}/")
+        if not file.is_file():
+            raise UserError(f"{path}: seed {file} not found")
+        return _check_single_select(file, file.read_text(encoding="utf-8"))
+    return None
+
+
+def seed_tables(model: Model) -> list[str]:
+    """The tables the model's seed reads (all must exist for the seed to be used)."""
+    if model.seed is None:
+        return []
+    code = _code_only(model.seed)
+    return sorted({f"{m.group(1)}.{m.group(2)}".lower() for m in _REFERENCE.finditer(code)})
+
+
 def _model_name(path: Path, root: Path) -> str:
     parts = path.relative_to(root).parts
     if len(parts) < 2:
@@ -347,7 +381,7 @@ def _model_files(root: Path, only: str | None = None) -> list[Path]:
 
     def wanted(path: Path) -> bool:
         top = path.relative_to(root).parts[0]
-        return top == only if only is not None else top not in (AUDIT_DIR, METRICS_DIR)
+        return top == only if only is not None else top not in (AUDIT_DIR, METRICS_DIR, SEED_DIR)
 
     return sorted(p for p in root.rglob("*.sql") if wanted(p))
 
@@ -406,6 +440,7 @@ def discover(
     sources = _sources(sql_dir, user_dir, only)
     models = {}
     for name, (path, sql, user) in sources.items():
+        root = user_models_folder(user_dir) if user and user_dir is not None else sql_dir
         header = _self_header(sql)
         refs = {r for _, _, r in _references(sql, sources)}
         if name in refs:
@@ -425,7 +460,8 @@ def discover(
                 raise UserError(
                     f"{path}: the incremental header names {table}, which the model does not read"
                 )
-        models[name] = Model(name, path, sql, header, frozenset(refs), partition, user, incremental)
+        seed = _seed(path, sql, root, header)
+        models[name] = Model(name, path, sql, header, frozenset(refs), partition, user, incremental, seed)
     return models
 
 
@@ -641,8 +677,8 @@ def run(
                 if progress:
                     progress(model.name, i, len(todo))
                 t0 = time.perf_counter()
-                if model.self_columns:
-                    con.execute(f"CREATE TABLE IF NOT EXISTS {model.name} {model.self_columns}")
+                if model.self_columns and not _table_exists(con, model.name):
+                    _first_version(con, model)
                 refs = [r for r in _references(model.sql, models) if r[2] != model.name]
                 sql = _rewrite(model.sql, refs, targets)
                 n = forced.get(model.name) or _partition_count(con, model, targets)
@@ -743,6 +779,17 @@ def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
         [schema, name],
     ).fetchone()
     return bool(n)
+
+
+def _first_version(con: duckdb.DuckDBPyConnection, model: Model) -> None:
+    """Create a `-- self:` model's table before its first build: its seed's rows when every table
+    the seed reads exists, else empty. One transaction: a failed seed leaves no empty table behind
+    (which the next build would take as the previous version)."""
+    seeded = model.seed is not None and all(_table_exists(con, t) for t in seed_tables(model))
+    with transaction(con):
+        con.execute(f"CREATE TABLE {model.name} {model.self_columns}")
+        if seeded:
+            con.execute(f"INSERT INTO {model.name} BY NAME ({model.seed})")
 
 
 def _same_rows(con: duckdb.DuckDBPyConnection, a: str, b: str) -> bool:

@@ -3,9 +3,10 @@ datasets that a standard `DataLoader` batches.
 
 Tables are read DuckDB -> Arrow -> Polars (no copy of the column buffers, no per-row Python). The
 datasets address histories the way the feature store stores them (user, position): a sample's
-history window is cut from `features.user_history` when it is read (`readers.FeatureStore`,
-numpy gathers), never stored per sample. The trainer has its own faster batch path
-(`readers.InMemorySamples`, `readers.SequenceSource`); these are for models of your own.
+history window is cut from `features.user_history` when it is read (`readers.FeatureStore`, which
+reads the same way: numpy gathers over the Polars buffers), never stored per sample. The trainer
+has its own faster batch path over the same store (`readers.InMemorySamples`,
+`readers.SequenceSource`); these are for models of your own.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import polars as pl
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from rechub_store.data.readers import FeatureStore, Samples
+from rechub_store.data.readers import FeatureStore, Samples, read_frame
 from rechub_store.errors import UserError
 from rechub_store.warehouse import Warehouse, quote_ident, require_table
 
@@ -52,8 +53,7 @@ class FeatureTables:
         qualified = f"{schema}.{quote_ident(table)}"
         with self.warehouse.session(read_only=True) as con:
             require_table(con, name, BUILD_HINT)
-            frame = pl.from_arrow(con.cursor().sql(f"SELECT * FROM {qualified}").to_arrow_table())
-        assert isinstance(frame, pl.DataFrame)
+            frame = read_frame(con, f"SELECT * FROM {qualified}")
         return frame.sort(list(order_by)) if order_by else frame
 
     def samples(self, split: str = "train") -> pl.DataFrame:

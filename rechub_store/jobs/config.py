@@ -1,12 +1,12 @@
 """The nightly job file (e.g. `jobs/nightly.toml`), parsed into typed settings that reject mistakes.
 
-cron runs unattended, so a typo in the job file must fail loudly before any work starts:
-every table is a frozen dataclass, unknown keys and bad values raise `UserError` naming the
-key (`score.annoy.target_recall: expected a number in (0, 1]`). Build and training
-parameters are kept as plain mappings here and checked by their owners (`BuildParams`, the
-trainer's `TrainConfig`) when the file is read, the model name too even when no retrain is due;
-`${VAR}`s in publish.targets are expanded and the URLs checked when the job starts (the nightly
-then also connects to each target before taking the lock).
+cron runs unattended, so a typo in the job file must fail loudly before any work starts: every
+table is a settings class (`rechub_store.config`), so unknown keys and bad values raise `UserError`
+naming the key as written in the file (`score.annoy.target_recall: expected a number in (0, 1]`).
+The `[build]` table and `[train.params]` are checked by their owners' classes (`BuildParams`,
+`TrainConfig`) when the file is read, named `build.<key>` and `train.params.<key>`, the model name
+too even when no retrain is due; `${VAR}`s in publish.targets are expanded and the URLs checked
+when the job starts (the nightly then also connects to each target before taking the lock).
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, model_validator
 
 from rechub_store.config import (
     BASELINE_NAMES,
@@ -24,60 +26,31 @@ from rechub_store.config import (
     INDEXES,
     SEEN_FILTERS,
     AnnoySettings,
-    as_choice,
-    as_float,
-    as_int,
-    check_keys,
+    Bool,
+    Float,
+    Int,
+    Invalid,
+    Loc,
+    Str,
+    check_nested,
+    keys,
+    settings_class,
+    typed,
 )
 from rechub_store.data.build import BuildParams
 from rechub_store.data.encodings import normalize_encoding
 from rechub_store.data.ingest import TIME_FORMATS, parse_time_bound
 from rechub_store.errors import UserError
 from rechub_store.publish.server import parse_url
-from rechub_store.training.config import MODEL_DEFAULTS, NEIGHBOUR_MODELS, TrainConfig
+from rechub_store.training.config import TrainConfig
 
 RETRAIN_POLICIES = ("never", "always", "if-older-than", "if-missing")
 INDEX_KINDS = (*INDEXES, "auto")
 SOURCE_KINDS = ("interactions", "movielens")
 SPLITS = ("test", "valid")
+GATE_MODES = ("fail", "warn", "off")
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise UserError(f"{where}{key}: expected a table")
-    return value
-
-
-def _bool(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise UserError(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _str_list(value: Any, key: str, choices: tuple[str, ...] | None = None) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise UserError(f"{key}: expected a list of strings, got {value!r}")
-    if choices:
-        for v in value:
-            as_choice(v, key, choices)
-    return tuple(value)
-
-
-def _int_list(value: Any, key: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not value:
-        raise UserError(f"{key}: expected a non-empty list of integers, got {value!r}")
-    return tuple(as_int(v, key) for v in value)
-
-
-def _path(value: Any, key: str, base_dir: Path) -> Path:
-    """A folder named in the job file: `~` expanded, relative paths against the job file's folder."""
-    if not isinstance(value, str) or not value.strip():
-        raise UserError(f"{key}: expected a folder path, got {value!r}")
-    path = Path(os.path.expanduser(value))
-    return path if path.is_absolute() else base_dir / path
 
 
 def expand_env(text: str, key: str) -> str:
@@ -92,87 +65,85 @@ def expand_env(text: str, key: str) -> str:
     return _ENV_REF.sub(sub, text)
 
 
-# Keyword options each source kind passes to its ingest function, and how each is checked.
-SOURCE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "interactions": ("time_format", "delimiter", "encoding", "max_reject_ratio", "min_time", "max_time"),
-    "movielens": ("encoding", "max_reject_ratio"),
-}
+def _time_bound(value: Any) -> Any:
+    """A time-window bound as written (parsed by the ingest step); its error words if it is not one."""
+    try:
+        parse_time_bound(value, "")
+    except UserError as exc:
+        raise ValueError(str(exc).removeprefix(": ")) from None
+    return value
 
 
-def _check_options(options: dict[str, Any], kind: str, where: str) -> dict[str, Any]:
-    """The source's `options` (and its time-window keys), checked by name and value before any work."""
-    allowed = SOURCE_OPTIONS[kind]
-    check_keys(options, set(allowed), f"{where}.options")
-    out = dict(options)
-    for key, value in options.items():
-        name = f"{where}.options.{key}"
-        if key == "time_format":
-            as_choice(value, name, TIME_FORMATS)
-        elif key == "max_reject_ratio":
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise UserError(f"{name}: expected a number in [0, 1], got {value!r}")
-        elif key in ("min_time", "max_time"):
-            parse_time_bound(value, name)
-        elif key == "encoding":
-            try:
-                normalize_encoding(value)
-            except UserError as exc:
-                raise UserError(f"{name}: {str(exc).removeprefix('--encoding: ')}") from None
-        elif not isinstance(value, str) or not value:
-            raise UserError(f"{name}: expected a non-empty string, got {value!r}")
-    return out
+def _encoding(value: str) -> str:
+    try:
+        normalize_encoding(value)
+    except UserError as exc:
+        raise ValueError(str(exc).removeprefix("--encoding: ")) from None
+    return value
 
 
-@dataclass(frozen=True)
+NonEmpty = Annotated[Str, Field(min_length=1)]
+Share = Annotated[Float, Field(ge=0.0, le=1.0)]
+Positive = Annotated[Int, Field(ge=1)]
+Encoding = Annotated[Str, AfterValidator(_encoding)]
+# the accepted time window (see `rechub-store ingest interactions --min-time/--max-time`): an ISO date
+# or time (UTC unless an offset is given), or "none" for no bound; kept as written
+TimeBound = Annotated[Any, AfterValidator(_time_bound)]
+
+
+@settings_class
+class InteractionsOptions:
+    """`options` of an interactions source: keyword arguments of `ingest_interactions`."""
+
+    time_format: Literal[TIME_FORMATS] | None = None
+    delimiter: NonEmpty | None = None
+    encoding: Encoding | None = None
+    max_reject_ratio: Share | None = None
+    min_time: TimeBound = None
+    max_time: TimeBound = None
+
+
+@settings_class
+class MovielensOptions:
+    """`options` of a movielens source."""
+
+    encoding: Encoding | None = None
+    max_reject_ratio: Share | None = None
+
+
+# The options each source kind passes to its ingest function as keywords.
+SOURCE_OPTIONS: dict[str, type] = {"interactions": InteractionsOptions, "movielens": MovielensOptions}
+
+
+@settings_class
 class Source:
     """One ingest source: files matching `path` (a glob; relative to the job file's folder)."""
 
-    kind: str  # interactions | movielens
-    path: str
-    user_col: str | None = None
-    item_col: str | None = None
-    time_col: str | None = None
-    rating_col: str | None = None
-    # the accepted time window (see `rechub-store ingest interactions --min-time/--max-time`):
-    # an ISO date or time (UTC unless an offset is given), or "none" for no bound;
-    # default: not before 1990-01-01, not after the ingest time + 1 day
-    min_time: Any = None
-    max_time: Any = None
-    options: dict[str, Any] = field(default_factory=dict)  # passed to the ingest function as keywords
+    path: Annotated[Str, Field(min_length=1, description="a file, folder or glob")]
+    kind: Literal[SOURCE_KINDS] = "interactions"
+    user_col: Annotated[Str | None, Field(description="a column name")] = None
+    item_col: Annotated[Str | None, Field(description="a column name")] = None
+    time_col: Annotated[Str | None, Field(description="a column name")] = None
+    rating_col: Annotated[Str | None, Field(description="a column name")] = None
+    # default window: not before 1990-01-01, not after the ingest time + 1 day
+    min_time: TimeBound = None
+    max_time: TimeBound = None
+    options: dict[Str, Any] = field(default_factory=dict)  # passed to the ingest function as keywords
 
-    @classmethod
-    def parse(cls, data: Any, where: str) -> Source:
-        if not isinstance(data, dict):
-            raise UserError(f"{where}: expected a table")
-        check_keys(data, {f.name for f in fields(cls)}, where)
-        kind = as_choice(data.get("kind", "interactions"), f"{where}.kind", SOURCE_KINDS)
-        path = data.get("path")
-        if not isinstance(path, str) or not path:
-            raise UserError(f"{where}.path: expected a file, folder or glob")
-        cols = {}
-        for name in ("user_col", "item_col", "time_col", "rating_col"):
-            value = data.get(name)
-            if value is not None and not isinstance(value, str):
-                raise UserError(f"{where}.{name}: expected a column name, got {value!r}")
-            cols[name] = value
-        if kind == "interactions":
-            missing = [n for n in ("user_col", "item_col", "time_col") if not cols[n]]
+    @model_validator(mode="after")
+    def _per_kind(self) -> Source:
+        if self.kind == "interactions":
+            missing = [n for n in ("user_col", "item_col", "time_col") if not getattr(self, n)]
             if missing:
-                raise UserError(f"{where}: interactions sources need {', '.join(missing)}")
-        options = data.get("options", {})
-        if not isinstance(options, dict):
-            raise UserError(f"{where}.options: expected a table")
-        options = _check_options(options, kind, where)
-        window = {}
+                raise Invalid(None, f"interactions sources need {', '.join(missing)}")
+        check_nested(SOURCE_OPTIONS[self.kind], self.options, "options")
         for key in ("min_time", "max_time"):
-            if key in data:
-                if kind != "interactions":
-                    raise UserError(f"{where}.{key}: only interactions sources have a time window")
-                if key in options:
-                    raise UserError(f"{where}: {key} is given both as a key and in options")
-                window[key] = data[key]
-                parse_time_bound(data[key], f"{where}.{key}")
-        return cls(kind=kind, path=path, options=options, **window, **cols)
+            if getattr(self, key) is not None:
+                if self.kind != "interactions":
+                    raise Invalid(key, "only interactions sources have a time window")
+                if key in self.options:
+                    raise Invalid(None, f"{key} is given both as a key and in options")
+        return self
 
     def ingest_options(self) -> dict[str, Any]:
         """Keyword arguments for the ingest function: `options` plus the time window keys."""
@@ -180,158 +151,88 @@ class Source:
         return {**self.options, **window}
 
 
-@dataclass(frozen=True)
+@settings_class
 class TrainSettings:
-    policy: str = "if-missing"  # never | always | if-older-than | if-missing
-    max_age_days: float = 7.0  # for if-older-than
-    model: str = "dssm"
-    params: dict[str, Any] = field(default_factory=dict)  # trainer options (epochs, batch_size, ...)
+    policy: Literal[RETRAIN_POLICIES] = "if-missing"  # never | always | if-older-than | if-missing
+    max_age_days: Annotated[Float, Field(gt=0.0, le=3650.0)] = 7.0  # for if-older-than
+    model: Str = "dssm"  # checked with the params by `config()` (TrainConfig's model names)
+    params: dict[Str, Any] = field(default_factory=dict)  # trainer options (epochs, batch_size, ...)
     # "last": retrain with the best parameters of the model's newest successful `tune` study
     # (meta.tuning_studies) under `params`; "none": the trainer's defaults under `params`
-    use_tuned: str = "none"
+    use_tuned: Literal["none", "last"] = "none"
 
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> TrainSettings:
-        check_keys(data, {"policy", "max_age_days", "model", "params", "use_tuned"}, "train")
-        params = data.get("params", {})
-        if not isinstance(params, dict):
-            raise UserError("train.params: expected a table")
-        model = data.get("model", cls.model)
-        if not isinstance(model, str):
-            raise UserError(f"train.model: expected a model name, got {model!r}")
-        settings = cls(
-            policy=as_choice(data.get("policy", cls.policy), "train.policy", RETRAIN_POLICIES),
-            max_age_days=as_float(
-                data.get("max_age_days", cls.max_age_days), "train.max_age_days", 0.0, 3650.0
-            ),
-            model=model,
-            params=dict(params),
-            use_tuned=as_choice(data.get("use_tuned", cls.use_tuned), "train.use_tuned", ("none", "last")),
-        )
-        settings.config()  # checked now, even when no retrain is due tonight
-        return settings
-
-    def config(self) -> Any:
-        """The trainer's config (`TrainConfig`) for these settings; UserError naming the key."""
-        if self.model not in MODEL_DEFAULTS and self.model not in NEIGHBOUR_MODELS:
-            known = [*MODEL_DEFAULTS, *NEIGHBOUR_MODELS]
-            raise UserError(f"train.model: unknown model {self.model!r}; choose one of {', '.join(known)}")
+    @model_validator(mode="after")
+    def _not_in_params(self) -> TrainSettings:
         if "model" in self.params or "progress" in self.params:
-            raise UserError("train.params: set the model with train.model; progress is not a job option")
-        try:
-            return TrainConfig.from_dict({"model": self.model, **self.params, "progress": False}).validate()
-        except UserError as exc:
-            raise UserError(f"train.params: {str(exc).removeprefix('--')}") from None
+            raise Invalid("params", "set the model with {model}; progress is not a job option")
+        return self
+
+    def config(self) -> TrainConfig:
+        """The trainer's config for these settings; a UserError names `train.model` or
+        `train.params.<key>`."""
+        return TrainConfig.from_dict(
+            {"model": self.model, **self.params, "progress": False}, _train_keys
+        ).validate(_train_keys)
 
 
-@dataclass(frozen=True)
+def _train_keys(loc: Loc) -> str:
+    """Where a TrainConfig value came from in the job file: `train.model` or `train.params.<key>`."""
+    return "train.model" if loc[:1] == ("model",) else keys("train.params")(loc)
+
+
+@settings_class
 class ScoreSettings:
-    k: int = 100
-    index: str = "annoy"  # annoy | exact | auto (the faster on a sample of this run's users)
-    exact_max_items: int = 20_000  # read for older job files; auto no longer uses a fixed item count
-    exclude_seen: bool = True  # false: re-consumption domains (repeats may be recommended)
+    k: Annotated[Int, Field(ge=1, le=10_000)] = 100
+    index: Literal[INDEX_KINDS] = "annoy"  # annoy | exact | auto (the faster on a sample of this run's users)
+    # read for older job files; auto no longer uses a fixed item count
+    exact_max_items: Annotated[Int, Field(ge=0)] = 20_000
+    exclude_seen: Bool = True  # false: re-consumption domains (repeats may be recommended)
     annoy: AnnoySettings = field(default_factory=AnnoySettings)
 
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> ScoreSettings:
-        check_keys(data, {"k", "index", "exact_max_items", "exclude_seen", "annoy"}, "score")
-        return cls(
-            k=as_int(data.get("k", cls.k), "score.k", hi=10_000),
-            index=as_choice(data.get("index", cls.index), "score.index", INDEX_KINDS),
-            exact_max_items=as_int(
-                data.get("exact_max_items", cls.exact_max_items), "score.exact_max_items", lo=0
-            ),
-            exclude_seen=_bool(data.get("exclude_seen", cls.exclude_seen), "score.exclude_seen"),
-            annoy=AnnoySettings.parse(_table(data, "annoy", "score.")),
-        )
 
-
-@dataclass(frozen=True)
+@settings_class
 class EvaluateSettings:
-    enabled: bool = True
-    ks: tuple[int, ...] = (10, 20, 50)
-    splits: tuple[str, ...] = ("test",)
-    indexes: tuple[str, ...] = ("annoy", "exact")
-    popularity: bool = True  # kept for older job files: false = leave popularity out of `baselines`
-    baselines: tuple[str, ...] = BASELINE_NAMES
-    seen_filter: str = DEFAULT_SEEN_FILTER  # except-target | all | none (ranking.protocol)
-    max_users: int | None = 100_000  # evaluate a seeded sample of this many users per split (None = all)
-    list_users: int = 10_000  # users whose production lists get beyond-accuracy metrics (0 = none)
+    enabled: Bool = True
+    ks: Annotated[tuple[Positive, ...], Field(min_length=1)] = (10, 20, 50)
+    splits: tuple[Literal[SPLITS], ...] = ("test",)
+    indexes: tuple[Literal[INDEXES], ...] = ("annoy", "exact")
+    popularity: Bool = True  # kept for older job files: false = leave popularity out of `baselines`
+    baselines: tuple[Literal[BASELINE_NAMES], ...] = BASELINE_NAMES
+    seen_filter: Literal[SEEN_FILTERS] = DEFAULT_SEEN_FILTER  # except-target | all | none (ranking.protocol)
+    max_users: Positive | None = 100_000  # evaluate a seeded sample of this many users per split (None = all)
+    list_users: Annotated[Int, Field(ge=0)] = (
+        10_000  # users whose lists get beyond-accuracy metrics (0 = none)
+    )
 
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> EvaluateSettings:
-        check_keys(data, {f.name for f in fields(cls)}, "evaluate")
-        popularity = _bool(data.get("popularity", cls.popularity), "evaluate.popularity")
-        baselines = _str_list(
-            data.get("baselines", list(cls.baselines)), "evaluate.baselines", BASELINE_NAMES
-        )
-        return cls(
-            enabled=_bool(data.get("enabled", cls.enabled), "evaluate.enabled"),
-            ks=_int_list(data.get("ks", list(cls.ks)), "evaluate.ks"),
-            splits=_str_list(data.get("splits", list(cls.splits)), "evaluate.splits", SPLITS),
-            indexes=_str_list(data.get("indexes", list(cls.indexes)), "evaluate.indexes", INDEXES),
-            popularity=popularity,
-            baselines=tuple(b for b in baselines if popularity or b != "popularity"),
-            seen_filter=as_choice(
-                data.get("seen_filter", cls.seen_filter), "evaluate.seen_filter", SEEN_FILTERS
-            ),
-            max_users=as_int(data["max_users"], "evaluate.max_users")
-            if "max_users" in data
-            else cls.max_users,
-            list_users=as_int(data.get("list_users", cls.list_users), "evaluate.list_users", lo=0),
-        )
+    @model_validator(mode="after")
+    def _older_popularity_key(self) -> EvaluateSettings:
+        if not self.popularity:
+            object.__setattr__(self, "baselines", tuple(b for b in self.baselines if b != "popularity"))
+        return self
 
 
-GATE_MODES = ("fail", "warn", "off")
+Gate = Literal[GATE_MODES]
+Rate = Annotated[Float, Field(gt=0.0, le=1.0)]
 
 
-@dataclass(frozen=True)
+@settings_class
 class GateSettings:
     """Checks a run must pass before anything is published (`[publish.gates]`). Each gate is
     `fail` (the run fails, nothing is published), `warn` (logged and recorded) or `off`."""
 
-    rows_per_user: str = "fail"  # every scored user got min(k, unseen candidates) rows
-    annoy_recall: str = "fail"  # annoy recall@k vs exact, measured this run, >= min_annoy_recall
-    min_annoy_recall: float = 0.9
-    metrics: str = "warn"  # no metric more than max_metric_drop below the previous published run
-    max_metric_drop: float = 0.2  # relative (0.2 = a 20 % drop), like-for-like rows only
-
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> GateSettings:
-        where = "publish.gates"
-        check_keys(data, {f.name for f in fields(cls)}, where)
-
-        def mode(key: str) -> str:
-            return as_choice(data.get(key, getattr(cls, key)), f"{where}.{key}", GATE_MODES)
-
-        def share(key: str) -> float:
-            return as_float(data.get(key, getattr(cls, key)), f"{where}.{key}", 0.0, 1.0)
-
-        return cls(
-            rows_per_user=mode("rows_per_user"),
-            annoy_recall=mode("annoy_recall"),
-            min_annoy_recall=share("min_annoy_recall"),
-            metrics=mode("metrics"),
-            max_metric_drop=share("max_metric_drop"),
-        )
+    rows_per_user: Gate = "fail"  # every scored user got min(k, unseen candidates) rows
+    annoy_recall: Gate = "fail"  # annoy recall@k vs exact, measured this run, >= min_annoy_recall
+    min_annoy_recall: Rate = 0.9
+    metrics: Gate = "warn"  # no metric more than max_metric_drop below the previous published run
+    max_metric_drop: Rate = 0.2  # relative (0.2 = a 20 % drop), like-for-like rows only
 
 
-@dataclass(frozen=True)
+@settings_class
 class PublishSettings:
-    analytics: bool = True  # write analytics.duckdb beside the warehouse
-    keep_runs: int = 30  # recommendations_history retention (runs)
-    targets: tuple[str, ...] = ()  # SQLAlchemy URLs; `${VAR}` expanded from the environment at run time
+    analytics: Bool = True  # write analytics.duckdb beside the warehouse
+    keep_runs: Positive = 30  # recommendations_history retention (runs)
+    targets: tuple[Str, ...] = ()  # SQLAlchemy URLs; `${VAR}` expanded from the environment at run time
     gates: GateSettings = field(default_factory=GateSettings)
-
-    @classmethod
-    def parse(cls, data: dict[str, Any]) -> PublishSettings:
-        check_keys(data, {"analytics", "keep_runs", "targets", "gates"}, "publish")
-        return cls(
-            analytics=_bool(data.get("analytics", cls.analytics), "publish.analytics"),
-            keep_runs=as_int(data.get("keep_runs", cls.keep_runs), "publish.keep_runs"),
-            targets=_str_list(data.get("targets", []), "publish.targets"),
-            gates=GateSettings.parse(_table(data, "gates", "publish.")),
-        )
 
     def resolved_targets(self) -> list[tuple[str, str]]:
         """(key, URL) per target with `${VAR}` expanded and the URL checked (an unset variable or
@@ -345,13 +246,52 @@ class PublishSettings:
         return out
 
 
-@dataclass(frozen=True)
+@settings_class
+class _JobTable:
+    name: Annotated[
+        Str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="1-64 letters, digits, '.', '_' or '-'")
+    ] = "nightly"
+
+
+@settings_class
+class _IngestTable:
+    sources: tuple[Source, ...] = ()  # [[ingest.sources]]
+
+
+@settings_class
+class _BuildTable(BuildParams):
+    """`[build]`: the build parameters and the user's SQL models folder."""
+
+    models_dir: Annotated[Str | None, Field(pattern=r"\S", description="a folder path")] = None
+
+    def folder(self, base_dir: Path) -> Path | None:
+        """`models_dir` with `~` expanded, relative to the job file's folder."""
+        if self.models_dir is None:
+            return None
+        path = Path(os.path.expanduser(self.models_dir))
+        return path if path.is_absolute() else base_dir / path
+
+
+@settings_class
+class _JobFile:
+    """The job file's tables, as written."""
+
+    job: _JobTable = field(default_factory=_JobTable)
+    ingest: _IngestTable = field(default_factory=_IngestTable)
+    build: _BuildTable | None = None
+    train: TrainSettings = field(default_factory=TrainSettings)
+    score: ScoreSettings = field(default_factory=ScoreSettings)
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
+    publish: PublishSettings = field(default_factory=PublishSettings)
+
+
+@settings_class
 class JobConfig:
     """A whole nightly job. `JobConfig()` is the no-job-file default: the warehouse's own data."""
 
-    name: str = "nightly"
+    name: Str = "nightly"
     sources: tuple[Source, ...] = ()
-    build: dict[str, Any] | None = None  # None: reuse the last successful build's parameters
+    build: dict[Str, Any] | None = None  # None: reuse the last successful build's parameters
     models_dir: Path | None = None  # [build] models_dir: the user's own SQL models (absolute)
     train: TrainSettings = field(default_factory=TrainSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
@@ -364,43 +304,30 @@ class JobConfig:
     def from_mapping(
         cls, data: dict[str, Any], base_dir: Path | None = None, path: Path | None = None
     ) -> JobConfig:
-        check_keys(data, {"job", "ingest", "build", "train", "score", "evaluate", "publish"}, "job file")
-        job = _table(data, "job", "")
-        check_keys(job, {"name"}, "job")
-        name = job.get("name", cls.name)
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
-            raise UserError(f"job.name: expected letters, digits, '.', '_' or '-', got {name!r}")
-        ingest = _table(data, "ingest", "")
-        check_keys(ingest, {"sources"}, "ingest")
-        raw_sources = ingest.get("sources", [])
-        if not isinstance(raw_sources, list):
-            raise UserError("ingest.sources: expected an array of tables ([[ingest.sources]])")
-        build = data.get("build")
-        if build is not None and not isinstance(build, dict):
-            raise UserError("build: expected a table")
+        """The job file's tables, every value checked (build and training parameters too)."""
+        file = typed(_JobFile, data, keys(""))
+        base_dir = base_dir or Path.cwd()
+        build = None
         models_dir = None
-        if build is not None and "models_dir" in build:
-            build = dict(build)
-            models_dir = _path(build.pop("models_dir"), "build.models_dir", base_dir or Path.cwd())
-            if not build:  # only a models folder: build parameters as the last build had them
+        if file.build is not None:
+            build = {k: v for k, v in data["build"].items() if k != "models_dir"}
+            models_dir = file.build.folder(base_dir)
+            if models_dir is not None and not build:  # only a folder: parameters as the last build had
                 build = None
-        if build is not None:
-            try:
-                BuildParams.from_mapping(build)
-            except UserError as exc:
-                raise UserError(f"build: {exc}") from None
-        return cls(
-            name=name,
-            sources=tuple(Source.parse(s, f"ingest.sources[{i}]") for i, s in enumerate(raw_sources)),
-            build=None if build is None else dict(build),
+        job = cls(
+            name=file.job.name,
+            sources=file.ingest.sources,
+            build=build,
             models_dir=models_dir,
-            train=TrainSettings.parse(_table(data, "train", "")),
-            score=ScoreSettings.parse(_table(data, "score", "")),
-            evaluate=EvaluateSettings.parse(_table(data, "evaluate", "")),
-            publish=PublishSettings.parse(_table(data, "publish", "")),
-            base_dir=base_dir or Path.cwd(),
+            train=file.train,
+            score=file.score,
+            evaluate=file.evaluate,
+            publish=file.publish,
+            base_dir=base_dir,
             path=path,
         )
+        job.train.config()  # checked now, even when no retrain is due tonight
+        return job
 
     @classmethod
     def load(cls, path: Path | str) -> JobConfig:
@@ -415,6 +342,11 @@ class JobConfig:
             return cls.from_mapping(data, base_dir=path.resolve().parent, path=path)
         except UserError as exc:
             raise UserError(f"job file {path}: {exc}") from None
+
+    def build_params(self) -> BuildParams | None:
+        """The `[build]` table as BuildParams (None: reuse the last build's); UserError naming
+        `build.<key>`."""
+        return None if self.build is None else BuildParams.from_mapping(self.build, keys("build"))
 
     def source_files(self, source: Source) -> list[Path]:
         """The files a source names, sorted (a glob may match none: nothing new tonight)."""

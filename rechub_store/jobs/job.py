@@ -228,7 +228,7 @@ def _train_config(settings: TrainSettings) -> Any:
 
 def _build_params(con: duckdb.DuckDBPyConnection, job: JobConfig) -> Any:
     if job.build is not None:
-        return BuildParams.from_mapping(job.build)
+        return job.build_params()
     _, stored = latest_build(con)  # no [build] table: keep what the last build used
     known = {f.name for f in fields(BuildParams)}
     return BuildParams.from_mapping({k: v for k, v in stored.items() if k in known})
@@ -671,11 +671,7 @@ def validate_job(job: JobConfig, warehouse: Warehouse) -> None:
     and train parameters (train.model even when no retrain is due), `${VAR}`s in publish.targets
     and the URLs themselves, the user's SQL models folder. The job file loader checks most of it
     already; a JobConfig built in Python is checked here."""
-    if job.build is not None:
-        try:
-            BuildParams.from_mapping(job.build)
-        except UserError as exc:
-            raise UserError(f"build: {exc}") from None
+    job.build_params()
     job.train.config()
     job.publish.resolved_targets()
     if (warehouse.user_sql_dir or job.models_dir) is not None:

@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
 from rechub_store.data.specs import FeatureSchema, Pooling
-from rechub_store.models.features import (
-    Embeddings,
-    embedding_features,
-    item_input_dim,
-    item_inputs,
-    mlp,
-    run_mlp,
-    user_input_dim,
-    user_inputs,
-)
-from rechub_store.models.space import TRAINER_SPACE, Choice, Float, Range
+from rechub_store.models import mlp_tower
+from rechub_store.models.features import item_input_dim, item_inputs, mlp, run_mlp
 
-# Searched by `rechub-store tune` (see models/space.py).
-SEARCH_SPACE: dict[str, Range] = {
-    **TRAINER_SPACE,
-    "hidden": Choice(((256, 128), (128,), (512, 256))),
-    "dropout": Float(0.0, 0.3),
-    "temperature": Float(0.02, 0.2, log=True),
-    "history_pooling": Choice(("mean", "sum")),
-}
+SEARCH_SPACE = mlp_tower.SEARCH_SPACE  # searched by `rechub-store tune` (models/space.py)
 
 
 class DSSM(nn.Module):
@@ -46,24 +28,11 @@ class DSSM(nn.Module):
         history_pooling: Pooling = "mean",
     ) -> None:
         super().__init__()
-        self.schema = schema
-        self.config: dict[str, Any] = dict(
-            embed_dim=embed_dim,
-            hidden=list(hidden),
-            dropout=dropout,
-            temperature=temperature,
-            history_pooling=history_pooling,
-        )
-        self.temperature = temperature
-        self.max_seq_len = schema.history.max_len
-        self.history_pooling: Pooling = history_pooling
-        self.emb = Embeddings(embedding_features(schema), embed_dim)
-        u_in = user_input_dim(schema, embed_dim, True, history_pooling)
-        self.user_mlp = mlp([u_in, *hidden, embed_dim], dropout)
+        mlp_tower.build(self, schema, embed_dim, hidden, dropout, temperature, history_pooling)
         self.item_mlp = mlp([item_input_dim(schema, embed_dim), *hidden, embed_dim], dropout)
 
     def user_tower(self, batch: dict[str, Tensor]) -> Tensor:
-        return run_mlp(self.user_mlp, user_inputs(self.schema, self.emb, batch, True, self.history_pooling))
+        return mlp_tower.user_vector(self, batch)
 
     def item_tower(self, batch: dict[str, Tensor]) -> Tensor:
         return run_mlp(self.item_mlp, item_inputs(self.schema, self.emb, batch))

@@ -31,12 +31,12 @@ from rechub_store.ranking.itemknn import ItemKNN
 from rechub_store.ranking.metrics import rank_metrics
 from rechub_store.ranking.protocol import baseline_ranks
 from rechub_store.training import registry
-from rechub_store.training.config import NEIGHBOUR_MODELS, TrainConfig, check_neighbour_params
+from rechub_store.training.config import TrainConfig, neighbour_params
 from rechub_store.training.trainer import FitResult
 
 NAME = "itemknn"
 ARTIFACT_FILE = "itemknn.npz"
-DEFAULTS: dict[str, Any] = NEIGHBOUR_MODELS[NAME]
+DEFAULTS: dict[str, Any] = neighbour_params(NAME, {})
 EVAL_K = 10
 
 
@@ -53,7 +53,7 @@ class KNNRun:
 
 
 def knn_params(config: TrainConfig) -> dict[str, Any]:
-    return check_neighbour_params(NAME, config.model_params)
+    return neighbour_params(NAME, config.model_params)
 
 
 def fit_itemknn(con: duckdb.DuckDBPyConnection, config: TrainConfig, tuned_from: str | None = None) -> KNNRun:

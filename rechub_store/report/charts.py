@@ -113,6 +113,15 @@ class Canvas:
             artist.set_gid(f"{self.id}-mark-{self.marks}")
             self.marks += 1
 
+    def finish(self, ax: Any, title: str, legend_outside: bool = False) -> str:
+        """The common ending: `title` left on `ax`, with `legend_outside` the legend right of the plot
+        and no vertical grid lines (bar charts), then the inline SVG."""
+        if legend_outside:
+            ax.grid(axis="x", visible=False)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.set_title(title, loc="left")
+        return self.svg(title)
+
     def svg(self, title: str) -> str:
         buf = io.StringIO()
         with _rc({"svg.hashsalt": self.id}):
@@ -203,10 +212,7 @@ def grouped_bars(
     ax.set_xticklabels(groups)
     ax.set_ylim(0, top * 1.18 if top > 0 else 1)
     ax.set_ylabel(ylabel)
-    ax.grid(axis="x", visible=False)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title(title, loc="left")
-    return c.svg(title)
+    return c.finish(ax, title, legend_outside=True)
 
 
 @chart
@@ -325,8 +331,7 @@ def annoy_tuning(chart_id: str, title: str, trials: Sequence[dict[str, Any]], ch
     ax.set_ylabel("recall vs exact")
     ax.set_ylim(0, 1.02)
     ax.legend(loc="lower right")
-    ax.set_title(title, loc="left")
-    return c.svg(title)
+    return c.finish(ax, title)
 
 
 @chart
@@ -345,8 +350,7 @@ def long_tail(chart_id: str, title: str, lt: dict[str, Any]) -> str:
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 101)
     ax.legend(loc="lower right")
-    ax.set_title(title, loc="left")
-    return c.svg(title)
+    return c.finish(ax, title)
 
 
 @chart
@@ -416,10 +420,7 @@ def stacked_runs(
     for tick, label in zip(ticks, ax.get_xticklabels(), strict=False):
         if int(tick) in failed:
             label.set_color(BAD)
-    ax.grid(axis="x", visible=False)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title(title, loc="left")
-    return c.svg(title)
+    return c.finish(ax, title, legend_outside=True)
 
 
 @chart
@@ -461,10 +462,7 @@ def batches(
         rotation=45 if len(labels) > 6 else 0,
         ha="right" if len(labels) > 6 else "center",
     )
-    ax.grid(axis="x", visible=False)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title(title, loc="left")
-    return c.svg(title)
+    return c.finish(ax, title, legend_outside=True)
 
 
 @chart
@@ -499,8 +497,7 @@ def hbars(
             xytext=(3, 0),
             textcoords="offset points",
         )
-    ax.set_title(title, loc="left")
-    return c.svg(title)
+    return c.finish(ax, title)
 
 
 @chart
@@ -528,5 +525,4 @@ def scatter(
     ax.set_xlabel(axis_names[0])
     ax.set_ylabel(axis_names[1])
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), markerscale=2)
-    ax.set_title(title, loc="left")
-    return c.svg(title)
+    return c.finish(ax, title)

@@ -55,6 +55,33 @@ class ScoreReport:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def of(
+        cls,
+        ctx: ScoringContext,
+        run_id: str,
+        index: str,
+        k: int,
+        users: int,
+        rows: int,
+        started: float,
+        phases: dict[str, float],
+        **more: Any,
+    ) -> ScoreReport:
+        """The report of a scoring run that started at `started` (perf_counter), for either engine."""
+        return cls(
+            run_id=run_id,
+            model_run_id=ctx.model_run_id,
+            index=index,
+            k=k,
+            users=users,
+            rows=rows,
+            seconds=round(time.perf_counter() - started, 3),
+            seconds_by_phase={name: round(v, 3) for name, v in phases.items()},
+            annoy=_annoy_summary(ctx, k) if index == "annoy" else None,
+            **more,
+        )
+
 
 class _UserEmbeddingsWriter:
     """`models/<model_run_id>/user_embeddings.parquet` (code, vector) for the users just scored."""
@@ -271,16 +298,15 @@ def score_run(
         write_similar_items(con, ctx.knn.similar, ctx.model_run_id, k)
         phases["similar_items"] = time.perf_counter() - t_similar
     phases["compare"] = plan_seconds
-    report = ScoreReport(
-        run_id=run_id,
-        model_run_id=ctx.model_run_id,
-        index=index,
-        k=k,
-        users=len(users),
-        rows=rows,
-        seconds=round(time.perf_counter() - t0, 3),
-        seconds_by_phase={name: round(v, 3) for name, v in phases.items()},
-        annoy=_annoy_summary(ctx, k) if index == "annoy" else None,
+    report = ScoreReport.of(
+        ctx,
+        run_id,
+        index,
+        k,
+        len(users),
+        rows,
+        t0,
+        phases,
         auto=None if calibration is None else calibration.as_dict(),
         rescored=len(todo),
         rescoring=why,

@@ -75,6 +75,25 @@ def _empty(spark, self_columns: str):
     return spark.createDataFrame([], ", ".join(f"{name} {_spark_type(kind)}" for name, kind in cols))
 
 
+def previous_version(spark, lake_dir: Path, previous: dict | None, model, variables, scratch: Path):
+    """A `-- self:` model's published version; before its first build, its seed's rows over the
+    published tables the seed reads (when all are there), else an empty table."""
+    tables = previous["tables"] if previous else {}
+    if model.name in tables:
+        return spark.read.parquet(sql_path(manifest.table_path(lake_dir, previous, model.name)))
+    reads = sqlmodels.seed_tables(model)
+    if model.seed is None or not all(t in tables for t in reads):
+        return _empty(spark, model.self_columns)
+    views = {}
+    for table in reads:
+        views[table] = f"seed__{view_name(table)}"
+        spark.read.parquet(sql_path(manifest.table_path(lake_dir, previous, table))).createOrReplaceTempView(
+            views[table]
+        )
+    sql = sqlmodels._rewrite(model.seed, sqlmodels._references(model.seed, reads), views)
+    return _run_steps(spark, dialect.steps(sql, variables), scratch / f"seed-{model.name}")
+
+
 def _run_steps(spark, steps: list[dialect.Step], scratch: Path):
     """Run a translated model's steps; returns the DataFrame of its final query."""
     for i, step in enumerate(steps):
@@ -188,11 +207,8 @@ def _build(spark, lake_dir, params, models, todo, audits, raw, partitions, progr
             mine = dict(targets)
             if model.self_columns:  # reads its own published version (stable codes)
                 prev_view = f"previous__{view_name(model.name)}"
-                if previous and model.name in previous["tables"]:
-                    df = spark.read.parquet(sql_path(manifest.table_path(lake_dir, previous, model.name)))
-                else:
-                    df = _empty(spark, model.self_columns)
-                df.createOrReplaceTempView(prev_view)
+                before = previous_version(spark, lake_dir, previous, model, variables, scratch)
+                before.createOrReplaceTempView(prev_view)
                 mine[model.name] = prev_view
             sql = sqlmodels._rewrite(model.sql, sqlmodels._references(model.sql, names), mine)
             df = _run_steps(spark, dialect.steps(sql, variables), scratch / model.name)

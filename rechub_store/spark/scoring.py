@@ -32,7 +32,6 @@ from rechub_store.errors import UserError
 from rechub_store.ranking.exact import Seen, exact_topk
 from rechub_store.results.score import (
     ScoreReport,
-    _annoy_summary,
     _UserEmbeddingsWriter,
     write_item_embeddings,
 )
@@ -181,17 +180,7 @@ def score_spark(
         phases["commit"] = time.perf_counter() - t3
     finally:
         shutil.rmtree(job, ignore_errors=True)
-    return ScoreReport(
-        run_id=run_id,
-        model_run_id=ctx.model_run_id,
-        index=index,
-        k=k,
-        users=len(users),
-        rows=rows,
-        seconds=round(time.perf_counter() - t0, 3),
-        seconds_by_phase={name: round(v, 3) for name, v in phases.items()},
-        annoy=_annoy_summary(ctx, k) if index == "annoy" else None,
-    )
+    return ScoreReport.of(ctx, run_id, index, k, len(users), rows, t0, phases)
 
 
 def score_model_run(

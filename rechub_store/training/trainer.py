@@ -164,12 +164,14 @@ def _valid_subset(samples: Samples, limit: int | None, seed: int) -> Samples:
 
 # ---------------------------------------------------------------------- fitting
 @contextmanager
-def _progress(enabled: bool, total: int, epoch: int) -> Iterator[Any]:
+def progress_bar(enabled: bool, label: str, task: str, total: int | None) -> Iterator[Any]:
+    """A transient bar on stderr (label, bar, n/total, elapsed, an `info` field): yields (bar, task
+    id), or None when disabled. Shared by the epochs of training and the trials of tuning."""
     if not enabled:
         yield None
         return
     with Progress(
-        TextColumn(f"epoch {epoch}"),
+        TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -177,7 +179,7 @@ def _progress(enabled: bool, total: int, epoch: int) -> Iterator[Any]:
         console=Console(stderr=True),
         transient=True,
     ) as bar:
-        yield (bar, bar.add_task("train", total=total, info=""))
+        yield (bar, bar.add_task(task, total=total, info=""))
 
 
 class Trainer:
@@ -377,7 +379,7 @@ class Trainer:
             t0 = time.perf_counter()
             # closing(): the prefetch thread is stopped when the epoch ends, by an error too
             with (
-                _progress(cfg.progress, n_batches, epoch) as bar,
+                progress_bar(cfg.progress, f"epoch {epoch}", "train", n_batches) as bar,
                 closing(self.prepared_batches(epoch)) as batches,
             ):
                 t_data = time.perf_counter()

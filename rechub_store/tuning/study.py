@@ -23,15 +23,11 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import duckdb
 import optuna
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rechub_store.data.readers import FeatureStore, ItemPopularityIndex
 from rechub_store.errors import UserError
@@ -42,7 +38,7 @@ from rechub_store.pipeline.train import fit_model
 from rechub_store.ranking import itemknn
 from rechub_store.training import registry
 from rechub_store.training.config import FULL_SOFTMAX_MAX_ITEMS, NEIGHBOUR_MODELS, TrainConfig
-from rechub_store.training.trainer import EVAL_K
+from rechub_store.training.trainer import EVAL_K, progress_bar
 from rechub_store.tuning import records
 from rechub_store.warehouse import Warehouse
 
@@ -179,23 +175,6 @@ class TuneResult:
         return dict(self.__dict__)
 
 
-@contextmanager
-def _progress(enabled: bool, cfg: TuneConfig) -> Iterator[Any]:
-    if not enabled:
-        yield None
-        return
-    with Progress(
-        TextColumn(f"tune {cfg.model}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        yield bar, bar.add_task("trials", total=cfg.max_trials, info="")
-
-
 def tune(
     target: Warehouse | duckdb.DuckDBPyConnection, cfg: TuneConfig, threads: int | None = None
 ) -> TuneResult:
@@ -240,7 +219,7 @@ def tune(
     popularity = 0.0
     first_epoch = 0.0  # the longest first epoch so far: a trial starts only if one fits in the budget
     try:
-        with _progress(cfg.progress, cfg) as bar:
+        with progress_bar(cfg.progress, f"tune {cfg.model}", "trials", cfg.max_trials) as bar:
             while cfg.max_trials is None or len(study.trials) < cfg.max_trials:
                 if deadline is not None and time.monotonic() + first_epoch >= deadline:
                     break

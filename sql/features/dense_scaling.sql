@@ -4,26 +4,16 @@
 -- min_value/max_value are in transformed space. Counts start from 0 (min_value = 0) so the
 -- point-in-time counts of training samples (features.samples_*) and the current counts
 -- (features.user_dense / item_dense) share one scale.
-with user_attributes as (
-    select a.name, try_cast(a.value as DOUBLE) as x
-    from staging.user_attributes a
-    semi join features.vocab_user_id u on u.value = a.user_id
-    where a.kind = 'dense'
-),
-
-item_attributes as (
-    select a.name, try_cast(a.value as DOUBLE) as x
-    from staging.item_attributes a
-    semi join features.vocab_item_id i on i.value = a.item_id
+with attributes as (
+    select a.entity, a.name, try_cast(a.value as DOUBLE) as x
+    from staging.attributes a
+    semi join features.vocabulary c on c.kind = 'id' and c.entity = a.entity and c.value = a.id
     where a.kind = 'dense'
 ),
 
 attribute_ranges as (
-    select 'user' as entity, name, 'identity' as transform, min(x) as min_value, max(x) as max_value
-    from user_attributes where isfinite(x) group by name
-    union all
-    select 'item', name, 'identity', min(x), max(x)
-    from item_attributes where isfinite(x) group by name
+    select entity, name, 'identity' as transform, min(x) as min_value, max(x) as max_value
+    from attributes where isfinite(x) group by entity, name
 ),
 
 user_counts as (

@@ -139,6 +139,30 @@ def test_vocabularies_are_stable_across_builds(con: duckdb.DuckDBPyConnection) -
     ]
 
 
+def test_a_store_from_before_the_single_vocabulary_keeps_its_codes(con: duckdb.DuckDBPyConnection) -> None:
+    """Stores built when each vocabulary table numbered its own values have no features.vocabulary:
+    the first build seeds it from those tables (sql/seeds/vocabulary.sql), so no code moves."""
+    reset(con)
+    add_events(con, [("u1", "a", 0), ("u1", "b", 1), ("u2", "b", 2)])
+    con.execute("INSERT INTO raw.item_tags VALUES ('a', 'rock', 1, 1), ('b', 'jazz', 1, 2)")
+    con.execute("INSERT INTO raw.user_attributes VALUES ('u1', 'city', 'Oslo', 'sparse', 1, 1)")
+    build_features(con, BuildParams())
+    # the older layout, with codes that value order would not give (appended over several builds)
+    con.execute("DROP TABLE features.vocabulary")
+    for t in ("vocab_user_id", "vocab_item_id", "vocab_tag", "vocab_attribute"):
+        con.execute(f"UPDATE features.{t} SET code = code + 10")
+    old = {t: set(table(con, f"SELECT * FROM features.{t}")) for t in ("vocab_item_id", "vocab_attribute")}
+    add_events(con, [("u3", "0", 5)], batch=2)
+    con.execute("INSERT INTO raw.user_attributes VALUES ('u3', 'city', 'Bergen', 'sparse', 2, 1)")
+    build_features(con, BuildParams())
+    assert set(table(con, "SELECT * FROM features.vocab_item_id")) == old["vocab_item_id"] | {("0", 13)}
+    assert set(table(con, "SELECT * FROM features.vocab_attribute")) == old["vocab_attribute"] | {
+        ("user", "city", "Bergen", 12)
+    }
+    assert sorted(table(con, "SELECT * FROM features.vocab_tag")) == [("jazz", 11), ("rock", 12)]
+    assert sorted(table(con, "SELECT * FROM features.vocab_user_id")) == [("u1", 11), ("u2", 12), ("u3", 13)]
+
+
 def test_interactions_only_data(con: duckdb.DuckDBPyConnection) -> None:
     reset(con)
     add_events(con, [("u", i, m) for m, i in enumerate("abcd")])
@@ -226,7 +250,7 @@ def test_attributes_latest_value_scaling_and_views(con: duckdb.DuckDBPyConnectio
     ]
     # a view of an attribute that vanished is dropped by the next build
     con.execute("DELETE FROM raw.user_attributes WHERE name = 'gender'")
-    con.execute("DELETE FROM features.vocab_attribute WHERE name = 'gender'")  # simulate a fresh store
+    con.execute("DELETE FROM features.vocabulary WHERE name = 'gender'")  # simulate a fresh store
     build_features(con, BuildParams())
     views = {r[0] for r in table(con, "SELECT view_name FROM duckdb_views() WHERE schema_name = 'features'")}
     assert "vocab_gender" not in views and "vocab_user_category" in views

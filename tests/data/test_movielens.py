@@ -22,23 +22,26 @@ def _counts(results) -> list[tuple[str, int, int, int]]:
     return [(r.kind, r.rows_read, r.rows_accepted, r.rows_rejected) for r in results]
 
 
+def _loaded(con) -> tuple[dict, dict, dict, dict]:
+    """What ingest stored: titles and years by item, tags by item, the attributes of user 1."""
+
+    def pairs(sql: str) -> dict:
+        return dict(con.execute(sql).fetchall())
+
+    return (
+        pairs("SELECT item_id, value FROM raw.item_attributes WHERE name = 'title'"),
+        pairs("SELECT item_id, value FROM raw.item_attributes WHERE name = 'year'"),
+        pairs("SELECT item_id, list(tag ORDER BY tag) FROM raw.item_tags GROUP BY 1"),
+        pairs("SELECT name, value FROM raw.user_attributes WHERE user_id = '1'"),
+    )
+
+
 def test_ml1m(warehouse: Warehouse) -> None:
     with warehouse.session() as con:
         results = ingest_movielens(con, FIXTURES / "ml-1m", max_reject_ratio=None)
         rejects = con.execute("SELECT path, line, reason FROM raw.rejects ORDER BY path, line").fetchall()
         first = con.execute("SELECT * FROM raw.interactions WHERE line = 1").fetchone()
-        title = dict(
-            con.execute("SELECT item_id, value FROM raw.item_attributes WHERE name = 'title'").fetchall()
-        )
-        year = dict(
-            con.execute("SELECT item_id, value FROM raw.item_attributes WHERE name = 'year'").fetchall()
-        )
-        tags = dict(
-            con.execute("SELECT item_id, list(tag ORDER BY tag) FROM raw.item_tags GROUP BY 1").fetchall()
-        )
-        user1 = dict(
-            con.execute("SELECT name, value FROM raw.user_attributes WHERE user_id = '1'").fetchall()
-        )
+        title, year, tags, user1 = _loaded(con)
     assert _counts(results) == [("interactions", 26, 22, 4), ("users", 8, 6, 2), ("items", 8, 7, 1)]
     assert [(Path(p).name, line, reason) for p, line, reason in rejects] == [
         ("movies.dat", 7, "wrong field count: expected 3, got 2"),
@@ -66,18 +69,7 @@ def test_ml100k(warehouse: Warehouse) -> None:
     with warehouse.session() as con:
         results = ingest_movielens(con, FIXTURES / "ml-100k", max_reject_ratio=None)
         rejects = con.execute("SELECT line, reason FROM raw.rejects WHERE path LIKE '%u.data'").fetchall()
-        title = dict(
-            con.execute("SELECT item_id, value FROM raw.item_attributes WHERE name = 'title'").fetchall()
-        )
-        year = dict(
-            con.execute("SELECT item_id, value FROM raw.item_attributes WHERE name = 'year'").fetchall()
-        )
-        tags = dict(
-            con.execute("SELECT item_id, list(tag ORDER BY tag) FROM raw.item_tags GROUP BY 1").fetchall()
-        )
-        user1 = dict(
-            con.execute("SELECT name, value FROM raw.user_attributes WHERE user_id = '1'").fetchall()
-        )
+        title, year, tags, user1 = _loaded(con)
         ties = con.execute(
             "SELECT count(*) FROM raw.interactions WHERE user_id = '5' AND epoch(ts) = 875635748"
         )

@@ -365,14 +365,15 @@ def test_user_who_saw_almost_everything(con: duckdb.DuckDBPyConnection) -> None:
 def test_build_params_validation() -> None:
     from rechub_store.errors import UserError
 
-    with pytest.raises(UserError, match="min_seq_len"):
+    # a direct construction names the value as the command line does (`--min-seq-len`)
+    with pytest.raises(UserError, match="min-seq-len: expected an integer >= 3"):
         BuildParams(min_seq_len=2)
     BuildParams(min_seq_len=2, validation=False)
-    with pytest.raises(UserError, match="neg_mode"):
+    with pytest.raises(UserError, match="neg-mode"):
         BuildParams(neg_mode="softmax")
-    with pytest.raises(UserError, match="neg_ratio"):
+    with pytest.raises(UserError, match="neg-ratio"):
         BuildParams(neg_ratio=True)  # type: ignore[arg-type]
-    with pytest.raises(UserError, match="neg_alpha"):
+    with pytest.raises(UserError, match="neg-alpha"):
         BuildParams(neg_alpha=float("nan"))
     with pytest.raises(UserError, match="bogus"):
         BuildParams.from_mapping({"max_seq_len": 20, "bogus": 1})

@@ -99,6 +99,44 @@ def test_self_model_reads_its_previous_version(tmp_path: Path, warehouse: Wareho
             assert con.execute("SELECT n FROM staging.counter").fetchall() == [(expected,)]
 
 
+def test_seed_is_the_first_version_only_when_its_tables_exist(tmp_path: Path, warehouse: Warehouse) -> None:
+    counter = (
+        "-- self: (n INTEGER)\n-- seed: seeds/counter.sql\n"
+        "select (max(n) + 1)::INTEGER as n from staging.counter"
+    )
+    write(tmp_path, "staging/counter.sql", counter)
+    write(tmp_path, "seeds/counter.sql", "select n from legacy.counter")  # not a model itself
+    with warehouse.session() as con:
+        sqlmodels.run(con, variables={}, sql_dir=tmp_path)  # legacy.counter missing: starts empty
+        assert con.execute("SELECT n FROM staging.counter").fetchall() == [(None,)]
+        con.execute("DROP TABLE staging.counter")
+        con.execute("CREATE SCHEMA legacy; CREATE TABLE legacy.counter AS SELECT 41 AS n")
+        sqlmodels.run(con, variables={}, sql_dir=tmp_path)
+        assert con.execute("SELECT n FROM staging.counter").fetchall() == [(42,)]
+        con.execute("UPDATE legacy.counter SET n = 0")  # read once: the model's own table exists now
+        sqlmodels.run(con, variables={}, sql_dir=tmp_path)
+        assert con.execute("SELECT n FROM staging.counter").fetchall() == [(43,)]
+        # a seed that fails fails the build and leaves no empty table to be taken as the seeded one
+        con.execute("DROP TABLE staging.counter; CREATE OR REPLACE TABLE legacy.counter AS SELECT 'x' AS n")
+        with pytest.raises(UserError, match="counter"):
+            sqlmodels.run(con, variables={}, sql_dir=tmp_path)
+        assert not con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'staging' AND table_name = 'counter'"
+        ).fetchone()[0]
+    write(tmp_path, "staging/counter.sql", counter.replace("seeds/counter", "staging/counter"))
+    with pytest.raises(UserError, match=r"must be a \.sql file in seeds/"):
+        sqlmodels.discover(tmp_path)
+    write(tmp_path, "staging/counter.sql", counter.replace("seeds/counter", "seeds/../../x"))
+    with pytest.raises(UserError, match=r"must be a \.sql file in seeds/"):
+        sqlmodels.discover(tmp_path)
+    write(tmp_path, "staging/counter.sql", counter.replace("seeds/counter", "seeds/missing"))
+    with pytest.raises(UserError, match="not found"):
+        sqlmodels.discover(tmp_path)
+    write(tmp_path, "staging/counter.sql", "-- seed: seeds/counter.sql\nselect 1 as n")
+    with pytest.raises(UserError, match="needs a `-- self:"):
+        sqlmodels.discover(tmp_path)
+
+
 # ------------------------------------------------------------------ failures leave the previous build
 
 
@@ -276,6 +314,7 @@ def test_cli_build_features(warehouse: Warehouse) -> None:
         app, ["--warehouse", str(warehouse.path), "build-features", "--neg-mode", "softmax"]
     )
     assert result.exit_code == 2
-    assert "neg_mode" in result.stderr and "Traceback" not in result.output
+    assert "--neg-mode: expected one of pointwise, pairwise, listwise" in result.stderr
+    assert "Traceback" not in result.output
     result = runner.invoke(app, ["--warehouse", str(warehouse.path), "build-features", "--select", "nope"])
     assert result.exit_code == 2 and "unknown model" in result.stderr

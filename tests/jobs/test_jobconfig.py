@@ -99,24 +99,27 @@ def test_missing_job_file() -> None:
 
 
 def test_unknown_build_and_train_params_are_rejected_when_the_file_is_read() -> None:
-    with pytest.raises(UserError, match=r"build: unknown build parameter.*max_seq_length"):
+    with pytest.raises(UserError, match=r"build: unknown key\(s\) max_seq_length"):
         JobConfig.from_mapping({"build": {"max_seq_length": 5}})
-    with pytest.raises(UserError, match=r"train\.params: unknown keys epoch"):
+    with pytest.raises(UserError, match=r"train\.params: unknown key\(s\) epoch"):
         JobConfig.from_mapping({"train": {"params": {"epoch": 2}}})
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[train.params]\nepochs = 0", "train.params: epochs: expected an integer >= 1, got 0"),
-        ("[train.params]\nepochs = 'ten'", "train.params: epochs: expected an integer, got 'ten'"),
-        ("[train.params]\nlr = -1.0", "train.params: lr: expected a positive number"),
-        ("[train.params]\nin_batch = 1", "train.params: in_batch: expected true or false"),
-        ("[train.params]\nneg_mode = 'fancy'", "train.params: neg-mode: expected one of"),
-        ("[train.params]\nmodel_params = 3", "train.params: model_params: expected a table"),
+        ("[train.params]\nepochs = 0", "train.params.epochs: expected an integer >= 1, got 0"),
+        ("[train.params]\nepochs = 'ten'", "train.params.epochs: expected an integer >= 1, got 'ten'"),
+        ("[train.params]\nlr = -1.0", "train.params.lr: expected a positive number, got -1.0"),
+        ("[train.params]\nin_batch = 1", "train.params.in_batch: expected true or false, got 1"),
+        ("[train.params]\nneg_mode = 'fancy'",
+         "train.params.neg_mode: expected one of pointwise, pairwise, listwise, full, got 'fancy'"),
+        ("[train.params]\nmodel_params = 3", "train.params.model_params: expected a table, got 3"),
         # a misspelled model fails now, not on the night a retrain finally comes due
-        ("[train]\npolicy = 'never'\nmodel = 'sasrek'", "train.model: unknown model 'sasrek'"),
-        ("[build]\nmin_seq_len = 1", "build: build parameter min_seq_len"),
+        ("[train]\npolicy = 'never'\nmodel = 'sasrek'",
+         "train.model: expected one of dssm, youtubednn, gru4rec, sasrec, itemknn, got 'sasrek'"),
+        ("[build]\nmin_seq_len = 1",
+         "build.min_seq_len: expected an integer >= 3 (a test target, a validation target and one event"),
         ("[[ingest.sources]]\npath='x'\nuser_col='u'\nitem_col='i'\ntime_col='t'\noptions={typo=1}",
          "ingest.sources[0].options: unknown key(s) typo"),
         ("[[ingest.sources]]\npath='x'\nuser_col='u'\nitem_col='i'\ntime_col='t'\n"

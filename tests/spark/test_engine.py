@@ -16,12 +16,14 @@ from compare import differences
 from typer.testing import CliRunner
 
 from rechub_store.cli import app
+from rechub_store.data import sqlmodels
 from rechub_store.data.build import BuildParams, build_features
 from rechub_store.data.generate import generate_into
+from rechub_store.data.incremental import FULL_BUILD_VARIABLES
 from rechub_store.data.ingest import ingest_interactions
 from rechub_store.errors import UserError
 from rechub_store.spark import manifest
-from rechub_store.spark.engine import build_features_spark
+from rechub_store.spark.engine import build_features_spark, previous_version
 from rechub_store.spark.lake import export_raw
 from rechub_store.warehouse import Warehouse
 
@@ -128,6 +130,28 @@ def test_every_feature_table_equals_duckdb(built: tuple[Warehouse, Path, dict]) 
             f"LEFT JOIN read_parquet('{before}/*.parquet') a USING (value)"
         ).fetchone()
     assert moved == 0 and added == 2  # new-item-1, new-item-2
+
+
+def test_an_older_lake_seeds_the_vocabulary_from_its_tables(
+    built: tuple[Warehouse, Path, dict], spark: object, spark_tmp: Path
+) -> None:
+    """A published build without features.vocabulary (made before it existed): the next build's
+    previous vocabulary is the seed over that build's four vocabulary tables, so no code moves;
+    without one of them, it starts empty."""
+    _, lake, _ = built
+    published = manifest.read(lake)
+    assert published is not None
+    tables = {t: p for t, p in published["tables"].items() if t != "features.vocabulary"}
+    older = {**published, "tables": tables}
+    model = sqlmodels.discover()["features.vocabulary"]
+    variables = {**PARAMS.variables(), **FULL_BUILD_VARIABLES}
+    seeded = previous_version(spark, lake, older, model, variables, spark_tmp / "seed").collect()
+    table = manifest.table_path(lake, published, "features.vocabulary")
+    with duckdb.connect() as con:
+        expected = set(con.execute(f"SELECT * FROM read_parquet('{table}/*.parquet')").fetchall())
+    assert {tuple(r) for r in seeded} == expected and len(expected) > 50
+    del tables["features.vocab_tag"]
+    assert previous_version(spark, lake, older, model, variables, spark_tmp / "seed").isEmpty()
 
 
 def test_failed_build_leaves_the_published_build(built: tuple[Warehouse, Path, dict], spark: object) -> None:

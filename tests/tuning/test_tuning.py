@@ -13,7 +13,7 @@ from rechub_store.data.readers import FeatureStore, Samples
 from rechub_store.errors import UserError
 from rechub_store.models.space import Float, Int
 from rechub_store.pipeline.train import fit_model
-from rechub_store.training.config import TrainConfig, check_neighbour_params
+from rechub_store.training.config import TrainConfig, neighbour_params
 from rechub_store.training.registry import load_model
 from rechub_store.tuning.study import SPACES, TuneConfig, parse_duration, tune, tuned_config
 from rechub_store.warehouse import Warehouse
@@ -153,7 +153,7 @@ def test_itemknn_space_is_valid_and_tunes(planted_warehouse: Warehouse) -> None:
     result = tune(planted_warehouse, cfg)
     assert result.n_trials == 4 and result.trial_states == {"complete": 4}
     for t in result.trials:
-        assert check_neighbour_params("itemknn", t["params"]) and len(t["curve"]) == 1, t
+        assert neighbour_params("itemknn", t["params"]) == t["params"] and len(t["curve"]) == 1, t
     assert len({json.dumps(t["params"], sort_keys=True) for t in result.trials}) == 4
     with planted_warehouse.session() as con:
         run = con.execute(
