@@ -68,47 +68,15 @@ def _warehouse(path: Path, threads: int, memory_limit: str | None) -> Any:
 
 
 def step_ingest(data_dir: Path, wh_path: Path, threads: int, memory_limit: str | None) -> dict[str, Any]:
-    from rechub_store.data.generate import (
-        ITEM_DENSE,
-        ITEM_SPARSE,
-        ITEM_TAGS,
-        ITEM_TEXT,
-        USER_DENSE,
-        USER_SPARSE,
-    )
-    from rechub_store.data.ingest import ingest_interactions, ingest_items, ingest_users
+    from rechub_store.data.generate import ingest_generated
 
     if wh_path.exists():
         wh_path.unlink()
     t0, c0 = time.perf_counter(), cpu_seconds()
     with _warehouse(wh_path, threads, memory_limit).session() as con:
-        results = [
-            ingest_interactions(
-                con,
-                data_dir / "interactions.parquet",
-                user_col="user_id",
-                item_col="item_id",
-                time_col="ts",
-                rating_col="rating",
-                time_format="seconds",
-            ),
-            ingest_users(
-                con,
-                data_dir / "users.parquet",
-                id_col="user_id",
-                sparse_cols=USER_SPARSE,
-                dense_cols=USER_DENSE,
-            ),
-            ingest_items(
-                con,
-                data_dir / "items.parquet",
-                id_col="item_id",
-                sparse_cols=ITEM_SPARSE,
-                dense_cols=ITEM_DENSE,
-                text_cols=ITEM_TEXT,
-                tags_col=ITEM_TAGS,
-            ),
-        ]
+        results = ingest_generated(
+            con, data_dir / "interactions.parquet", data_dir / "users.parquet", data_dir / "items.parquet"
+        )
         (rows,) = con.execute("SELECT count(*) FROM raw.interactions").fetchone()
     return {
         "seconds": time.perf_counter() - t0,

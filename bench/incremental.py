@@ -57,16 +57,7 @@ def prepare(
     import duckdb
 
     from rechub_store.data.build import BuildParams, build_features
-    from rechub_store.data.generate import (
-        ITEM_DENSE,
-        ITEM_SPARSE,
-        ITEM_TAGS,
-        ITEM_TEXT,
-        USER_DENSE,
-        USER_SPARSE,
-        generate,
-    )
-    from rechub_store.data.ingest import ingest_interactions, ingest_items, ingest_users
+    from rechub_store.data.generate import generate, ingest_generated
     from rechub_store.jobs.config import JobConfig
     from rechub_store.jobs.job import run_nightly
     from rechub_store.pipeline.train import train
@@ -97,27 +88,7 @@ def prepare(
     base.parent.mkdir(parents=True)
     wh = Warehouse(base, threads=threads, memory_limit=memory_limit)
     with wh.session() as con:
-        ingest_interactions(
-            con,
-            data / "old.parquet",
-            user_col="user_id",
-            item_col="item_id",
-            time_col="ts",
-            rating_col="rating",
-            time_format="seconds",
-        )
-        ingest_users(
-            con, data / "users.parquet", id_col="user_id", sparse_cols=USER_SPARSE, dense_cols=USER_DENSE
-        )
-        ingest_items(
-            con,
-            data / "items.parquet",
-            id_col="item_id",
-            sparse_cols=ITEM_SPARSE,
-            dense_cols=ITEM_DENSE,
-            text_cols=ITEM_TEXT,
-            tags_col=ITEM_TAGS,
-        )
+        ingest_generated(con, data / "old.parquet", data / "users.parquet", data / "items.parquet")
         build_features(con, BuildParams())
         # a cheap model (1 epoch, sampled softmax): the bench times the nightly, not training
         train(

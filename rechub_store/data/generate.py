@@ -420,20 +420,28 @@ def generate_into(
     data = generate(
         out_dir, n_users=n_users, n_items=n_items, n_events=n_events, seed=seed, fmt=fmt, shape=shape
     )
+    return ingest_generated(con, data.interactions, data.users, data.items)
+
+
+def ingest_generated(
+    con: duckdb.DuckDBPyConnection, interactions: Path, users: Path, items: Path
+) -> list[IngestResult]:
+    """Ingest the generator's three files (or parts of them, e.g. a log cut by time) with the
+    column mapping they are written with; returns the `IngestResult`s (interactions, users, items)."""
     return [
         ingest_interactions(
             con,
-            data.interactions,
+            interactions,
             user_col="user_id",
             item_col="item_id",
             time_col="ts",
             rating_col="rating",
             time_format="seconds",
         ),
-        ingest_users(con, data.users, id_col="user_id", sparse_cols=USER_SPARSE, dense_cols=USER_DENSE),
+        ingest_users(con, users, id_col="user_id", sparse_cols=USER_SPARSE, dense_cols=USER_DENSE),
         ingest_items(
             con,
-            data.items,
+            items,
             id_col="item_id",
             sparse_cols=ITEM_SPARSE,
             dense_cols=ITEM_DENSE,
