@@ -179,7 +179,7 @@ def tune(
     target: Warehouse | duckdb.DuckDBPyConnection, cfg: TuneConfig, threads: int | None = None
 ) -> TuneResult:
     """Run one study and register its best model; every trial and the study are recorded in meta.
-    Torch uses the warehouse's thread count (`threads` for an open connection; None: every core)."""
+    Trial 0 is the defaults (recorded with empty params), the others are sampled. Torch uses the warehouse's thread count (`threads` for an open connection; None: every core)."""
     if isinstance(target, Warehouse):
         with target.session() as con:
             return tune(con, cfg, target.threads)
@@ -224,7 +224,9 @@ def tune(
                 if deadline is not None and time.monotonic() + first_epoch >= deadline:
                     break
                 trial = study.ask()
-                params = suggest(trial, space)
+                # trial 0 trains the defaults (nothing sampled: `train`'s own configuration plus the
+                # study's base options), so a study never ends below them on validation
+                params = {} if trial.number == 0 else suggest(trial, space)
                 status, _value, fit_info = _run_trial(
                     con, study_id, trial, params, cfg, store, threads, deadline, popularity_index, best
                 )

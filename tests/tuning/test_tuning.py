@@ -55,6 +55,8 @@ def test_study_reads_no_test_sample_and_repeats_with_its_seed(
     assert [t["value"] for t in first.trials] == [t["value"] for t in second.trials]
     assert (first.best_trial, first.best_params) == (second.best_trial, second.best_params)
     assert first.best_value == max(t["value"] for t in first.trials)
+    # trial 0 is the defaults (nothing sampled), the others are sampled points of the space
+    assert first.trials[0]["params"] == {} and all(t["params"] for t in first.trials[1:])
 
     with planted_warehouse.session() as con:
         rows = con.execute(
@@ -74,8 +76,8 @@ def test_study_reads_no_test_sample_and_repeats_with_its_seed(
         # the job's [train.params] win
         config, study_id = tuned_config(con, TrainConfig(model="gru4rec", epochs=2))
     assert study_id == second.study_id and config.epochs == 2
-    assert config.lr == second.best_params["lr"]
-    assert config.model_params["dropout"] == second.best_params["dropout"]
+    best = second.best_params  # {} when the defaults won
+    assert config.lr == best.get("lr") and config.model_params.get("dropout") == best.get("dropout")
 
 
 def test_epoch_callback_stops_training(planted_warehouse: Warehouse) -> None:
@@ -152,7 +154,8 @@ def test_itemknn_space_is_valid_and_tunes(planted_warehouse: Warehouse) -> None:
     cfg = TuneConfig(model="itemknn", budget_seconds=None, max_trials=4, seed=3, progress=False)
     result = tune(planted_warehouse, cfg)
     assert result.n_trials == 4 and result.trial_states == {"complete": 4}
-    for t in result.trials:
+    assert result.trials[0]["params"] == {}  # the defaults
+    for t in result.trials[1:]:
         assert neighbour_params("itemknn", t["params"]) == t["params"] and len(t["curve"]) == 1, t
     assert len({json.dumps(t["params"], sort_keys=True) for t in result.trials}) == 4
     with planted_warehouse.session() as con:
