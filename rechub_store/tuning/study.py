@@ -179,7 +179,8 @@ def tune(
     target: Warehouse | duckdb.DuckDBPyConnection, cfg: TuneConfig, threads: int | None = None
 ) -> TuneResult:
     """Run one study and register its best model; every trial and the study are recorded in meta.
-    Trial 0 is the defaults (recorded with empty params), the others are sampled. Torch uses the warehouse's thread count (`threads` for an open connection; None: every core)."""
+    Trial 0 is the defaults (recorded with empty params), the others are sampled. Torch uses the
+    warehouse's thread count (`threads` for an open connection; None: every core)."""
     if isinstance(target, Warehouse):
         with target.session() as con:
             return tune(con, cfg, target.threads)
