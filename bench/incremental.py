@@ -115,7 +115,7 @@ def prepare(
 def night2(root: Path, threads: int, memory_limit: str | None, full_refresh: bool) -> dict[str, Any]:
     import tomllib
 
-    from rechub_store.data.ingest import ingest_interactions
+    from rechub_store.data.generate import ingest_generated_interactions
     from rechub_store.jobs.config import JobConfig
     from rechub_store.jobs.job import run_nightly
     from rechub_store.warehouse import Warehouse
@@ -123,15 +123,7 @@ def night2(root: Path, threads: int, memory_limit: str | None, full_refresh: boo
     wh = Warehouse(root / "rechub.duckdb", threads=threads, memory_limit=memory_limit)
     new = root.parent / "new.parquet"
     with wh.session() as con:
-        ingest_interactions(
-            con,
-            new,
-            user_col="user_id",
-            item_col="item_id",
-            time_col="ts",
-            rating_col="rating",
-            time_format="seconds",
-        )
+        ingest_generated_interactions(con, new)
     job = JobConfig.from_mapping(tomllib.loads(JOB.format(index="annoy")), base_dir=root)
     t0, c0 = time.perf_counter(), cpu_seconds()
     report = run_nightly(wh, job, dt.date(2030, 1, 2), full_refresh=full_refresh)

@@ -423,21 +423,26 @@ def generate_into(
     return ingest_generated(con, data.interactions, data.users, data.items)
 
 
+def ingest_generated_interactions(con: duckdb.DuckDBPyConnection, path: Path) -> IngestResult:
+    """Ingest a generated interactions file (or a part of one) with the columns it is written with."""
+    return ingest_interactions(
+        con,
+        path,
+        user_col="user_id",
+        item_col="item_id",
+        time_col="ts",
+        rating_col="rating",
+        time_format="seconds",
+    )
+
+
 def ingest_generated(
     con: duckdb.DuckDBPyConnection, interactions: Path, users: Path, items: Path
 ) -> list[IngestResult]:
     """Ingest the generator's three files (or parts of them, e.g. a log cut by time) with the
     column mapping they are written with; returns the `IngestResult`s (interactions, users, items)."""
     return [
-        ingest_interactions(
-            con,
-            interactions,
-            user_col="user_id",
-            item_col="item_id",
-            time_col="ts",
-            rating_col="rating",
-            time_format="seconds",
-        ),
+        ingest_generated_interactions(con, interactions),
         ingest_users(con, users, id_col="user_id", sparse_cols=USER_SPARSE, dense_cols=USER_DENSE),
         ingest_items(
             con,
