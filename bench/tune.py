@@ -11,6 +11,17 @@ what it measured:
     RECHUB_THREADS=2 python bench/tune.py --shapes short,long,weak-seq,skewed,mild \
         --models sasrec,gru4rec --tune-models sasrec --budget 5m --out bench/out/tune.json
     python bench/tune.py --table bench/out/tune.json
+
+With `--log PATH` (and `--log-cols USER,ITEM,TIME`), the same flow runs on a real interaction log
+instead of the generated shapes: the file is read where it lies, through the product's own
+`ingest_interactions`, and built with the default parameters; the oracle does not apply there.
+Every run also records the evaluation's slices (`all`, `cold`/`active`, `head`/`tail`,
+`repeat`/`new` targets) under `test_slices`; `--slices JSON` prints them:
+
+    RECHUB_THREADS=1 python bench/tune.py --log ../shared/data/wikipedia-edits.csv \
+        --log-cols user_id,item_id,ts --models sasrec,gru4rec,itemknn --tune-models none \
+        --budget none --out bench/out/tune-wikipedia.json
+    python bench/tune.py --slices bench/out/tune-wikipedia.json
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from rechub_store.api import ingest_interactions
 from rechub_store.data.build import BuildParams, build_features
 from rechub_store.data.generate import N_SUCCESSORS, P_DUPLICATE, SHAPES, _ids, _World, generate_into
 from rechub_store.data.readers import FeatureStore
@@ -44,8 +56,9 @@ OUT = Path(__file__).resolve().parent / "out"
 BASELINES = ("popularity", "itemknn", "transition")
 
 
-def _test_metrics(wh: Warehouse, model_run_id: str, baselines: bool) -> dict[str, dict[str, float]]:
-    """model_run_id (and baseline names) -> {ndcg@10, hit@10, ...} on the test split, slice `all`."""
+def _test_metrics(wh: Warehouse, model_run_id: str, baselines: bool) -> dict[str, dict[str, Any]]:
+    """model_run_id (and baseline names) -> {ndcg@10, hit@10, ...} on the test split, slice `all`,
+    plus `slices`: {slice: {n_users, n_repeat_targets, ndcg@10, hit@10, ...}} for every slice."""
     report = evaluate(
         wh,
         model_run_id=model_run_id,
@@ -55,11 +68,25 @@ def _test_metrics(wh: Warehouse, model_run_id: str, baselines: bool) -> dict[str
         baselines=BASELINES if baselines else (),
         list_users=0,
     )
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for r in report.rows:
-        if r["split"] == "test" and r["slice"] == "all":
-            out.setdefault(r["model_run_id"], {})[f"{r['metric']}@{r['k']}"] = round(r["value"], 6)
+        if r["split"] != "test" or r["index"] != "exact":
+            continue
+        entry = out.setdefault(r["model_run_id"], {"slices": {}})
+        name = f"{r['metric']}@{r['k']}"
+        if r["slice"] == "all":
+            entry[name] = round(r["value"], 6)
+        one = entry["slices"].setdefault(
+            r["slice"], {"n_users": r["n_users"], "n_repeat_targets": r["n_repeat_targets"]}
+        )
+        one[name] = round(r["value"], 6)
     return out
+
+
+def _split_slices(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(slice `all` metrics, per-slice metrics) of one `_test_metrics` entry."""
+    rest = dict(metrics)
+    return rest, rest.pop("slices", {})
 
 
 class Oracle:
@@ -138,9 +165,47 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
         "samples": report.samples,
         "build_seconds": round(time.perf_counter() - t0, 1),
         "oracle": oracle_metrics(wh, shape, items, args.seed),
-        "models": {},
-        "baselines": {},
     }
+    return run_models(wh, result, args, t0)
+
+
+def run_log(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The same flow on a real interaction log, ingested through the product's API (no oracle)."""
+    user_col, item_col, time_col = args.log_cols.split(",")
+    work = args.work / f"tune-log-{path.stem}"
+    shutil.rmtree(work, ignore_errors=True)
+    wh = Warehouse(work / "rechub.duckdb", threads=args.threads)
+    load = os.getloadavg()
+    t0 = time.perf_counter()
+    ingested = ingest_interactions(wh, path, user_col=user_col, item_col=item_col, time_col=time_col)
+    with wh.session() as con:
+        report = build_features(con, BuildParams(seed=args.seed))
+        users, items, events = con.execute(
+            "SELECT count(DISTINCT user_id), count(DISTINCT item_id), count(*) FROM raw.interactions"
+        ).fetchone()
+    result: dict[str, Any] = {
+        "shape": f"log:{path.name}",
+        "description": f"real log {path} (columns {args.log_cols})",
+        "load_average_start": [round(x, 1) for x in load],
+        "log": {
+            "path": str(path),
+            "users": users,
+            "items": items,
+            "events": events,
+            "rows_read": ingested.rows_read,
+            "rows_rejected": ingested.rows_rejected,
+            "seed": args.seed,
+        },
+        "samples": report.samples,
+        "build_seconds": round(time.perf_counter() - t0, 1),
+    }
+    return run_models(wh, result, args, t0)
+
+
+def run_models(wh: Warehouse, result: dict[str, Any], args: argparse.Namespace, t0: float) -> dict[str, Any]:
+    """Per model: defaults, candidate variants, tuned; test metrics and baselines beside them."""
+    shape = result["shape"]
+    result["models"], result["baselines"], result["baseline_slices"] = {}, {}, {}
     first = True
     for model in args.models.split(","):
         entry: dict[str, Any] = {}
@@ -153,9 +218,11 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
             "valid_ndcg@10": round(fit.best_metric, 6),
         }
         metrics = _test_metrics(wh, fit.model_run_id, baselines=first)
-        entry["default"]["test"] = metrics.pop(fit.model_run_id)
+        default = entry["default"]
+        default["test"], default["test_slices"] = _split_slices(metrics.pop(fit.model_run_id))
         if first:
-            result["baselines"] = metrics
+            for name, m in metrics.items():
+                result["baselines"][name], result["baseline_slices"][name] = _split_slices(m)
             first = False
         for name, options in args.variants.get(model, {}).items():  # candidate defaults, side by side
             t3 = time.perf_counter()
@@ -166,9 +233,12 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
                 "train_seconds": round(time.perf_counter() - t3, 1),
                 "best_epoch": fit.best_epoch,
                 "valid_ndcg@10": round(fit.best_metric, 6),
-                "test": _test_metrics(wh, fit.model_run_id, baselines=False)[fit.model_run_id],
             }
+            entry[name]["test"], entry[name]["test_slices"] = _split_slices(
+                _test_metrics(wh, fit.model_run_id, baselines=False)[fit.model_run_id]
+            )
         if model in args.tune_models.split(","):
+            args.write_partial(dict(result, models=dict(result["models"], **{model: entry})))
             t2 = time.perf_counter()
             cfg = TuneConfig(
                 model=model,
@@ -191,11 +261,12 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
                 "valid_ndcg@10": round(study.best_value or 0.0, 6),
             }
             assert study.model_run_id is not None
-            entry["tuned"]["test"] = _test_metrics(wh, study.model_run_id, baselines=False)[
-                study.model_run_id
-            ]
+            entry["tuned"]["test"], entry["tuned"]["test_slices"] = _split_slices(
+                _test_metrics(wh, study.model_run_id, baselines=False)[study.model_run_id]
+            )
         result["models"][model] = entry
         print(f"{shape} {model}: {json.dumps({k: v.get('test') for k, v in entry.items()})}", flush=True)
+        args.write_partial(result)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["load_average_end"] = [round(x, 1) for x in os.getloadavg()]
     return result
@@ -238,6 +309,36 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def slices_table(path: Path) -> str:
+    """Test NDCG@10 / Hit@10 per evaluation slice (users in the slice, repeat targets among them)."""
+    data = json.loads(path.read_text())
+    lines = []
+    for shape in data["shapes"]:
+        runs: list[tuple[str, dict[str, Any]]] = []
+        for model, entry in shape["models"].items():
+            runs += [
+                (model if name == "default" else f"{model} {name}", run["test_slices"])
+                for name, run in entry.items()
+                if "test_slices" in run
+            ]
+        runs += [(f"baseline {name}", sl) for name, sl in shape.get("baseline_slices", {}).items()]
+        if not runs:
+            continue
+        names = list(runs[0][1])
+        first = runs[0][1]
+        sizes = " | ".join(
+            f"{n} ({first[n]['n_users']} users, {first[n]['n_repeat_targets']} repeats)" for n in names
+        )
+        lines += [f"**{shape['shape']}**", "", f"| run | {sizes} |", "|---|" + "---|" * len(names)]
+        for run, sl in runs:
+            cells = " | ".join(
+                f"{sl[n]['ndcg@10']:.4f} / {sl[n]['hit@10']:.4f}" if n in sl else "—" for n in names
+            )
+            lines.append(f"| {run} | {cells} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="short,long,weak-seq,skewed,mild")
@@ -261,7 +362,12 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=OUT / "tune.json")
     ap.add_argument("--work", type=Path, default=OUT / "work", help="where each shape's warehouse is built")
+    ap.add_argument(
+        "--log", type=Path, help="run on this interaction log (CSV or Parquet), not the generated shapes"
+    )
+    ap.add_argument("--log-cols", default="user_id,item_id,ts", help="the log's user, item and time columns")
     ap.add_argument("--table", type=Path)
+    ap.add_argument("--slices", type=Path, help="print the per-slice table of this JSON")
     ap.add_argument(
         "--add-oracle",
         type=Path,
@@ -270,6 +376,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.table:
         print(table(args.table))
+        return
+    if args.slices:
+        print(slices_table(args.slices))
         return
     if args.add_oracle:
         data = json.loads(args.add_oracle.read_text())
@@ -296,7 +405,15 @@ def main() -> None:
         "shapes": [],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for shape in args.shapes.split(","):
+
+    def write_partial(current: dict[str, Any]) -> None:  # after each model: a stopped run keeps it
+        args.out.write_text(json.dumps(dict(result, shapes=[*result["shapes"], current]), indent=2))
+
+    args.write_partial = write_partial
+    if args.log:
+        result["shapes"].append(run_log(args.log, args))
+        args.out.write_text(json.dumps(result, indent=2))
+    for shape in [] if args.log else args.shapes.split(","):
         result["shapes"].append(run_shape(shape, args))
         args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}", file=sys.stderr)
