@@ -40,6 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from rechub_store.api import ingest_interactions
+from rechub_store.config import DEFAULT_SEEN_FILTER
 from rechub_store.data.build import BuildParams, build_features
 from rechub_store.data.generate import N_SUCCESSORS, P_DUPLICATE, SHAPES, _ids, _World, generate_into
 from rechub_store.data.readers import FeatureStore
@@ -56,16 +57,19 @@ OUT = Path(__file__).resolve().parent / "out"
 BASELINES = ("popularity", "itemknn", "transition")
 
 
-def _test_metrics(wh: Warehouse, model_run_id: str, baselines: bool) -> dict[str, dict[str, Any]]:
+def _test_metrics(
+    wh: Warehouse, model_run_id: str, baselines: bool, seen_filter: str = DEFAULT_SEEN_FILTER
+) -> dict[str, dict[str, Any]]:
     """model_run_id (and baseline names) -> {ndcg@10, hit@10, ...} on the test split, slice `all`,
     plus `slices`: {slice: {n_users, n_repeat_targets, ndcg@10, hit@10, ...}} for every slice."""
     report = evaluate(
         wh,
         model_run_id=model_run_id,
-        run_id=f"bench-{model_run_id}",
+        run_id=f"bench-{model_run_id}-{seen_filter}",
         ks=(10, 20),
         indexes=("exact",),
         baselines=BASELINES if baselines else (),
+        seen_filter=seen_filter,
         list_users=0,
     )
     out: dict[str, dict[str, Any]] = {}
@@ -309,19 +313,51 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
-def slices_table(path: Path) -> str:
+def add_seen_filter(path: Path, seen_filter: str, work: Path, threads: int) -> None:
+    """Evaluate every run of this JSON again from its work warehouse under another seen filter:
+    per-slice metrics under `test_slices_by_filter[seen_filter]` (models and baselines)."""
+    data = json.loads(path.read_text())
+    for shape in data["shapes"]:
+        name = shape["shape"]
+        folder = f"tune-log-{Path(name.split(':', 1)[1]).stem}" if name.startswith("log:") else f"tune-{name}"
+        wh = Warehouse(work / folder / "rechub.duckdb", threads=threads)
+        first = True
+        for entry in shape["models"].values():
+            for run in entry.values():
+                metrics = _test_metrics(wh, run["model_run_id"], baselines=first, seen_filter=seen_filter)
+                run.setdefault("test_slices_by_filter", {})[seen_filter] = metrics.pop(run["model_run_id"])[
+                    "slices"
+                ]
+                if first:
+                    for base, m in metrics.items():
+                        shape.setdefault("baseline_slices_by_filter", {}).setdefault(seen_filter, {})[
+                            base
+                        ] = m["slices"]
+                    first = False
+    path.write_text(json.dumps(data, indent=2))
+
+
+def slices_table(path: Path, seen_filter: str | None = None) -> str:
     """Test NDCG@10 / Hit@10 per evaluation slice (users in the slice, repeat targets among them)."""
     data = json.loads(path.read_text())
     lines = []
     for shape in data["shapes"]:
         runs: list[tuple[str, dict[str, Any]]] = []
         for model, entry in shape["models"].items():
-            runs += [
-                (model if name == "default" else f"{model} {name}", run["test_slices"])
-                for name, run in entry.items()
-                if "test_slices" in run
-            ]
-        runs += [(f"baseline {name}", sl) for name, sl in shape.get("baseline_slices", {}).items()]
+            for name, run in entry.items():
+                sl = (
+                    run.get("test_slices_by_filter", {}).get(seen_filter)
+                    if seen_filter
+                    else run.get("test_slices")
+                )
+                if sl:
+                    runs.append((model if name == "default" else f"{model} {name}", sl))
+        base = (
+            shape.get("baseline_slices_by_filter", {}).get(seen_filter, {})
+            if seen_filter
+            else shape.get("baseline_slices", {})
+        )
+        runs += [(f"baseline {name}", sl) for name, sl in base.items()]
         if not runs:
             continue
         names = list(runs[0][1])
@@ -369,6 +405,12 @@ def main() -> None:
     ap.add_argument("--table", type=Path)
     ap.add_argument("--slices", type=Path, help="print the per-slice table of this JSON")
     ap.add_argument(
+        "--seen-filter",
+        help="with --slices: the table under this seen filter (added by --add-seen-filter); alone with "
+        "--add-seen-filter JSON: evaluate that JSON's runs again under it",
+    )
+    ap.add_argument("--add-seen-filter", type=Path, help="see --seen-filter")
+    ap.add_argument(
         "--add-oracle",
         type=Path,
         help="compute the oracle of every shape of this JSON from its work warehouse",
@@ -378,7 +420,10 @@ def main() -> None:
         print(table(args.table))
         return
     if args.slices:
-        print(slices_table(args.slices))
+        print(slices_table(args.slices, args.seen_filter))
+        return
+    if args.add_seen_filter:
+        add_seen_filter(args.add_seen_filter, args.seen_filter, args.work, args.threads)
         return
     if args.add_oracle:
         data = json.loads(args.add_oracle.read_text())
