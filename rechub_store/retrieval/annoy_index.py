@@ -199,16 +199,18 @@ class AnnoyItems:
         k: int,
         exclude: Seen | None = None,
         n_threads: int | None = None,
+        found: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Pessimistic rank of each row's target in annoy's top-k, by the rule of `exact.scorer_ranks`
         applied to the candidates annoy returns (rescored exactly); `MISS` if annoy did not return it.
 
         A target tied with the last listed score may have tied items outside the list; those rows are
         ranked exactly over the catalogue, so ties never depend on which tied items annoy returned.
+        `found`: this `topk(user_vecs, k, exclude)` if the caller already has it (it is not redone).
         """
         user_vecs = np.ascontiguousarray(user_vecs, dtype=np.float32)
         targets = np.asarray(targets, dtype=np.int64)
-        codes, scores = self.topk(user_vecs, k, exclude, n_threads)
+        codes, scores = found if found is not None else self.topk(user_vecs, k, exclude, n_threads)
         ranks = ranks_in_lists(codes, scores, targets)
         if k == 0 or not len(codes):
             return ranks
@@ -237,11 +239,16 @@ def drop_seen(cand: np.ndarray, seen: Seen | None) -> tuple[np.ndarray, np.ndarr
     if seen is not None and len(seen.indices):
         stride = int(max(cand.max(initial=0), seen.indices.max(initial=0))) + 1
         cand_keys = cand + np.arange(n_rows, dtype=np.int64)[:, None] * stride
-        seen_keys = seen.indices + seen.row_ids() * stride
-        drop |= np.isin(cand_keys, seen_keys)
-    order = np.argsort(drop, axis=1, kind="stable")  # kept first, original order preserved
-    packed = np.take_along_axis(np.where(drop, NO_ITEM, cand), order, axis=1)
-    return packed, (~drop).sum(axis=1)
+        # membership by binary search in the sorted seen keys: np.isin would sort the candidates too
+        seen_keys = np.sort(seen.indices + seen.row_ids() * stride)
+        at = np.minimum(np.searchsorted(seen_keys, cand_keys), len(seen_keys) - 1)
+        drop |= seen_keys[at] == cand_keys
+    # left-pack the kept codes in their order: a kept code goes to column (kept codes before it)
+    keep = ~drop
+    rows, cols = np.nonzero(keep)
+    packed = np.full(cand.shape, NO_ITEM, dtype=cand.dtype)
+    packed[rows, (np.cumsum(keep, axis=1) - 1)[rows, cols]] = cand[rows, cols]
+    return packed, keep.sum(axis=1)
 
 
 def rescore(
