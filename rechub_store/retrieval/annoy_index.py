@@ -232,23 +232,37 @@ def _subset(seen: Seen, rows: np.ndarray) -> Seen:
     return Seen.from_prefixes(seen.indices, seen.indptr[rows], counts)
 
 
+DROP_SEEN_BLOCK = 1 << 20  # candidates filtered at a time (bounds drop_seen's temporaries)
+
+
 def drop_seen(cand: np.ndarray, seen: Seen | None) -> tuple[np.ndarray, np.ndarray]:
-    """Remove seen codes and padding from each row, keeping order; rows left-packed, 0-padded."""
-    n_rows = cand.shape[0]
-    drop = cand == NO_ITEM
-    if seen is not None and len(seen.indices):
-        stride = int(max(cand.max(initial=0), seen.indices.max(initial=0))) + 1
-        cand_keys = cand + np.arange(n_rows, dtype=np.int64)[:, None] * stride
-        # membership by binary search in the sorted seen keys: np.isin would sort the candidates too
-        seen_keys = np.sort(seen.indices + seen.row_ids() * stride)
-        at = np.minimum(np.searchsorted(seen_keys, cand_keys), len(seen_keys) - 1)
-        drop |= seen_keys[at] == cand_keys
-    # left-pack the kept codes in their order: a kept code goes to column (kept codes before it)
-    keep = ~drop
-    rows, cols = np.nonzero(keep)
+    """Remove seen codes and padding from each row, keeping order; rows left-packed, 0-padded.
+
+    Rows go in blocks of about a million candidates, so the temporaries stay small whatever the
+    width (one heavy user widens every row of `cand` to their history length)."""
+    n_rows, width = cand.shape
     packed = np.full(cand.shape, NO_ITEM, dtype=cand.dtype)
-    packed[rows, (np.cumsum(keep, axis=1) - 1)[rows, cols]] = cand[rows, cols]
-    return packed, keep.sum(axis=1)
+    n_kept = np.zeros(n_rows, dtype=np.int64)
+    seen_keys = None
+    if seen is not None and len(seen.indices):
+        # membership by binary search in the sorted (row, code) keys: np.isin would sort the
+        # candidates too
+        stride = int(max(cand.max(initial=0), seen.indices.max(initial=0))) + 1
+        seen_keys = np.sort(seen.indices + seen.row_ids() * stride)
+    step = max(1, DROP_SEEN_BLOCK // max(width, 1))
+    for lo in range(0, n_rows, step):
+        part = cand[lo : lo + step]
+        drop = part == NO_ITEM
+        if seen_keys is not None:
+            keys = part + np.arange(lo, lo + len(part), dtype=np.int64)[:, None] * stride
+            at = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
+            drop |= seen_keys[at] == keys
+        # left-pack the kept codes in their order: a kept code goes to column (kept codes before it)
+        keep = ~drop
+        rows, cols = np.nonzero(keep)
+        packed[lo + rows, (np.cumsum(keep, axis=1) - 1)[rows, cols]] = part[rows, cols]
+        n_kept[lo : lo + len(part)] = keep.sum(axis=1)
+    return packed, n_kept
 
 
 def rescore(

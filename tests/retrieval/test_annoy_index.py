@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from rechub_store.ranking.embeddings import normalize_for_index
 from rechub_store.ranking.exact import Seen, exact_topk
+from rechub_store.retrieval import annoy_index
 from rechub_store.retrieval.annoy_index import (
     TUNE_MARGIN,
     AnnoyItems,
@@ -168,7 +169,11 @@ def test_drop_seen_and_overlap_match_plain_python(data) -> None:
     rows = [data.draw(st.lists(st.integers(0, 12), min_size=width, max_size=width)) for _ in range(n_rows)]
     seen_lists = [data.draw(st.lists(st.integers(1, 12), max_size=6)) for _ in range(n_rows)]
     cand = np.array(rows, dtype=np.int64)
-    packed, n_kept = drop_seen(cand, Seen.from_lists(seen_lists))
+    # blocks of rows as in production, down to one row per block
+    block = data.draw(st.sampled_from([1, width, 3 * width, annoy_index.DROP_SEEN_BLOCK]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(annoy_index, "DROP_SEEN_BLOCK", block)
+        packed, n_kept = drop_seen(cand, Seen.from_lists(seen_lists))
     for r in range(n_rows):
         expected = [c for c in rows[r] if c != 0 and c not in seen_lists[r]]
         assert packed[r, : len(expected)].tolist() == expected
