@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -180,14 +181,16 @@ class AnnoyItems:
         # ones are near too, so the first pass needs no extra search (widening passes scale it).
         sk = np.where(want < self.n_items, self.search_k_for(np.full(n_users, k)), -1)
         rows = np.arange(n_users)
+        n_kept = np.zeros(n_users, dtype=np.int64)
         while len(rows):
-            cand = self._candidates(user_vecs[rows], want[rows], sk[rows], n_threads)
-            kept, n_kept = drop_seen(cand, None if seen is None else _subset(seen, rows))
-            take = min(k, kept.shape[1])
-            codes[rows, :take] = kept[:, :take]
+            for group in _width_groups(rows, want):
+                cand = self._candidates(user_vecs[group], want[group], sk[group], n_threads)
+                kept, n_kept[group] = drop_seen(cand, None if seen is None else _subset(seen, group))
+                take = min(k, kept.shape[1])
+                codes[group, :take] = kept[:, :take]
             # short rows widen; done once the whole catalogue was asked for with a full search
             exhausted = (want[rows] >= self.n_items) & (sk[rows] < 0)
-            rows = rows[(n_kept < k) & ~exhausted]
+            rows = rows[(n_kept[rows] < k) & ~exhausted]
             want[rows] = np.minimum(want[rows] * 2, self.n_items)
             sk[rows] = np.where(want[rows] < self.n_items, self.search_k_for(want[rows]), -1)
         return rescore(codes, user_vecs, self.item_vecs)
@@ -223,6 +226,24 @@ class AnnoyItems:
             exact = exact_ranks(user_vecs[rows], self.item_vecs, targets[rows], part)
             ranks[rows] = np.where(exact <= k, exact, MISS)
         return ranks
+
+
+CANDIDATE_BLOCK = 1 << 22  # annoy candidates held at once (rows x width, int64: 32 MB)
+
+
+def _width_groups(rows: np.ndarray, want: np.ndarray) -> Iterator[np.ndarray]:
+    """`rows` in groups of similar `want`, each holding about CANDIDATE_BLOCK candidates: a candidate
+    array is as wide as its widest row, so one user with a long history must not widen every row
+    (a real log's heaviest user can have seen 100k items)."""
+    order = rows[np.argsort(want[rows], kind="stable")]
+    lo = 0
+    while lo < len(order):
+        # widest row of a group is its last (ascending want): grow while rows x width fits
+        widths = np.maximum(want[order[lo:]], 1)
+        fits = (np.arange(1, len(widths) + 1) * widths) <= CANDIDATE_BLOCK
+        n = max(1, int(np.argmin(fits)) if not fits.all() else len(widths))
+        yield np.sort(order[lo : lo + n])
+        lo += n
 
 
 def _subset(seen: Seen, rows: np.ndarray) -> Seen:

@@ -119,6 +119,29 @@ def test_widening_when_nearly_everything_is_seen() -> None:
     assert (codes[2] == 0).all()
 
 
+def test_rows_grouped_by_width_give_the_same_answer(vectors, monkeypatch) -> None:
+    """One heavy user must not widen every row: rows are asked in groups of similar width, and
+    the answer does not depend on the grouping."""
+    items, users = vectors
+    rng = np.random.default_rng(5)
+    index, _ = build_tuned(items, users[:100], "dot", 10)
+    seen = Seen.from_lists(
+        [
+            rng.choice(np.arange(1, 3001), size=2500 if u == 7 else rng.integers(0, 40), replace=False)
+            for u in range(len(users))
+        ]
+    )
+    whole = index.topk(users, 10, seen)
+    want = np.minimum(10 + seen.counts(), 3000)
+    monkeypatch.setattr(annoy_index, "CANDIDATE_BLOCK", 400)
+    groups = list(annoy_index._width_groups(np.arange(len(users)), want))
+    assert np.array_equal(np.sort(np.concatenate(groups)), np.arange(len(users)))
+    assert all(len(g) == 1 or len(g) * want[g].max() <= 400 for g in groups) and len(groups) > 10
+    grouped = index.topk(users, 10, seen)
+    np.testing.assert_array_equal(grouped[0], whole[0])
+    np.testing.assert_array_equal(grouped[1], whole[1])
+
+
 def test_threads_give_the_same_answer(vectors) -> None:
     items, users = vectors
     index, _ = build_tuned(items, users[:100], "dot", 10)
