@@ -68,11 +68,18 @@ class SparseScorer:
         self.n_rows, self.n_items = rows.shape[0], matrix.shape[1]
 
     def block(self, start: int, stop: int, out: torch.Tensor) -> None:
-        scores = (self.rows[start:stop] @ self.matrix).toarray().astype(np.float32, copy=False)
-        out.copy_(torch.from_numpy(scores))
-        if self.fallback is not None:
-            unscored = out <= 0
-            out[unscored] = self.fallback.expand_as(out)[unscored]
+        # The product is sparse (a user reaches few items): write the fallback (or 0) row-wide,
+        # then scatter the product's entries, rather than densify it and mask [rows, n_items].
+        product = sp.csr_matrix(self.rows[start:stop] @ self.matrix)
+        rows = np.repeat(np.arange(stop - start), np.diff(product.indptr))
+        cols, values = product.indices, product.data.astype(np.float32, copy=False)
+        if self.fallback is None:
+            out.zero_()
+        else:
+            out.copy_(self.fallback.expand_as(out))
+            scored = values > 0  # the rest keep the fallback, as a dense product <= 0 would
+            rows, cols, values = rows[scored], cols[scored], values[scored]
+        out[torch.from_numpy(rows), torch.from_numpy(cols.astype(np.int64))] = torch.from_numpy(values)
 
 
 class Popularity:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.metrics.pairwise import cosine_similarity
+from sklearn.preprocessing import normalize
+from sklearn.utils.extmath import safe_sparse_dot
 
 from rechub_store.data.readers import FeatureStore
 from rechub_store.models.space import Float, Int, Range
@@ -68,9 +69,12 @@ class ItemKNN:
         keep = min(self.neighbours, max(n - 1, 1))
         rows, cols, vals = [], [], []
         step = max(1, SIMILARITY_BLOCK // max(n, 1))
+        # cosine = dot product of L2-normalised rows: normalise and transpose once, not per block
+        unit = normalize(interactions, copy=True)
+        unit_t = sp.csr_matrix(unit.T)
         for lo in range(0, n, step):
             hi = min(lo + step, n)
-            sim = cosine_similarity(interactions[lo:hi], interactions, dense_output=True).astype(np.float32)
+            sim = safe_sparse_dot(unit[lo:hi], unit_t, dense_output=True).astype(np.float32, copy=False)
             sim[np.arange(hi - lo), np.arange(lo, hi)] = 0.0  # not its own neighbour
             top = np.argpartition(-sim, keep - 1, axis=1)[:, :keep]
             score = np.take_along_axis(sim, top, axis=1)

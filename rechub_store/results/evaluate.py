@@ -194,19 +194,19 @@ def evaluate_split(
         indexes = ()
     else:
         users, items = evaluation_vectors(ctx.loaded.model, store, samples, ctx.eval_item_vecs)
+    annoy_found: tuple[np.ndarray, np.ndarray] | None = None  # annoy's top-k, asked once
     for index in indexes:
         if index == "exact":
             ranks = exact_ranks(users, items, samples.target, exclude)
         else:
             annoy = ensure_annoy(ctx, max_k, annoy_settings, evaluation=True)
-            ranks = annoy.target_ranks(users, samples.target, max_k, exclude)
+            annoy_found = annoy.topk(users, max_k, exclude)
+            ranks = annoy.target_ranks(users, samples.target, max_k, exclude, found=annoy_found)
         results = slice_metrics(ranks, masks, repeat, ks)
         rows += _rows(run_id, ctx.model_run_id, split, index, seen_filter, results)
-    if "annoy" in indexes and "exact" in indexes:
-        annoy = ensure_annoy(ctx, max_k, annoy_settings, evaluation=True)
-        found, _ = annoy.topk(users, max_k, exclude)
+    if annoy_found is not None and "exact" in indexes:
         truth, _ = exact_topk(users, items, max_k, exclude)
-        recall = {k: overlap_at_k(found, truth, k) for k in ks}
+        recall = {k: overlap_at_k(annoy_found[0], truth, k) for k in ks}
         whole = SliceMetrics("all", len(samples), int(repeat.sum()), {"annoy_recall": recall})
         rows += _rows(run_id, ctx.model_run_id, split, "annoy", seen_filter, [whole])
     for name, baseline in baselines.items():

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -180,14 +181,16 @@ class AnnoyItems:
         # ones are near too, so the first pass needs no extra search (widening passes scale it).
         sk = np.where(want < self.n_items, self.search_k_for(np.full(n_users, k)), -1)
         rows = np.arange(n_users)
+        n_kept = np.zeros(n_users, dtype=np.int64)
         while len(rows):
-            cand = self._candidates(user_vecs[rows], want[rows], sk[rows], n_threads)
-            kept, n_kept = drop_seen(cand, None if seen is None else _subset(seen, rows))
-            take = min(k, kept.shape[1])
-            codes[rows, :take] = kept[:, :take]
+            for group in _width_groups(rows, want):
+                cand = self._candidates(user_vecs[group], want[group], sk[group], n_threads)
+                kept, n_kept[group] = drop_seen(cand, None if seen is None else _subset(seen, group))
+                take = min(k, kept.shape[1])
+                codes[group, :take] = kept[:, :take]
             # short rows widen; done once the whole catalogue was asked for with a full search
             exhausted = (want[rows] >= self.n_items) & (sk[rows] < 0)
-            rows = rows[(n_kept < k) & ~exhausted]
+            rows = rows[(n_kept[rows] < k) & ~exhausted]
             want[rows] = np.minimum(want[rows] * 2, self.n_items)
             sk[rows] = np.where(want[rows] < self.n_items, self.search_k_for(want[rows]), -1)
         return rescore(codes, user_vecs, self.item_vecs)
@@ -199,16 +202,18 @@ class AnnoyItems:
         k: int,
         exclude: Seen | None = None,
         n_threads: int | None = None,
+        found: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Pessimistic rank of each row's target in annoy's top-k, by the rule of `exact.scorer_ranks`
         applied to the candidates annoy returns (rescored exactly); `MISS` if annoy did not return it.
 
         A target tied with the last listed score may have tied items outside the list; those rows are
         ranked exactly over the catalogue, so ties never depend on which tied items annoy returned.
+        `found`: this `topk(user_vecs, k, exclude)` if the caller already has it (it is not redone).
         """
         user_vecs = np.ascontiguousarray(user_vecs, dtype=np.float32)
         targets = np.asarray(targets, dtype=np.int64)
-        codes, scores = self.topk(user_vecs, k, exclude, n_threads)
+        codes, scores = found if found is not None else self.topk(user_vecs, k, exclude, n_threads)
         ranks = ranks_in_lists(codes, scores, targets)
         if k == 0 or not len(codes):
             return ranks
@@ -223,6 +228,24 @@ class AnnoyItems:
         return ranks
 
 
+CANDIDATE_BLOCK = 1 << 22  # annoy candidates held at once (rows x width, int64: 32 MB)
+
+
+def _width_groups(rows: np.ndarray, want: np.ndarray) -> Iterator[np.ndarray]:
+    """`rows` in groups of similar `want`, each holding about CANDIDATE_BLOCK candidates: a candidate
+    array is as wide as its widest row, so one user with a long history must not widen every row
+    (a real log's heaviest user can have seen 100k items)."""
+    order = rows[np.argsort(want[rows], kind="stable")]
+    lo = 0
+    while lo < len(order):
+        # widest row of a group is its last (ascending want): grow while rows x width fits
+        widths = np.maximum(want[order[lo:]], 1)
+        fits = (np.arange(1, len(widths) + 1) * widths) <= CANDIDATE_BLOCK
+        n = max(1, int(np.argmin(fits)) if not fits.all() else len(widths))
+        yield np.sort(order[lo : lo + n])
+        lo += n
+
+
 def _subset(seen: Seen, rows: np.ndarray) -> Seen:
     if len(rows) == seen.n_rows:
         return seen
@@ -230,18 +253,37 @@ def _subset(seen: Seen, rows: np.ndarray) -> Seen:
     return Seen.from_prefixes(seen.indices, seen.indptr[rows], counts)
 
 
+DROP_SEEN_BLOCK = 1 << 20  # candidates filtered at a time (bounds drop_seen's temporaries)
+
+
 def drop_seen(cand: np.ndarray, seen: Seen | None) -> tuple[np.ndarray, np.ndarray]:
-    """Remove seen codes and padding from each row, keeping order; rows left-packed, 0-padded."""
-    n_rows = cand.shape[0]
-    drop = cand == NO_ITEM
+    """Remove seen codes and padding from each row, keeping order; rows left-packed, 0-padded.
+
+    Rows go in blocks of about a million candidates, so the temporaries stay small whatever the
+    width (one heavy user widens every row of `cand` to their history length)."""
+    n_rows, width = cand.shape
+    packed = np.full(cand.shape, NO_ITEM, dtype=cand.dtype)
+    n_kept = np.zeros(n_rows, dtype=np.int64)
+    seen_keys = None
     if seen is not None and len(seen.indices):
+        # membership by binary search in the sorted (row, code) keys: np.isin would sort the
+        # candidates too
         stride = int(max(cand.max(initial=0), seen.indices.max(initial=0))) + 1
-        cand_keys = cand + np.arange(n_rows, dtype=np.int64)[:, None] * stride
-        seen_keys = seen.indices + seen.row_ids() * stride
-        drop |= np.isin(cand_keys, seen_keys)
-    order = np.argsort(drop, axis=1, kind="stable")  # kept first, original order preserved
-    packed = np.take_along_axis(np.where(drop, NO_ITEM, cand), order, axis=1)
-    return packed, (~drop).sum(axis=1)
+        seen_keys = np.sort(seen.indices + seen.row_ids() * stride)
+    step = max(1, DROP_SEEN_BLOCK // max(width, 1))
+    for lo in range(0, n_rows, step):
+        part = cand[lo : lo + step]
+        drop = part == NO_ITEM
+        if seen_keys is not None:
+            keys = part + np.arange(lo, lo + len(part), dtype=np.int64)[:, None] * stride
+            at = np.minimum(np.searchsorted(seen_keys, keys), len(seen_keys) - 1)
+            drop |= seen_keys[at] == keys
+        # left-pack the kept codes in their order: a kept code goes to column (kept codes before it)
+        keep = ~drop
+        rows, cols = np.nonzero(keep)
+        packed[lo + rows, (np.cumsum(keep, axis=1) - 1)[rows, cols]] = part[rows, cols]
+        n_kept[lo : lo + len(part)] = keep.sum(axis=1)
+    return packed, n_kept
 
 
 def rescore(

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from rechub_store.ranking.embeddings import normalize_for_index
 from rechub_store.ranking.exact import Seen, exact_topk
+from rechub_store.retrieval import annoy_index
 from rechub_store.retrieval.annoy_index import (
     TUNE_MARGIN,
     AnnoyItems,
@@ -118,6 +119,29 @@ def test_widening_when_nearly_everything_is_seen() -> None:
     assert (codes[2] == 0).all()
 
 
+def test_rows_grouped_by_width_give_the_same_answer(vectors, monkeypatch) -> None:
+    """One heavy user must not widen every row: rows are asked in groups of similar width, and
+    the answer does not depend on the grouping."""
+    items, users = vectors
+    rng = np.random.default_rng(5)
+    index, _ = build_tuned(items, users[:100], "dot", 10)
+    seen = Seen.from_lists(
+        [
+            rng.choice(np.arange(1, 3001), size=2500 if u == 7 else rng.integers(0, 40), replace=False)
+            for u in range(len(users))
+        ]
+    )
+    whole = index.topk(users, 10, seen)
+    want = np.minimum(10 + seen.counts(), 3000)
+    monkeypatch.setattr(annoy_index, "CANDIDATE_BLOCK", 400)
+    groups = list(annoy_index._width_groups(np.arange(len(users)), want))
+    assert np.array_equal(np.sort(np.concatenate(groups)), np.arange(len(users)))
+    assert all(len(g) == 1 or len(g) * want[g].max() <= 400 for g in groups) and len(groups) > 10
+    grouped = index.topk(users, 10, seen)
+    np.testing.assert_array_equal(grouped[0], whole[0])
+    np.testing.assert_array_equal(grouped[1], whole[1])
+
+
 def test_threads_give_the_same_answer(vectors) -> None:
     items, users = vectors
     index, _ = build_tuned(items, users[:100], "dot", 10)
@@ -168,7 +192,11 @@ def test_drop_seen_and_overlap_match_plain_python(data) -> None:
     rows = [data.draw(st.lists(st.integers(0, 12), min_size=width, max_size=width)) for _ in range(n_rows)]
     seen_lists = [data.draw(st.lists(st.integers(1, 12), max_size=6)) for _ in range(n_rows)]
     cand = np.array(rows, dtype=np.int64)
-    packed, n_kept = drop_seen(cand, Seen.from_lists(seen_lists))
+    # blocks of rows as in production, down to one row per block
+    block = data.draw(st.sampled_from([1, width, 3 * width, annoy_index.DROP_SEEN_BLOCK]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(annoy_index, "DROP_SEEN_BLOCK", block)
+        packed, n_kept = drop_seen(cand, Seen.from_lists(seen_lists))
     for r in range(n_rows):
         expected = [c for c in rows[r] if c != 0 and c not in seen_lists[r]]
         assert packed[r, : len(expected)].tolist() == expected
