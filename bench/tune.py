@@ -18,7 +18,7 @@ instead of the generated shapes: the file is read where it lies, through the pro
 Every run also records the evaluation's slices (`all`, `cold`/`active`, `head`/`tail`,
 `repeat`/`new` targets) under `test_slices`; `--slices JSON` prints them:
 
-    RECHUB_THREADS=1 python bench/tune.py --log ../shared/data/wikipedia-edits.csv \
+    RECHUB_THREADS=1 python bench/tune.py --log DATA/wikipedia-edits.csv \
         --log-cols user_id,item_id,ts --models sasrec,gru4rec,itemknn --tune-models none \
         --budget none --out bench/out/tune-wikipedia.json
     python bench/tune.py --slices bench/out/tune-wikipedia.json
