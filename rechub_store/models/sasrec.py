@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rechub_store.data.specs import FeatureSchema
-from rechub_store.models.features import Embeddings, embedding_features, fit_window, sparse_codes
+from rechub_store.models.features import Embeddings, embedding_features, fit_window, known_codes, sparse_codes
 from rechub_store.models.space import TRAINER_SPACE, Choice, Float, Int, Range
 
 # Searched by `rechub-store tune` (see models/space.py); embed_dim choices are divisible by every head count.
@@ -19,6 +19,7 @@ SEARCH_SPACE: dict[str, Range] = {
     "num_layers": Int(1, 3),
     "num_heads": Choice((1, 2, 4)),
     "dropout": Float(0.0, 0.5),
+    "tie_items": Choice((True, False)),
 }
 
 
@@ -47,7 +48,8 @@ class _Block(nn.Module):
 
 
 class SASRec(nn.Module):
-    """User vector = the last position's output; items are the shared item_id embeddings (dot).
+    """User vector = the last position's output; items are the history's item_id embeddings (dot), or
+    their own output table with `tie_items=False`.
 
     Positions count from the window's first real item, and padded positions attend only to
     themselves and are zeroed after each block, so padding never changes a user vector.
@@ -63,13 +65,18 @@ class SASRec(nn.Module):
         num_layers: int = 2,
         num_heads: int = 2,
         dropout: float = 0.2,
+        tie_items: bool = True,
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.schema = schema
         self.config: dict[str, Any] = dict(
-            embed_dim=embed_dim, num_layers=num_layers, num_heads=num_heads, dropout=dropout
+            embed_dim=embed_dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            dropout=dropout,
+            tie_items=tie_items,
         )
         self.temperature = 1.0
         self.max_seq_len = schema.history.max_len
@@ -80,6 +87,14 @@ class SASRec(nn.Module):
         self.blocks = nn.ModuleList(_Block(embed_dim, num_heads, dropout) for _ in range(num_layers))
         self.norm = nn.LayerNorm(embed_dim)
         self.scale = math.sqrt(embed_dim)
+        # tie_items=False: items are scored with their own output table, not the history's input
+        # table, so "what follows i" need not resemble "i" (a chain i -> j is not symmetric)
+        n_items = self.emb.table("item.item_id").num_embeddings
+        self.output_items = None if tie_items else nn.Embedding(n_items, embed_dim, padding_idx=0)
+        if self.output_items is not None:
+            nn.init.normal_(self.output_items.weight, std=0.05)
+            with torch.no_grad():
+                self.output_items.weight[0].zero_()
 
     def _encode(self, hist: Tensor) -> Tensor:
         """[B, L] left-padded codes -> [B, L, D]: column j summarises the items up to column j."""
@@ -111,4 +126,7 @@ class SASRec(nn.Module):
 
     def item_tower(self, batch: dict[str, Tensor]) -> Tensor:
         n = batch["item_code"].shape[0]
-        return self.emb("item.item_id", sparse_codes(batch, "i.item_id", n))
+        codes = sparse_codes(batch, "i.item_id", n)
+        if self.output_items is not None:
+            return self.output_items(known_codes(codes, self.output_items.num_embeddings))
+        return self.emb("item.item_id", codes)

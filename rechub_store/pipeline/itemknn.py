@@ -8,7 +8,8 @@ As a model run it is fitted on the training split, validated by the evaluation p
 validation split (NDCG@10, beside popularity, as every run), saved as an artifact (`itemknn.npz`:
 the item -> neighbours similarity matrix; `meta.json`: its parameters) and registered in
 `meta.model_runs`, so `score`, `evaluate`, `nightly` and `publish` serve it like any run (exact
-ranking only: it has no vectors for annoy). Parameters: `model_params` neighbours, recent, decay.
+ranking only: it has no vectors for annoy). Parameters: `model_params` neighbours, recent, decay,
+self_weight.
 """
 
 from __future__ import annotations
@@ -136,8 +137,10 @@ def load_knn(path: Path, store: FeatureStore) -> ItemKNN:
         similar = sp.load_npz(Path(path) / ARTIFACT_FILE)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"item-kNN artifact {path} is unreadable: {exc}") from None
-    p = {**DEFAULTS, **meta.get("params", {})}
-    return ItemKNN.from_similar(similar, store, int(p["neighbours"]), int(p["recent"]), float(p["decay"]))
+    p = {**DEFAULTS, "self_weight": 0.0, **meta.get("params", {})}  # runs saved before self_weight had none
+    return ItemKNN.from_similar(
+        similar, store, int(p["neighbours"]), int(p["recent"]), float(p["decay"]), float(p["self_weight"])
+    )
 
 
 __all__ = [

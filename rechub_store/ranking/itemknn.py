@@ -5,7 +5,13 @@ user columns, computed with scikit-learn in blocks of items so memory stays boun
 score for an item is the weighted similarity to the user's `recent` latest items before the cut
 (the latest weighted 1, the one before `decay`, then decay^2, ...); items with no similarity fall
 back to popularity order below every scored item (`baselines.fallback_scores`). `similar` holds
-the item -> neighbours matrix, what an item-to-item table would publish.
+the item -> neighbours matrix, what an item-to-item table would publish (never an item itself).
+
+An item's similarity to itself is `self_weight` (1, its cosine, by default), so a user's recent
+items score themselves too. Under the evaluation protocol the seen filter removes the user's
+earlier items except the target, so this only decides how well a repeated target ranks: without
+it item-kNN could never predict a repeat, which on a repeat-heavy log is most targets. Production
+lists exclude seen items unless told not to (then recent items come first, as re-consumption wants).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ SEARCH_SPACE: dict[str, Range] = {
     "neighbours": Int(10, 500, log=True),
     "recent": Int(1, 50, log=True),
     "decay": Float(0.3, 1.0),
+    "self_weight": Float(0.0, 2.0),
 }
 
 
@@ -36,8 +43,10 @@ class ItemKNN:
 
     name = "itemknn"
 
-    def __init__(self, neighbours: int = 100, recent: int = 20, decay: float = 0.8) -> None:
-        self.neighbours, self.recent, self.decay = neighbours, recent, decay
+    def __init__(
+        self, neighbours: int = 100, recent: int = 20, decay: float = 0.8, self_weight: float = 1.0
+    ) -> None:
+        self.neighbours, self.recent, self.decay, self.self_weight = neighbours, recent, decay, self_weight
 
     def fit(self, store: FeatureStore) -> ItemKNN:
         users, items, _ = training_events(store)
@@ -45,23 +54,31 @@ class ItemKNN:
             (np.ones(users.size, dtype=np.float32), (items, users)), shape=(store.n_items, store.n_users)
         )
         interactions.data[:] = 1.0  # a repeated (user, item) counts once (duplicates were summed)
-        self.similar = self._top_neighbours(interactions)
-        self.store = store
-        self.fallback = fallback_scores(store)
-        return self
+        return self._use(self._top_neighbours(interactions), store)
 
     @classmethod
     def from_similar(
-        cls, similar: sp.csr_matrix, store: FeatureStore, neighbours: int, recent: int, decay: float
+        cls,
+        similar: sp.csr_matrix,
+        store: FeatureStore,
+        neighbours: int,
+        recent: int,
+        decay: float,
+        self_weight: float,
     ) -> ItemKNN:
         """A fitted model from a saved neighbour matrix, over `store` (possibly a newer build: items
         the matrix does not know have no neighbours and fall back to popularity)."""
-        knn = cls(neighbours, recent, decay)
         n = store.n_items
         similar = sp.csr_matrix(similar, dtype=np.float32, copy=True)
         similar.resize((n, n))
-        knn.similar, knn.store, knn.fallback = similar, store, fallback_scores(store)
-        return knn
+        return cls(neighbours, recent, decay, self_weight)._use(similar, store)
+
+    def _use(self, similar: sp.csr_matrix, store: FeatureStore) -> ItemKNN:
+        self.similar, self.store, self.fallback = similar, store, fallback_scores(store)
+        own = np.full(store.n_items, self.self_weight, dtype=np.float32)
+        own[0] = 0.0  # padding
+        self.item_scores = sp.csr_matrix(similar + sp.diags(own, format="csr", dtype=np.float32))
+        return self
 
     def _top_neighbours(self, interactions: sp.csr_matrix) -> sp.csr_matrix:
         """[n_items, n_items] CSR: each item's `neighbours` most similar other items (cosine > 0)."""
@@ -100,4 +117,8 @@ class ItemKNN:
         )
 
     def scorer(self, user_codes: np.ndarray, hist_end: np.ndarray) -> SparseScorer:
-        return SparseScorer(self.history_weights(user_codes, hist_end), self.similar, self.fallback)
+        return self.rows_scorer(self.history_weights(user_codes, hist_end))
+
+    def rows_scorer(self, rows: sp.csr_matrix) -> SparseScorer:
+        """Scores of users given as `history_weights` rows: neighbours' similarities plus self."""
+        return SparseScorer(rows, self.item_scores, self.fallback)

@@ -22,7 +22,6 @@ from rechub_store.errors import UserError
 from rechub_store.models.features import reads_item_popularity
 from rechub_store.pipeline.itemknn import NAME as ITEMKNN
 from rechub_store.pipeline.itemknn import load_knn
-from rechub_store.ranking.baselines import SparseScorer
 from rechub_store.ranking.embeddings import (
     annoy_metric,
     encode_items,
@@ -229,7 +228,7 @@ def topk(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (codes, scores) by the chosen index, ties by code; seen items and padding never returned."""
     if ctx.knn is not None:  # item-kNN: exact, from the neighbour matrix (user_vecs: its history rows)
-        return scorer_topk(SparseScorer(user_vecs, ctx.knn.similar, ctx.knn.fallback), k, seen)
+        return scorer_topk(ctx.knn.rows_scorer(user_vecs), k, seen)
     if check_index(index) == "exact":
         return exact_topk(user_vecs, ctx.item_vecs, k, seen)  # ~256 MB score blocks
     return ensure_annoy(ctx, k, annoy_settings).topk(user_vecs, k, seen, n_threads=ctx.threads)

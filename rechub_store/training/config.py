@@ -50,6 +50,7 @@ class ItemKNNParams:
     neighbours: Annotated[Int, Field(ge=1)] = 100
     recent: Annotated[Int, Field(ge=1)] = 20
     decay: Annotated[Float, Field(gt=0.0, le=1.0)] = 0.8
+    self_weight: Annotated[Float, Field(ge=0.0)] = 1.0  # an item's similarity to itself (ranking/itemknn.py)
 
 
 # Models fitted without gradient training (pipeline/itemknn.py): only `model_params`, `seed` and

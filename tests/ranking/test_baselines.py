@@ -71,17 +71,39 @@ def test_itemknn_matches_cosine_of_training_interactions(store: FeatureStore) ->
         assert sorted(row.values()) == pytest.approx(sorted(kept.values()))
         if len({s for s, _ in sims[:3]}) == 3:
             assert set(row) == set(kept)
-    # a user's score: recency-weighted similarity to the last `recent` items before the cut
+    assert not similar.diagonal().any(), "never its own neighbour in the published matrix"
+    # a user's score: recency-weighted similarity to the last `recent` items before the cut, an
+    # item's similarity to itself being self_weight (1 by default)
     users, ends = np.array([1, 4]), np.array([4, 5])
     got = scores(knn.scorer(users, ends), 2)
     for row, (u, end) in enumerate(zip(users, ends, strict=True)):
         recent = HISTORIES[u - 1][:end][-3:]
         for item in range(1, N_ITEMS + 1):
-            want = sum(0.5 ** (len(recent) - 1 - j) * similar[r, item] for j, r in enumerate(recent))
+            want = sum(
+                0.5 ** (len(recent) - 1 - j) * (similar[r, item] + (r == item)) for j, r in enumerate(recent)
+            )
             if want > 0:
                 assert got[row, item] == pytest.approx(want, rel=1e-6)
             else:  # the popularity fallback: below every scored item
                 assert -1 <= got[row, item] < 0
+
+
+def test_itemknn_self_weight_ranks_repeats(store: FeatureStore) -> None:
+    """self_weight scores a user's own recent items (what a repeated target needs); 0 never does."""
+    users, ends = np.array([1, 4]), np.array([4, 5])
+    plain = scores(
+        ItemKNN(neighbours=2, recent=3, decay=0.5, self_weight=0.0).fit(store).scorer(users, ends), 2
+    )
+    heavy = scores(
+        ItemKNN(neighbours=2, recent=3, decay=0.5, self_weight=5.0).fit(store).scorer(users, ends), 2
+    )
+    for row, (u, end) in enumerate(zip(users, ends, strict=True)):
+        recent = HISTORIES[u - 1][:end][-3:]
+        last = recent[-1]
+        assert heavy[row, last] == pytest.approx(max(plain[row, last], 0.0) + 5.0, rel=1e-6)
+        assert np.argmax(heavy[row, 1:]) + 1 == last  # the latest item outranks everything
+        others = [i for i in range(1, N_ITEMS + 1) if i not in recent]
+        np.testing.assert_allclose(heavy[row, others], plain[row, others])
 
 
 def test_transition_counts_and_fallback(store: FeatureStore) -> None:
