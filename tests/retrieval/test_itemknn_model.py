@@ -4,6 +4,7 @@ its item-to-item neighbours in `similar_items`."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -11,7 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from rechub_store.cli import app
+from rechub_store.data.readers import FeatureStore
+from rechub_store.pipeline.itemknn import load_knn
 from rechub_store.publish.analytics import publish_analytics
+from rechub_store.training import registry
 from rechub_store.warehouse import Warehouse
 
 
@@ -90,3 +94,18 @@ def test_similar_items_hold_each_items_best_neighbours(knn_warehouse: tuple[Path
         """
     ).fetchone()[0]
     assert gaps == 0
+
+
+def test_saved_runs_keep_their_self_weight(knn_warehouse: tuple[Path, str], tmp_path: Path) -> None:
+    """A run saved before item-kNN had `self_weight` scored without the self term: it still does."""
+    root, run_id = knn_warehouse
+    con = duckdb.connect(str(root / "rechub.duckdb"), read_only=True)
+    store = FeatureStore.load(con, splits=(), popularity_index=False)
+    saved = registry.models_dir(con) / run_id
+    assert load_knn(saved, store).self_weight == 1.0  # recorded by this run
+    older = tmp_path / run_id
+    shutil.copytree(saved, older)
+    meta = json.loads((older / "meta.json").read_text())
+    del meta["params"]["self_weight"]
+    (older / "meta.json").write_text(json.dumps(meta))
+    assert load_knn(older, store).self_weight == 0.0
