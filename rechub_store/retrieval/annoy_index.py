@@ -260,7 +260,7 @@ def drop_seen(cand: np.ndarray, seen: Seen | None) -> tuple[np.ndarray, np.ndarr
     """Remove seen codes and padding from each row, keeping order; rows left-packed, 0-padded.
 
     Rows go in blocks of about a million candidates, so the temporaries stay small whatever the
-    width (one heavy user widens every row of `cand` to their history length)."""
+    width of `cand`."""
     n_rows, width = cand.shape
     packed = np.full(cand.shape, NO_ITEM, dtype=cand.dtype)
     n_kept = np.zeros(n_rows, dtype=np.int64)
