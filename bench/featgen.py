@@ -40,6 +40,16 @@ def sizes_for(n_events: int) -> tuple[int, int]:
 
 
 def peak_rss_mib() -> float:
+    """This process's own peak RSS since it started (VmHWM). Not getrusage's ru_maxrss: Linux
+    carries that across fork and exec, so a child started by a parent that held 19 GB (the
+    ratings.dat conversion) reported 19 GB whatever it used itself."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
