@@ -60,17 +60,27 @@ class PopularityScorer:
 
 
 class SparseScorer:
-    """Row u scores = (rows @ matrix)[u], with `fallback` where that is 0."""
+    """Row u scores = (rows @ (matrix + diagonal * I))[u], with `fallback` where that is 0."""
 
-    def __init__(self, rows: sp.csr_matrix, matrix: sp.csr_matrix, fallback: np.ndarray | None) -> None:
-        self.rows, self.matrix = rows, matrix
+    def __init__(
+        self,
+        rows: sp.csr_matrix,
+        matrix: sp.csr_matrix,
+        fallback: np.ndarray | None,
+        diagonal: float = 0.0,
+    ) -> None:
+        self.rows, self.matrix, self.diagonal = rows, matrix, diagonal
         self.fallback = None if fallback is None else torch.from_numpy(fallback)
         self.n_rows, self.n_items = rows.shape[0], matrix.shape[1]
 
     def block(self, start: int, stop: int, out: torch.Tensor) -> None:
         # The product is sparse (a user reaches few items): write the fallback (or 0) row-wide,
         # then scatter the product's entries, rather than densify it and mask [rows, n_items].
-        product = sp.csr_matrix(self.rows[start:stop] @ self.matrix)
+        part = self.rows[start:stop]
+        product = part @ self.matrix
+        if self.diagonal:  # part @ (diagonal * I), without a copy of the matrix with its diagonal set
+            product = product + self.diagonal * part
+        product = sp.csr_matrix(product)
         rows = np.repeat(np.arange(stop - start), np.diff(product.indptr))
         cols, values = product.indices, product.data.astype(np.float32, copy=False)
         if self.fallback is None:

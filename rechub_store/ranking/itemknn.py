@@ -75,9 +75,6 @@ class ItemKNN:
 
     def _use(self, similar: sp.csr_matrix, store: FeatureStore) -> ItemKNN:
         self.similar, self.store, self.fallback = similar, store, fallback_scores(store)
-        own = np.full(store.n_items, self.self_weight, dtype=np.float32)
-        own[0] = 0.0  # padding
-        self.item_scores = sp.csr_matrix(similar + sp.diags(own, format="csr", dtype=np.float32))
         return self
 
     def _top_neighbours(self, interactions: sp.csr_matrix) -> sp.csr_matrix:
@@ -121,4 +118,4 @@ class ItemKNN:
 
     def rows_scorer(self, rows: sp.csr_matrix) -> SparseScorer:
         """Scores of users given as `history_weights` rows: neighbours' similarities plus self."""
-        return SparseScorer(rows, self.item_scores, self.fallback)
+        return SparseScorer(rows, self.similar, self.fallback, diagonal=self.self_weight)

@@ -238,8 +238,10 @@ def _width_groups(rows: np.ndarray, want: np.ndarray) -> Iterator[np.ndarray]:
     order = rows[np.argsort(want[rows], kind="stable")]
     lo = 0
     while lo < len(order):
-        # widest row of a group is its last (ascending want): grow while rows x width fits
-        widths = np.maximum(want[order[lo:]], 1)
+        # widest row of a group is its last (ascending want): grow while rows x width fits. A group
+        # holds at most CANDIDATE_BLOCK / (its first width) rows, so look no further than that.
+        reach = CANDIDATE_BLOCK // max(int(want[order[lo]]), 1) + 1
+        widths = np.maximum(want[order[lo : lo + reach]], 1)
         fits = (np.arange(1, len(widths) + 1) * widths) <= CANDIDATE_BLOCK
         n = max(1, int(np.argmin(fits)) if not fits.all() else len(widths))
         yield np.sort(order[lo : lo + n])
