@@ -19,8 +19,10 @@ The model behind the data:
 
 Shapes (`SHAPES`, `generate --shape`): the same model with other knobs, so that defaults and tuning
 are judged on logs unlike each other: short histories over a large catalogue with a strong
-first-order signal (`short`), long histories (`long`), a weak sequential signal (`weak-seq`), heavy
-or mild popularity skew (`skewed`, `mild`). Each names the sizes it is meant for (100k events).
+first-order signal (`short`), the same with successors shared by neighbouring items and steps that go
+back to the item before the last and take an alternative to it (`session`: the next item depends on
+the last two, as in real sessions), long histories (`long`), a weak sequential signal (`weak-seq`),
+heavy or mild popularity skew (`skewed`, `mild`). Each names the sizes it is meant for (100k events).
 
 Memory is O(chunk_events + n_users + n_items): users are generated a block at a time (whole
 users per chunk, chunk rows sorted by time), each chunk written as its own Parquet row group
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -80,22 +82,42 @@ class Shape:
     successor_p: tuple[float, ...] = tuple(SUCCESSOR_P)  # which of the N_SUCCESSORS successors
     activity_sigma: float = 1.0  # log-normal spread of events per user
     min_events: int = 5  # every user has at least this many events (fewer if events < 5 x users)
+    # a successor step continues from the item before the current one instead (the user goes back
+    # and takes an alternative to what they just saw): the next item then depends on the last two
+    p_back: float = 0.0
+    # 0: an item's in-cluster successors are drawn from its whole cluster, so two items share
+    # successors only by chance, mostly the cluster's popular ones (little to generalise from: only
+    # counting each pair learns them); W > 0: items sit on a ring per cluster and draw their
+    # successors among the W items after them, so neighbouring items share most successors, as
+    # similar items do in real catalogues
+    successor_window: int = 0
     sizes: tuple[int, int, int] = (10_000, 5_000, 1_000_000)  # users, items, events it is meant for
 
+
+_SHORT = Shape(
+    "short",
+    "short histories (median under 10 events) over 20k items, strong first-order signal",
+    p_successor=0.85,
+    p_cluster=0.05,
+    successor_p=(0.70, 0.12, 0.08, 0.05, 0.05),
+    activity_sigma=0.7,
+    min_events=3,
+    sizes=(12_000, 20_000, 100_000),
+)
 
 SHAPES: dict[str, Shape] = {
     s.name: s
     for s in (
         Shape("default", "100 events per user over half as many items as users"),
-        Shape(
-            "short",
-            "short histories (median under 10 events) over 20k items, strong first-order signal",
-            p_successor=0.85,
-            p_cluster=0.05,
-            successor_p=(0.70, 0.12, 0.08, 0.05, 0.05),
-            activity_sigma=0.7,
-            min_events=3,
-            sizes=(12_000, 20_000, 100_000),
+        _SHORT,
+        replace(
+            _SHORT,
+            name="session",
+            description="short histories over 20k items like `short`, but neighbouring items share "
+            "successors and 35 % of successor steps go back to the item before the last (the next item "
+            "depends on both)",
+            p_back=0.35,
+            successor_window=8,
         ),
         Shape(
             "long",
@@ -184,13 +206,35 @@ class _World:
         self.cluster_p = cw / cw.sum()
         succ = np.empty((n_items, N_SUCCESSORS), dtype=np.int64)
         own = self.cluster
-        for j in range(N_SUCCESSORS - 1):
-            succ[:, j] = self.in_cluster(own, rng.random(n_items), self.cum_succ)
+        if shape.successor_window > 0:
+            succ[:, : N_SUCCESSORS - 1] = self._ring_successors(rng, shape.successor_window)
+        else:
+            for j in range(N_SUCCESSORS - 1):
+                succ[:, j] = self.in_cluster(own, rng.random(n_items), self.cum_succ)
         succ[:, -1] = self.anywhere(rng.random(n_items))
         selfloop = succ == np.arange(n_items)[:, None]
         succ[selfloop] = self.anywhere(rng.random(int(selfloop.sum())))
         self.successors = succ
         self.quality = rng.uniform(2.3, 4.5, n_items)
+
+    def _ring_successors(self, rng: np.random.Generator, window: int) -> np.ndarray:
+        """[n_items, N_SUCCESSORS - 1]: each item's in-cluster successors, drawn by the same flat
+        popularity weights as the default among the `window` items after it on its cluster's ring
+        (a random order of the cluster's items)."""
+        n = self.n_items
+        ring = np.lexsort((rng.random(n), self.cluster))  # by cluster, in random order within it
+        cluster = self.cluster[ring]
+        start = self.cstart[cluster]
+        size = self.cend[cluster] - start
+        place = np.arange(n) - start  # each ring slot's place within its cluster
+        offsets = np.arange(1, window + 1)
+        after = ring[start[:, None] + (place[:, None] + offsets[None, :]) % size[:, None]]  # [n, window]
+        cum = np.cumsum(np.sqrt(self.weight[after]), axis=1)
+        u = rng.random((n, N_SUCCESSORS - 1)) * cum[:, -1:]
+        pick = np.minimum((cum[:, None, :] <= u[:, :, None]).sum(axis=2), window - 1)
+        out = np.empty((n, N_SUCCESSORS - 1), dtype=np.int64)
+        out[ring] = np.take_along_axis(after, pick, axis=1)
+        return out
 
     def in_cluster(self, clusters: np.ndarray, u: np.ndarray, cum: np.ndarray | None = None) -> np.ndarray:
         cum = self.cum if cum is None else cum
@@ -240,18 +284,25 @@ def _chunk(
     pick_u = rng.random(total)
     gaps = np.ceil(rng.lognormal(np.log(900.0), 2.0, total)).astype(np.int64)
     gaps[rng.random(total) < P_TIE] = 0
+    # drawn only by shapes that go back, so that the other shapes keep their bytes for a seed
+    back_u = rng.random(total) if shape.p_back > 0 else None
     succ_cum = np.cumsum(np.asarray(shape.successor_p))
     recent = np.full((k, RECENT), -1, dtype=np.int64)
+    prev = np.full(k, -1, dtype=np.int64)  # the item before `cur` (-1: none yet)
     for t in range(steps):
         a, lo = int(active[t]), int(offsets[t])
         hi = lo + a
         cur = cur[:a]
+        prev = prev[:a]
         now = now[:a]
         if t:
             m = mode_u[lo:hi]
             u = pick_u[lo:hi]
             j = np.minimum(np.searchsorted(succ_cum, u * succ_cum[-1]), N_SUCCESSORS - 1)
-            nxt = world.successors[cur, j]
+            base = cur  # whose successor a successor step takes
+            if back_u is not None:
+                base = np.where((back_u[lo:hi] < shape.p_back) & (prev >= 0), prev, cur)
+            nxt = world.successors[base, j]
             clus = m >= p_successor
             if clus.any():
                 nxt[clus] = world.in_cluster(world.cluster[cur[clus]], u[clus])
@@ -263,7 +314,7 @@ def _chunk(
             recent_a = recent[:a]
             clash = (recent_a == nxt[:, None]).any(axis=1)
             if clash.any():
-                alt = world.successors[cur[clash], (j[clash] + 1) % N_SUCCESSORS]
+                alt = world.successors[base[clash], (j[clash] + 1) % N_SUCCESSORS]
                 still = (recent_a[clash] == alt[:, None]).any(axis=1)
                 alt[still] = world.anywhere(rng.random(int(still.sum())))
                 nxt[clash] = alt
@@ -272,7 +323,7 @@ def _chunk(
             g = gaps[lo:hi]
             g[dup] = 0
             now = now + g
-            cur = nxt
+            prev, cur = cur, nxt
         items[lo:hi] = cur
         ts[lo:hi] = now
         recent[:a, t % RECENT] = cur

@@ -194,17 +194,37 @@ def _shape_stats(tmp_path: Path, shape: str, scale: int = 1, sizes_of: str | Non
         "SELECT sum(c) FILTER (WHERE r <= greatest(1, n // 100)) / sum(c) FROM (SELECT count(*) c, "
         "row_number() OVER (ORDER BY count(*) DESC, item_id) r, count(*) OVER () n FROM ev GROUP BY item_id)"
     ).fetchone()[0]
-    first_order = con.execute(
-        "WITH pairs AS (SELECT a.item_id p, b.item_id n, count(*) c FROM ev a JOIN ev b "
-        "ON a.user_id = b.user_id AND b.rn = a.rn + 1 GROUP BY a.item_id, b.item_id) "
-        "SELECT sum(m) / sum(t) FROM (SELECT max(c) m, sum(c) t FROM pairs GROUP BY p)"
+    # how often the item `gap` steps later is the most common one at that distance (gap 1: the
+    # first-order signal; gap 2: what the item before the last says about the next one)
+    after = {
+        gap: con.execute(
+            "WITH pairs AS (SELECT a.item_id p, b.item_id n, count(*) c FROM ev a JOIN ev b "
+            f"ON a.user_id = b.user_id AND b.rn = a.rn + {gap} GROUP BY a.item_id, b.item_id) "
+            "SELECT sum(m) / sum(t) FROM (SELECT max(c) m, sum(c) t FROM pairs GROUP BY p)"
+        ).fetchone()[0]
+        for gap in (1, 2)
+    }
+    # how often the next item follows the item before the last elsewhere in the log, while this
+    # step is the only time it follows the last item: what only a model looking past the last
+    # item can rank
+    back = con.execute(
+        "WITH steps AS (SELECT a.user_id u, a.rn, a.item_id p, b.item_id n FROM ev a JOIN ev b "
+        "ON a.user_id = b.user_id AND b.rn = a.rn + 1), "
+        "counts AS (SELECT p, n, count(*) c FROM steps GROUP BY p, n) "
+        "SELECT avg((before.c IS NOT NULL AND last.c = 1)::INT) "
+        "FROM steps s1 JOIN steps s2 ON s1.u = s2.u AND s2.rn = s1.rn + 1 "
+        "LEFT JOIN counts before ON before.p = s1.p AND before.n = s2.n "
+        "JOIN counts last ON last.p = s2.p AND last.n = s2.n"
     ).fetchone()[0]
-    return {"median": median, "items": n_items, "top1": top, "first_order": first_order}
+    return {"median": median, "items": n_items, "top1": top, "first_order": after[1], "back": back}
 
 
 def test_shapes_have_the_promised_statistics(tmp_path: Path) -> None:
     short = _shape_stats(tmp_path, "short")
     assert short["median"] < 10 and short["items"] >= 10_000 and short["first_order"] > 0.5
+    session = _shape_stats(tmp_path, "session")
+    assert session["median"] < 10 and session["items"] >= 10_000 and session["first_order"] > 0.4
+    assert session["back"] > 3 * short["back"]
     long = _shape_stats(tmp_path, "long", scale=4)
     assert long["median"] >= 100
     weak = _shape_stats(tmp_path, "weak-seq", scale=4)
@@ -214,3 +234,24 @@ def test_shapes_have_the_promised_statistics(tmp_path: Path) -> None:
     assert skewed["top1"] > 3 * mild["top1"]
     with pytest.raises(UserError, match="--shape"):
         generate(tmp_path / "x", n_users=5, n_items=5, n_events=50, shape="wide")
+
+
+def test_ring_successors_are_shared_by_neighbouring_items() -> None:
+    """`successor_window`: an item shares most of its successors with its neighbours on the ring
+    (similar items, similar next items); drawn from the whole cluster they are rarely shared."""
+    import scipy.sparse as sp
+
+    from rechub_store.data.generate import N_SUCCESSORS, SHAPES, _World
+
+    def share_three(shape: str) -> float:
+        n = 2000
+        world = _World(np.random.default_rng(0), n, SHAPES[shape])
+        succ = world.successors[:, : N_SUCCESSORS - 1]  # the in-cluster ones
+        follows = sp.csr_matrix((np.ones(succ.size), (np.repeat(np.arange(n), succ.shape[1]), succ.ravel())))
+        follows.data[:] = 1.0  # a successor drawn twice counts once
+        common = (follows @ follows.T).tolil()
+        common.setdiag(0)
+        return float((common.tocsr().max(axis=1).toarray().ravel() >= 3).mean())
+
+    assert SHAPES["session"].successor_window > 0 and SHAPES["short"].successor_window == 0
+    assert share_three("session") > 3 * share_three("short")
