@@ -22,11 +22,17 @@ Every run also records the evaluation's slices (`all`, `cold`/`active`, `head`/`
         --log-cols user_id,item_id,ts --models sasrec,gru4rec,itemknn --tune-models none \
         --budget none --out bench/out/tune-wikipedia.json
     python bench/tune.py --slices bench/out/tune-wikipedia.json
+
+Every run also records `paired`: its test NDCG@10 minus each baseline's, user by user over the same
+test users, with a 95 % interval (a margin is clear when the interval excludes 0). `--add-paired
+JSON` adds it to an earlier JSON from its work warehouses, `--paired JSON` prints the table.
+`--sizes USERS,ITEMS,EVENTS` replaces the shapes' own sizes (still divided by `--scale`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -46,9 +52,12 @@ from rechub_store.data.generate import N_SUCCESSORS, P_DUPLICATE, SHAPES, _ids, 
 from rechub_store.data.readers import FeatureStore
 from rechub_store.pipeline.train import train
 from rechub_store.ranking.baselines import SparseScorer, fallback_scores
-from rechub_store.ranking.metrics import rank_metrics
-from rechub_store.ranking.protocol import baseline_ranks
+from rechub_store.ranking.exact import scorer_ranks
+from rechub_store.ranking.metrics import ndcg_gains, rank_metrics
+from rechub_store.ranking.protocol import baseline_ranks, exclusions, model_ranks
+from rechub_store.results.evaluate import BASELINES as EVAL_BASELINES
 from rechub_store.results.evaluate import evaluate
+from rechub_store.retrieval.scoring import load_context
 from rechub_store.training.config import TrainConfig
 from rechub_store.tuning.study import TuneConfig, parse_duration, tune
 from rechub_store.warehouse import Warehouse
@@ -95,9 +104,10 @@ def _split_slices(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
 
 class Oracle:
     """The generator's own next-item distribution given the user's last item (successors, the last
-    item's cluster, global popularity, repeats), as a baseline: what a model that knew the
-    generating process from the last item alone would rank. Ignores the walk's rule against
-    returning to one of the user's last 12 items (the protocol's seen filter mostly does that)."""
+    item's cluster, global popularity, repeats) and, for shapes that go back (`p_back`), the item
+    before it: what a model that knew the generating process from the last two items would rank.
+    Ignores the walk's rule against returning to one of the user's last 12 items (the protocol's
+    seen filter mostly does that)."""
 
     name = "oracle"
 
@@ -107,35 +117,63 @@ class Oracle:
         ids = _ids("i", n_items, 41).to_pylist()
         vocab = dict(con.execute("SELECT value, code FROM features.vocab_item_id").fetchall())
         code = np.array([vocab.get(i, 0) for i in ids], dtype=np.int64)  # world index -> item code
+        n = store.n_items
+
+        def to_codes(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> sp.csr_matrix:
+            r, c_, v = (np.concatenate(x) for x in zip(*parts, strict=True))
+            known = (code[r] > 0) & (code[c_] > 0)
+            return sp.csr_matrix((v[known], (code[r[known]], code[c_[known]])), shape=(n, n))
+
         succ_p = np.asarray(spec.successor_p, dtype=np.float64)
         succ_p = spec.p_successor * succ_p / succ_p.sum()
-        rows = [np.repeat(np.arange(n_items), N_SUCCESSORS), np.arange(n_items)]
-        cols = [world.successors.ravel(), np.arange(n_items)]
-        vals = [np.tile(succ_p, n_items), np.full(n_items, P_DUPLICATE)]
+        successors = to_codes(
+            [
+                (
+                    np.repeat(np.arange(n_items), N_SUCCESSORS),
+                    world.successors.ravel(),
+                    np.tile(succ_p, n_items),
+                )
+            ]
+        )
+        rest = [(np.arange(n_items), np.arange(n_items), np.full(n_items, P_DUPLICATE))]
         cluster_w = np.bincount(world.cluster, weights=world.weight, minlength=world.n_clusters)
         for c in range(world.n_clusters):  # the last item's cluster, by popularity weight
             members = np.flatnonzero(world.cluster == c)
             share = spec.p_cluster * world.weight[members] / cluster_w[c]
-            rows.append(np.repeat(members, members.size))
-            cols.append(np.tile(members, members.size))
-            vals.append(np.tile(share, members.size))
+            rest.append(
+                (
+                    np.repeat(members, members.size),
+                    np.tile(members, members.size),
+                    np.tile(share, members.size),
+                )
+            )
         top = np.argsort(-world.weight)[:200]  # anywhere, by popularity: the head is what can rank
-        rest = max(0.0, 1.0 - spec.p_successor - spec.p_cluster)
-        rows.append(np.repeat(np.arange(n_items), top.size))
-        cols.append(np.tile(top, n_items))
-        vals.append(np.tile(rest * world.weight[top] / world.weight.sum(), n_items))
-        r, c_, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
-        known = (code[r] > 0) & (code[c_] > 0)
-        n = store.n_items
-        self.matrix = sp.csr_matrix((v[known], (code[r[known]], code[c_[known]])), shape=(n, n))
+        anywhere = max(0.0, 1.0 - spec.p_successor - spec.p_cluster)
+        rest.append(
+            (
+                np.repeat(np.arange(n_items), top.size),
+                np.tile(top, n_items),
+                np.tile(anywhere * world.weight[top] / world.weight.sum(), n_items),
+            )
+        )
+        # rows 0..n-1 score from the last item, rows n..2n-1 from the item before it
+        back = spec.p_back
+        self.matrix = sp.vstack([(1.0 - back) * successors + to_codes(rest), back * successors]).tocsr()
         self.store, self.fallback = store, fallback_scores(store)
 
     def scorer(self, user_codes: np.ndarray, hist_end: np.ndarray) -> SparseScorer:
-        last = self.store.history_windows(user_codes, hist_end, 1)[:, 0]
+        window = self.store.history_windows(user_codes, hist_end, 2)
+        last, before = window[:, 1], window[:, 0]
+        before = np.where(before > 0, before, last)  # no item before: the walk went on from the last
         ok = last > 0
+        users = np.flatnonzero(ok)
+        n = self.store.n_items
         rows = sp.csr_matrix(
-            (np.ones(int(ok.sum())), (np.flatnonzero(ok), last[ok])),
-            shape=(len(user_codes), self.store.n_items),
+            (
+                np.ones(2 * users.size),
+                (np.concatenate([users, users]), np.concatenate([last[ok], n + before[ok]])),
+            ),
+            shape=(len(user_codes), 2 * n),
         )
         return SparseScorer(rows, self.matrix, self.fallback)
 
@@ -149,8 +187,39 @@ def oracle_metrics(wh: Warehouse, shape: str, n_items: int, seed: int) -> dict[s
     return {"ndcg@10": round(m["ndcg"][10], 6), "hit@10": round(m["hit"][10], 6)}
 
 
+def paired_ndcg(wh: Warehouse, model_run_id: str, against: tuple[str, ...] = BASELINES) -> dict[str, Any]:
+    """The run's test NDCG@10 minus each baseline's, user by user on the same test users: the mean
+    difference, its standard error and 95 % interval (normal approximation), and how many users
+    each side wins. A margin is clear when the interval excludes 0; it is paired, so it is tighter
+    than comparing two means."""
+    with wh.session() as con:
+        ctx = load_context(con, model_run_id, splits=("test",), threads=wh.threads)
+    store = ctx.store
+    samples = store.samples["test"]
+    if ctx.knn is not None:  # an item-kNN model run: ranked from its neighbour matrix
+        exclude = exclusions(store, samples.user_code, samples.pos, samples.target, DEFAULT_SEEN_FILTER)
+        ranks = scorer_ranks(ctx.knn.scorer(samples.user_code, samples.pos), samples.target, exclude)
+    else:
+        ranks = model_ranks(ctx.loaded.model, store, samples)
+    model_gain = ndcg_gains(ranks, 10)
+    out: dict[str, Any] = {"n_users": len(ranks), "ndcg@10": round(float(model_gain.mean()), 6)}
+    for name in against:
+        diff = model_gain - ndcg_gains(baseline_ranks(EVAL_BASELINES[name]().fit(store), store, samples), 10)
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        mean = float(diff.mean())
+        out[name] = {
+            "diff": round(mean, 6),
+            "se": round(se, 6),
+            "ci95": [round(mean - 1.96 * se, 6), round(mean + 1.96 * se, 6)],
+            "wins": int((diff > 0).sum()),
+            "losses": int((diff < 0).sum()),
+        }
+    return out
+
+
 def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
-    users, items, events = (max(1, n // args.scale) for n in SHAPES[shape].sizes)
+    sizes = args.sizes or SHAPES[shape].sizes
+    users, items, events = (max(1, n // args.scale) for n in sizes)
     work = args.work / f"tune-{shape}"
     shutil.rmtree(work, ignore_errors=True)
     wh = Warehouse(work / "rechub.duckdb", threads=args.threads)
@@ -224,6 +293,7 @@ def run_models(wh: Warehouse, result: dict[str, Any], args: argparse.Namespace, 
         metrics = _test_metrics(wh, fit.model_run_id, baselines=first)
         default = entry["default"]
         default["test"], default["test_slices"] = _split_slices(metrics.pop(fit.model_run_id))
+        default["paired"] = paired_ndcg(wh, fit.model_run_id)
         if first:
             for name, m in metrics.items():
                 result["baselines"][name], result["baseline_slices"][name] = _split_slices(m)
@@ -241,6 +311,7 @@ def run_models(wh: Warehouse, result: dict[str, Any], args: argparse.Namespace, 
             entry[name]["test"], entry[name]["test_slices"] = _split_slices(
                 _test_metrics(wh, fit.model_run_id, baselines=False)[fit.model_run_id]
             )
+            entry[name]["paired"] = paired_ndcg(wh, fit.model_run_id)
         if model in args.tune_models.split(","):
             args.write_partial(dict(result, models=dict(result["models"], **{model: entry})))
             t2 = time.perf_counter()
@@ -268,6 +339,7 @@ def run_models(wh: Warehouse, result: dict[str, Any], args: argparse.Namespace, 
             entry["tuned"]["test"], entry["tuned"]["test_slices"] = _split_slices(
                 _test_metrics(wh, study.model_run_id, baselines=False)[study.model_run_id]
             )
+            entry["tuned"]["paired"] = paired_ndcg(wh, study.model_run_id)
         result["models"][model] = entry
         print(f"{shape} {model}: {json.dumps({k: v.get('test') for k, v in entry.items()})}", flush=True)
         args.write_partial(result)
@@ -313,14 +385,52 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def _work_warehouse(shape: str, work: Path, threads: int) -> Warehouse:
+    """The warehouse a shape (or `log:NAME`) of a JSON was measured in, under --work."""
+    folder = f"tune-log-{Path(shape.split(':', 1)[1]).stem}" if shape.startswith("log:") else f"tune-{shape}"
+    return Warehouse(work / folder / "rechub.duckdb", threads=threads)
+
+
+def add_paired(path: Path, work: Path, threads: int) -> None:
+    """Add `paired` (see `paired_ndcg`) to every run of this JSON, from its work warehouse."""
+    data = json.loads(path.read_text())
+    for shape in data["shapes"]:
+        wh = _work_warehouse(shape["shape"], work, threads)
+        for entry in shape["models"].values():
+            for run in entry.values():
+                run["paired"] = paired_ndcg(wh, run["model_run_id"])
+    path.write_text(json.dumps(data, indent=2))
+
+
+def paired_table(path: Path) -> str:
+    """Per run: test NDCG@10 minus each baseline's, paired over the same users, with 95 % intervals."""
+    data = json.loads(path.read_text())
+    lines = [
+        "| log | run | users | NDCG@10 | − transition | − item-kNN | − popularity |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for shape in data["shapes"]:
+        for model, entry in shape["models"].items():
+            for name, run in entry.items():
+                p = run.get("paired")
+                if not p:
+                    continue
+                cells = " | ".join(
+                    f"{p[b]['diff']:+.4f} [{p[b]['ci95'][0]:+.4f}, {p[b]['ci95'][1]:+.4f}]"
+                    for b in BASELINES[::-1]
+                )
+                lines.append(
+                    f"| {shape['shape']} | {model} {name} | {p['n_users']} | {p['ndcg@10']:.4f} | {cells} |"
+                )
+    return "\n".join(lines)
+
+
 def add_seen_filter(path: Path, seen_filter: str, work: Path, threads: int) -> None:
     """Evaluate every run of this JSON again from its work warehouse under another seen filter:
     per-slice metrics under `test_slices_by_filter[seen_filter]` (models and baselines)."""
     data = json.loads(path.read_text())
     for shape in data["shapes"]:
-        name = shape["shape"]
-        folder = f"tune-log-{Path(name.split(':', 1)[1]).stem}" if name.startswith("log:") else f"tune-{name}"
-        wh = Warehouse(work / folder / "rechub.duckdb", threads=threads)
+        wh = _work_warehouse(shape["shape"], work, threads)
         first = True
         for entry in shape["models"].values():
             for run in entry.values():
@@ -388,6 +498,11 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=int, default=1, help="divide the shape's sizes by this")
+    ap.add_argument(
+        "--sizes",
+        type=lambda v: tuple(int(x) for x in v.split(",")),
+        help="USERS,ITEMS,EVENTS instead of the shape's own sizes (then divided by --scale)",
+    )
     ap.add_argument("--threads", type=int, default=int(os.environ.get("RECHUB_THREADS", "2")))
     ap.add_argument(
         "--variant",
@@ -395,6 +510,14 @@ def main() -> None:
         default=[],
         metavar="MODEL:NAME:JSON",
         help="a candidate default trained beside the default, e.g. 'sasrec:dim128:{\"embed_dim\": 128}'",
+    )
+    ap.add_argument(
+        "--shape-variant",
+        action="append",
+        default=[],
+        metavar="NAME:SHAPE:JSON",
+        help="a shape made from another with some knobs changed, for ablations, usable in --shapes, "
+        "e.g. 'short-ring:short:{\"successor_window\": 8}'",
     )
     ap.add_argument("--out", type=Path, default=OUT / "tune.json")
     ap.add_argument("--work", type=Path, default=OUT / "work", help="where each shape's warehouse is built")
@@ -415,7 +538,18 @@ def main() -> None:
         type=Path,
         help="compute the oracle of every shape of this JSON from its work warehouse",
     )
+    ap.add_argument("--add-paired", type=Path, help="add the paired comparison to every run of this JSON")
+    ap.add_argument("--paired", type=Path, help="print the paired comparison table of this JSON")
     args = ap.parse_args()
+    for spec in args.shape_variant:
+        name, base, knobs = spec.split(":", 2)
+        SHAPES[name] = dataclasses.replace(SHAPES[base], name=name, **json.loads(knobs))
+    if args.add_paired:
+        add_paired(args.add_paired, args.work, args.threads)
+        return
+    if args.paired:
+        print(paired_table(args.paired))
+        return
     if args.table:
         print(table(args.table))
         return

@@ -65,6 +65,13 @@ def ranking_metrics(topk: np.ndarray, targets: np.ndarray, ks: Sequence[int]) ->
     return result
 
 
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each user's NDCG@k from their (single) target's 1-based rank: 1 / log2(rank + 1) within k,
+    else 0. Per user, so that two rankers can be compared user by user (paired)."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    return np.where(ranks <= k, 1.0 / np.log2(np.maximum(ranks, 1).astype(np.float64) + 1.0), 0.0)
+
+
 def rank_metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, dict[int, float]]:
     """Mean metric per k from each user's (single) target rank, 1-based; ranks beyond every k
     (or `exact.MISS`) score 0. An empty input gives 0.0 everywhere."""
@@ -77,6 +84,6 @@ def rank_metrics(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, dict[int, fl
         result["recall"][k] = float(hit.sum() / n)
         result["hit"][k] = float(hit.sum() / n)
         result["precision"][k] = float(hit.sum() / n / k)
-        result["ndcg"][k] = float(np.where(hit, 1.0 / np.log2(safe + 1.0), 0.0).sum() / n)
+        result["ndcg"][k] = float(ndcg_gains(ranks, k).sum() / n)
         result["mrr"][k] = float(np.where(hit, 1.0 / safe, 0.0).sum() / n)
     return result
