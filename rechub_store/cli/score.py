@@ -120,9 +120,11 @@ def score_command(
         )
     if report.auto:
         c = report.auto
+        annoy = c["annoy_users_per_second"]
+        annoy_rate = "annoy not timed" if annoy is None else f"annoy {annoy:,.0f} users/s"
         typer.echo(
             f"index auto: {c['index']} ({c['reason']}; exact {c['exact_users_per_second']:,.0f} users/s, "
-            f"annoy {c['annoy_users_per_second'] or 0:,.0f} users/s on {c['sample_users']:,} sampled users)"
+            f"{annoy_rate} on {c['sample_users']:,} sampled users)"
         )
     typer.echo(
         "publish to analysts with `rechub-store nightly` (or copy to a server with `rechub-store publish`)"

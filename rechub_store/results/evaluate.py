@@ -1,7 +1,7 @@
 """Offline evaluation of a model run, written to `evaluation_metrics` (protocol: `ranking.protocol`).
 
-Accuracy: for each sample of the split (one held-out target per user, a seeded sample of
-`max_users`), the user is encoded from the history before the target with its point-in-time
+Accuracy: for each sample of the split (one held-out target per user, a stable seeded sample of
+`max_users` users), the user is encoded from the history before the target with its point-in-time
 features, the seen filter removes items from the ranking, and the target's rank over the whole
 catalogue is taken exactly (pessimistic ties) and, for `annoy`, among the candidates annoy returns
 (rescored exactly, same tie rule). Rows: every metric x k x index x slice, `annoy_recall` (share of
@@ -35,6 +35,7 @@ from rechub_store.config import (
     check_index,
     check_seen_filter,
 )
+from rechub_store.data.readers import Samples
 from rechub_store.data.sqlmodels import run_metric_models
 from rechub_store.errors import UserError
 from rechub_store.ranking.baselines import Baseline, Popularity, Transition
@@ -50,7 +51,7 @@ from rechub_store.ranking.protocol import (
     slice_metrics,
 )
 from rechub_store.results.tables import previous_list_run, write_evaluation_lists, write_metrics
-from rechub_store.retrieval.annoy_index import overlap_at_k, sample_rows
+from rechub_store.retrieval.annoy_index import overlap_at_k
 from rechub_store.retrieval.scoring import (
     ScoringContext,
     ensure_annoy,
@@ -150,12 +151,20 @@ def stable_user_sample(users: np.ndarray, n: int, seed: int) -> np.ndarray:
     same from run to run as users come and go (so churn compares the same people)."""
     if len(users) <= n:
         return np.sort(users)
-    x = users.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):  # splitmix64: wrapping arithmetic is the point
+        x = users.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x ^= x >> np.uint64(31)
     return np.sort(users[np.argsort(x, kind="stable")[:n]])
+
+
+def accuracy_sample(samples: Samples, max_users: int, seed: int) -> Samples:
+    """The samples of `stable_user_sample`'s users: the same people from run to run as users come
+    and go (a sample of row positions would reshuffle whenever users are added), so nightly
+    metrics and the gate on a metric drop compare like with like."""
+    chosen = stable_user_sample(np.unique(samples.user_code), max_users, seed)
+    return samples.take(np.flatnonzero(np.isin(samples.user_code, chosen)))
 
 
 def evaluate_split(
@@ -181,7 +190,7 @@ def evaluate_split(
         )
         return []
     if max_users is not None and len(samples) > max_users:
-        samples = samples.take(sample_rows(len(samples), max_users, seed))
+        samples = accuracy_sample(samples, max_users, seed)
     store, max_k = ctx.store, max(ks)
     repeat = repeat_targets(store, samples)
     masks = slice_masks(store, samples, repeat)
@@ -288,7 +297,7 @@ def evaluate_run(
 ) -> EvaluationReport:
     """Compute and store (replacing this run's earlier rows per split) the metrics; returns them.
 
-    `max_users` evaluates a seeded sample of that many users per split (the standard error of
+    `max_users` evaluates a stable seeded sample of that many users per split (the standard error of
     a mean over 100k users is small; a full pass over millions would double the nightly time).
     `list_users` users get beyond-accuracy metrics (0 = none); `exclude_seen` is the production
     rule their lists follow (as `score`).

@@ -8,8 +8,9 @@ production) and projects the whole run from the per-user rates:
 - exact: blocked matmul + running top-k (ranking.topk) on the sample;
 - annoy: the run's tuned index (built, or reused when its vectors have not changed) on the sample.
 annoy is chosen only when it is faster AND its recall@k against exact, measured this run on the
-same sample, meets the index's target; otherwise exact (which is never wrong). The calibration is
-returned and stored with the score step's details, so every run says why it used what it used.
+same sample, meets the index's target; otherwise exact (which is never wrong). The recall is
+measured first: an annoy index below its target is not timed at all. The calibration is returned
+and stored with the score step's details, so every run says why it used what it used.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ class Calibration:
     index: str  # the index used for the run: exact | annoy
     sample_users: int
     exact_users_per_second: float
-    annoy_users_per_second: float | None  # None when annoy could not be timed (no users)
+    annoy_users_per_second: float | None  # None when annoy was not timed (no users, or recall too low)
     annoy_recall: float | None  # annoy's recall@k against exact on the sample, this run
     target_recall: float
     projected_exact_seconds: float
-    projected_annoy_seconds: float | None
+    projected_annoy_seconds: float | None  # None when annoy was not timed
     reason: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -57,15 +58,14 @@ def calibrate(
     target_recall: float,
 ) -> Calibration:
     """Time `exact` and `annoy` (each scores the same sample of `sample_users` users), project both
-    to `n_users`, and pick: annoy when faster and its measured recall meets `target_recall`."""
+    to `n_users`, and pick: annoy when faster and its measured recall meets `target_recall`. An
+    annoy index under its recall target is not timed: it would not be chosen at any speed."""
     if sample_users == 0:
         return Calibration("exact", 0, 0.0, None, None, target_recall, 0.0, None, "no users to score")
-    exact_rate = _rate(exact, sample_users)
-    annoy_rate = _rate(annoy, sample_users)
     recall = annoy_recall()
-    projected_exact = n_users / exact_rate
-    projected_annoy = n_users / annoy_rate
-    if recall < target_recall:
+    exact_rate = _rate(exact, sample_users)
+    annoy_rate = _rate(annoy, sample_users) if recall >= target_recall else None
+    if annoy_rate is None:
         index, reason = "exact", f"annoy recall {recall:.3f} below its target {target_recall:.3f}"
     elif annoy_rate > exact_rate:
         index, reason = "annoy", f"annoy {annoy_rate / exact_rate:.2f}x the users/s of exact"
@@ -75,10 +75,10 @@ def calibrate(
         index,
         sample_users,
         round(exact_rate, 1),
-        round(annoy_rate, 1),
+        None if annoy_rate is None else round(annoy_rate, 1),
         round(recall, 5),
         target_recall,
-        round(projected_exact, 3),
-        round(projected_annoy, 3),
+        round(n_users / exact_rate, 3),
+        None if annoy_rate is None else round(n_users / annoy_rate, 3),
         reason,
     )

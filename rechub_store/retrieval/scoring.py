@@ -15,6 +15,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import torch
 
 from rechub_store.config import AnnoySettings, check_index
 from rechub_store.data.readers import FeatureStore
@@ -98,7 +99,10 @@ def load_context(
     threads: int | None = None,
 ) -> ScoringContext:
     """Load the feature store (with the given evaluation splits), the model and its item vectors;
-    `threads` for annoy (the warehouse's thread count). An item-kNN run loads its neighbour matrix."""
+    `threads` for annoy and torch (the warehouse's thread count; scoring and evaluation would
+    otherwise run torch on every core). An item-kNN run loads its neighbour matrix."""
+    if threads is not None:
+        torch.set_num_threads(max(1, int(threads)))
     run_id, model_name, path = resolve_run(con, model_run_id)
     if model_name == ITEMKNN:
         store = FeatureStore.load(con, None, splits=splits)

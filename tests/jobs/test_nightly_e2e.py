@@ -399,15 +399,19 @@ def test_cli_score_evaluate_sql(wh: Warehouse) -> None:
     res = runner.invoke(app, [*base, "score", "--k", "3", "--index", "exact", "--run-id", "adhoc", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["rows"] == 3 * json.loads(res.output)["users"]
-    # auto: both indexes timed on this run's sampled users, the choice and its reason recorded
+    # auto: annoy's recall measured, both indexes timed on this run's sampled users when annoy
+    # meets its target (exact alone otherwise), the choice and its reason recorded
     res = runner.invoke(app, [*base, "score", "--k", "3", "--index", "auto", "--run-id", "adhoc", "--json"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     auto = report["auto"]
     assert report["index"] == auto["index"] in ("exact", "annoy") and auto["sample_users"] > 0
-    assert auto["exact_users_per_second"] > 0 and auto["annoy_users_per_second"] > 0
-    faster = "annoy" if auto["annoy_users_per_second"] > auto["exact_users_per_second"] else "exact"
-    assert auto["index"] == (faster if auto["annoy_recall"] >= auto["target_recall"] else "exact")
+    assert auto["exact_users_per_second"] > 0 and 0 < auto["annoy_recall"] <= 1
+    if auto["annoy_recall"] < auto["target_recall"]:
+        assert auto["index"] == "exact" and auto["annoy_users_per_second"] is None
+    else:
+        faster = "annoy" if auto["annoy_users_per_second"] > auto["exact_users_per_second"] else "exact"
+        assert auto["index"] == faster
     res = runner.invoke(app, [*base, "sql", "SELECT count(*) AS n FROM recommendations", "--json"])
     assert res.exit_code == 0 and json.loads(res.output)[0]["n"] > 0
     res = runner.invoke(app, [*base, "sql", "DROP TABLE recommendations"])

@@ -195,3 +195,22 @@ def test_production_lists_exclude_seen_items_unless_repeats_are_allowed(
                 "SELECT count(*) FROM recommendations r JOIN staging.interactions s USING (user_id, item_id)"
             ).fetchone()
     assert seen_in_lists[True] == 0 and seen_in_lists[False] > 0
+
+
+def test_accuracy_sample_keeps_its_users_as_users_arrive() -> None:
+    """`evaluate.max_users`: adding users never swaps in an old user (an old user is in tonight's
+    sample only if it was in last night's), and new users displace only about their share."""
+    from rechub_store.data.readers import Samples
+    from rechub_store.results.evaluate import accuracy_sample
+
+    def split(n: int) -> Samples:
+        users = np.arange(1, n + 1, dtype=np.int64)
+        return Samples(users, users + 7, np.full(n, 3, dtype=np.int64))
+
+    before = set(accuracy_sample(split(10_000), 1_000, seed=0).user_code.tolist())
+    after = set(accuracy_sample(split(10_100), 1_000, seed=0).user_code.tolist())  # 1 % new users
+    assert len(before) == len(after) == 1_000
+    old_after = {u for u in after if u <= 10_000}
+    assert old_after <= before and len(old_after) >= 970
+    rows = accuracy_sample(split(500), 100, seed=3)
+    assert len(rows) == 100 and (rows.target == rows.user_code + 7).all()  # rows stay whole

@@ -20,10 +20,18 @@ def test_annoy_when_faster_and_its_recall_meets_the_target() -> None:
 
 
 def test_exact_when_annoy_misses_its_recall_target_even_if_faster() -> None:
+    timed: list[str] = []
     c = calibrate(
-        1000, 10, exact=pause(0.02), annoy=pause(0.002), annoy_recall=lambda: 0.80, target_recall=0.95
+        1000,
+        10,
+        exact=pause(0.02),
+        annoy=lambda: timed.append("annoy"),
+        annoy_recall=lambda: 0.80,
+        target_recall=0.95,
     )
     assert c.index == "exact" and "below its target" in c.reason
+    # an index that cannot be chosen is not timed
+    assert timed == [] and c.annoy_users_per_second is None and c.projected_annoy_seconds is None
 
 
 def test_exact_when_it_is_faster() -> None:

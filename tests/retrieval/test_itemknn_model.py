@@ -109,3 +109,21 @@ def test_saved_runs_keep_their_self_weight(knn_warehouse: tuple[Path, str], tmp_
     del meta["params"]["self_weight"]
     (older / "meta.json").write_text(json.dumps(meta))
     assert load_knn(older, store).self_weight == 0.0
+
+
+def test_scoring_runs_torch_on_the_warehouse_threads(knn_warehouse: tuple[Path, str]) -> None:
+    """Score and evaluate load their context through `load_context`: without training first, torch
+    would otherwise run on every core whatever `--threads` says."""
+    import torch
+
+    from rechub_store.retrieval.scoring import load_context
+
+    root, run_id = knn_warehouse
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with Warehouse(root / "rechub.duckdb", threads=1).session() as con:
+            load_context(con, run_id, threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
