@@ -2,14 +2,21 @@
 
     RECHUB_THREADS=2 python bench/incremental.py --events 1000000
     python bench/incremental.py --events 10000000 --model youtubednn --memory-limit 8GB
+    python bench/incremental.py --events 10000000 --model sasrec --index auto
+
+`--index` is night 2's `score.index` (both variants); `--night1-index` night 1's, which the
+prepared base keeps (a base per night-1 index: `incremental-<events>` for annoy, the default,
+`incremental-<events>-<index>` otherwise). With the exact index the incremental night rescores
+every user (results/score.py), so night 1's index only matters when night 2 scores with annoy.
 
 A generated log (bench/featgen.py's shape) is cut by time: the first 99 % is ingested, built and
 used to train a model (1 epoch) and to run night 1; the last 1 % (the newest events) is then
 ingested and night 2 runs twice from the same state, on two copies of the warehouse: once as
 the nightly job does by default (incremental build and rescoring), once with `--full-refresh`.
 Printed and written to bench/out/incremental.json: seconds (wall and process CPU) per step of
-each night 2, the ratio, users rescored, and the check that both give identical feature tables
-and recommendations. Work files under --work (default bench/out/work, git-ignored).
+each night 2, the ratio, users rescored, the index each night used (and what `auto` measured),
+the load average at start and end, the process's peak RSS, and the check that both give
+identical feature tables and recommendations. Work files under --work (default bench/out/work, git-ignored).
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import resource
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from featgen import sizes_for  # noqa: E402
+from featgen import peak_rss_mib, sizes_for  # noqa: E402
 
 JOB = """
 [job]
@@ -50,10 +59,20 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+INDEXES = ("annoy", "exact", "auto")
+
+
 def prepare(
-    work: Path, n_events: int, new_share: float, threads: int, memory_limit: str | None, model: str
+    work: Path,
+    n_events: int,
+    new_share: float,
+    threads: int,
+    memory_limit: str | None,
+    model: str,
+    index: str = "annoy",
 ) -> Path:
-    """Generated log cut by time, first part ingested, built, trained, night 1 run: the base warehouse."""
+    """Generated log cut by time, first part ingested, built, trained, night 1 run (scored with
+    `index`): the base warehouse."""
     import duckdb
 
     from rechub_store.data.build import BuildParams, build_features
@@ -64,7 +83,7 @@ def prepare(
     from rechub_store.training.config import TrainConfig
     from rechub_store.warehouse import Warehouse
 
-    data = work / f"incremental-{n_events}"
+    data = work / (f"incremental-{n_events}" if index == "annoy" else f"incremental-{n_events}-{index}")
     base = data / "base" / "rechub.duckdb"
     ready = data / "base.ready"  # written last: a prepare killed half-way is redone, not reused
     if ready.exists() and base.exists():
@@ -106,13 +125,29 @@ def prepare(
             ),
             threads=threads,
         )
-    job = JobConfig.from_mapping(__import__("tomllib").loads(JOB.format(index="annoy")), base_dir=base.parent)
+    job = JobConfig.from_mapping(__import__("tomllib").loads(JOB.format(index=index)), base_dir=base.parent)
     run_nightly(wh, job, dt.date(2030, 1, 1))
     ready.write_text(dt.datetime.now(dt.UTC).isoformat(timespec="seconds") + "\n")
     return base
 
 
-def night2(root: Path, threads: int, memory_limit: str | None, full_refresh: bool) -> dict[str, Any]:
+def night1(base: Path) -> dict[str, Any]:
+    """What the base's night 1 scored with, from its run record (`meta.job_runs`)."""
+    import duckdb
+
+    con = duckdb.connect(str(base), read_only=True)
+    (details,) = con.execute(
+        "SELECT details FROM meta.job_runs WHERE step = 'score' AND status = 'success' "
+        "ORDER BY finished_at DESC LIMIT 1"
+    ).fetchone()
+    con.close()
+    score = json.loads(details)
+    return {"index": score.get("index"), "auto": score.get("auto"), "seconds": score.get("seconds")}
+
+
+def night2(
+    root: Path, threads: int, memory_limit: str | None, full_refresh: bool, index: str = "annoy"
+) -> dict[str, Any]:
     import tomllib
 
     from rechub_store.data.generate import ingest_generated_interactions
@@ -124,7 +159,7 @@ def night2(root: Path, threads: int, memory_limit: str | None, full_refresh: boo
     new = root.parent / "new.parquet"
     with wh.session() as con:
         ingest_generated_interactions(con, new)
-    job = JobConfig.from_mapping(tomllib.loads(JOB.format(index="annoy")), base_dir=root)
+    job = JobConfig.from_mapping(tomllib.loads(JOB.format(index=index)), base_dir=root)
     t0, c0 = time.perf_counter(), cpu_seconds()
     report = run_nightly(wh, job, dt.date(2030, 1, 2), full_refresh=full_refresh)
     out = {"seconds": round(time.perf_counter() - t0, 3), "cpu_seconds": round(cpu_seconds() - c0, 3)}
@@ -139,6 +174,8 @@ def night2(root: Path, threads: int, memory_limit: str | None, full_refresh: boo
     out["rescored"] = score.get("rescored")
     out["rescoring"] = score.get("rescoring")
     out["score_phases"] = score.get("seconds_by_phase")
+    out["score_index"] = score.get("index")  # what the run scored with (auto resolved)
+    out["score_auto"] = score.get("auto")  # index = auto: what it measured and why it chose
     with wh.session(read_only=True) as con:
         (models,) = con.execute(
             "SELECT models FROM meta.builds WHERE status = 'success' ORDER BY finished_at DESC LIMIT 1"
@@ -188,13 +225,22 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--new-share", type=float, default=0.01)
     ap.add_argument("--model", default="youtubednn")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="DuckDB, torch and annoy threads")
     ap.add_argument("--memory-limit", default=None)
+    ap.add_argument("--index", choices=INDEXES, default="annoy", help="night 2's score.index")
+    ap.add_argument(
+        "--night1-index", choices=INDEXES, default="annoy", help="night 1's score.index (the base's)"
+    )
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "work")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "incremental.json")
     args = ap.parse_args()
+    import torch
+
+    load_start = os.getloadavg()
     t0 = time.perf_counter()
-    base = prepare(args.work, args.events, args.new_share, args.threads, args.memory_limit, args.model)
+    base = prepare(
+        args.work, args.events, args.new_share, args.threads, args.memory_limit, args.model, args.night1_index
+    )
     prepare_seconds = time.perf_counter() - t0
     runs = {}
     for name, full in (("incremental", False), ("full_refresh", True)):
@@ -202,7 +248,7 @@ def main() -> None:
         if copy.exists():
             shutil.rmtree(copy)
         shutil.copytree(base.parent, copy)
-        runs[name] = night2(copy, args.threads, args.memory_limit, full)
+        runs[name] = night2(copy, args.threads, args.memory_limit, full, args.index)
         print(name, json.dumps({k: v for k, v in runs[name].items() if k != "build_models"}), flush=True)
     check = identical(
         base.parent.parent / "incremental" / "rechub.duckdb",
@@ -220,7 +266,17 @@ def main() -> None:
         "new_share": args.new_share,
         "model": args.model,
         "threads": args.threads,
+        "torch_threads": torch.get_num_threads(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "index": args.index,
+        "night1_index": args.night1_index,
+        "night1": night1(base),
         "prepare_seconds": round(prepare_seconds, 1),
+        "load_average": {"start": load_start, "end": os.getloadavg()},
+        # the whole process: preparation (when it ran), both nights and the comparison
+        "peak_rss_gib": round(peak_rss_mib() / 1024, 2),
         "runs": runs,
         "ratio": {
             "night": round(inc["seconds"] / full["seconds"], 3),
