@@ -6,8 +6,8 @@
 
 `--index` is night 2's `score.index` (both variants); `--night1-index` night 1's, which the
 prepared base keeps (a base per night-1 index: `incremental-<events>` for annoy, the default,
-`incremental-<events>-<index>` otherwise). With the exact index the incremental night rescores
-every user (results/score.py), so night 1's index only matters when night 2 scores with annoy.
+`incremental-<events>-<index>` otherwise). Night 2 rescores incrementally from night 1's
+scoring state only when both nights use the same index (a change of index rescores everyone).
 
 A generated log (bench/featgen.py's shape) is cut by time: the first 99 % is ingested, built and
 used to train a model (1 epoch) and to run night 1; the last 1 % (the newest events) is then

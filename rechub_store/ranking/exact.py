@@ -107,20 +107,41 @@ class Scorer(Protocol):
 
 
 class VectorScorer:
-    """Dot products of user vectors with item vectors (cosine models: pass normalised vectors)."""
+    """Dot products of user vectors with item vectors (cosine models: pass normalised vectors).
 
-    def __init__(self, user_vecs: np.ndarray, item_vecs: np.ndarray) -> None:
+    `block_rows`: the row block of `block_items`. Every item block is multiplied with exactly that
+    many user rows (a shorter last block is padded with zero rows), because BLAS picks its kernel
+    by shape: measured with MKL, blocks under 16 rows take another path whose sums differ by a
+    few ulp. With one shape, a user's scores depend on their vector alone, not on which other
+    users share the run, so rescoring a subset of users gives the rows a full run would
+    (incremental scoring relies on it and checks it, `retrieval.rescoring`).
+    """
+
+    def __init__(self, user_vecs: np.ndarray, item_vecs: np.ndarray, block_rows: int | None = None) -> None:
         self.users = torch.from_numpy(np.ascontiguousarray(user_vecs, dtype=np.float32))
         self.items_t = torch.from_numpy(np.ascontiguousarray(item_vecs, dtype=np.float32)).T.contiguous()
         self.n_rows = self.users.shape[0]
         self.n_items = self.items_t.shape[1]
+        self.block_rows = block_rows or default_blocks(self.n_items)[0]
+        self._padded: tuple[torch.Tensor, tuple[int, int]] | None = None  # short last block, zero-padded
 
     def block(self, start: int, stop: int, out: torch.Tensor) -> None:
         torch.mm(self.users[start:stop], self.items_t, out=out)
 
     def block_items(self, start: int, stop: int, lo: int, hi: int, out: torch.Tensor) -> None:
-        """Scores of rows [start, stop) for items [lo, hi) only (ranking.topk scores item blocks)."""
-        torch.mm(self.users[start:stop], self.items_t[:, lo:hi], out=out)
+        """Scores of rows [start, stop) for items [lo, hi) only (ranking.topk scores item blocks),
+        always computed as a [block_rows, hi - lo] product (see the class)."""
+        rows = stop - start
+        if rows == self.block_rows:
+            torch.mm(self.users[start:stop], self.items_t[:, lo:hi], out=out)
+            return
+        if rows > self.block_rows:
+            raise ValueError(f"row block of {rows} rows for a scorer of {self.block_rows}-row blocks")
+        if self._padded is None or self._padded[1] != (start, stop):
+            padded = torch.zeros((self.block_rows, self.users.shape[1]), dtype=torch.float32)
+            padded[:rows] = self.users[start:stop]
+            self._padded = (padded, (start, stop))
+        out.copy_(torch.mm(self._padded[0], self.items_t[:, lo:hi])[:rows])
 
 
 def _chunk_rows(n_items: int, chunk_size: int | None) -> int:
@@ -184,7 +205,7 @@ def scorer_topk(
     rows, item_block = default_blocks(scorer.n_items)
     block_items = getattr(scorer, "block_items", None)
     if block_items is not None:
-        score, rows = block_items, chunk_size or rows
+        score, rows = block_items, getattr(scorer, "block_rows", None) or chunk_size or rows
     else:
         score, rows = _full_block_slices(scorer, chunk_size)
     return blocked_topk(
@@ -233,7 +254,7 @@ def exact_topk(
     fewer than k candidate items left, the tail holds code `NO_ITEM` (0) with score -inf.
     For cosine models pass L2-normalised vectors.
     """
-    return scorer_topk(VectorScorer(user_vecs, item_vecs), k, seen, chunk_size)
+    return scorer_topk(VectorScorer(user_vecs, item_vecs, chunk_size), k, seen)
 
 
 def exact_ranks(

@@ -186,6 +186,7 @@ def score_run(
     progress: Callable[[int, int], None] | None = None,
     exclude_seen: bool = True,
     incremental: bool = False,
+    recheck_users: int = 256,
 ) -> ScoreReport:
     """Score every user with events and replace the warehouse's `recommendations` with run `run_id`.
 
@@ -194,8 +195,9 @@ def score_run(
     history keeps `keep_runs` runs; re-scoring a run_id replaces it.
     `incremental`: users whose vector and seen items equal the previous run's, under the same
     model run, item vectors and settings, keep their rows (see `rescoring`); the result is the
-    same as rescoring everyone. Annoy only (its candidates are rescored row by row); the exact
-    index always rescores everyone.
+    same as rescoring everyone, and a sample of the kept users' lists is computed again to check
+    it (`recheck_users`; any difference rescores everyone). Annoy and exact vectors; an item-kNN
+    run rescores everyone.
     """
     as_choice(index, "--index", (*INDEXES, "auto"))
     if ctx.knn is not None:
@@ -219,16 +221,31 @@ def score_run(
         rescoring.settings_of(ctx.model_run_id, k, index, exclude_seen, annoy_settings, ctx.tuning),
     )
     previous, why = (None, "full rescore requested")
-    if incremental and index == "exact":
-        # the blocked matmul's float results for a user depend on the other rows of its block
-        # (measured: a few ulp), so a subset scored alone would not equal a full rescore bit for bit
-        why = "the exact index rescores everyone"
+    if incremental and ctx.knn is not None:
+        why = "item-kNN runs rescore everyone (no user vectors to compare)"
     elif incremental and ctx.annoy_built:
         why = "annoy index built this run"
     elif incremental:
         previous, why = rescoring.load_previous(con, ctx.model_dir, key)
     rescoring.forget(ctx.model_dir)
     n_seen, seen_hash = rescoring.history_state(ctx.store, users)
+    digests: list[np.ndarray] = []  # `list_digest` of the lists computed this run, in `todo` order
+
+    def search(vecs: np.ndarray, seen: Seen | None) -> tuple[np.ndarray, np.ndarray]:
+        codes, scores = topk(ctx, vecs, k, seen, index, annoy_settings)
+        digests.append(rescoring.list_digest(codes, scores))
+        return codes, scores
+
+    recheck_seconds = None
+    if previous is not None:
+        t_check = time.perf_counter()
+        state = (users, n_seen, seen_hash)
+        differ, rechecked = _recheck(ctx, previous, state, exclude_seen, recheck_users, search)
+        digests.clear()
+        recheck_seconds = time.perf_counter() - t_check
+        if differ:
+            why = f"{differ} of {rechecked} re-checked lists differ from run {previous.run_id}: rescore all"
+            previous = None
     emb = None
     if save_embeddings or previous is not None:
         write_item_embeddings(ctx)
@@ -236,6 +253,7 @@ def score_run(
 
     keep_users = None
     todo = users
+    kept = np.zeros(len(users), dtype=bool)
     t_plan = time.perf_counter()
     if previous is not None:
         # encode everyone once (the embeddings file holds every scored user), compare with the previous run
@@ -252,9 +270,11 @@ def score_run(
             )
             changed[lo : lo + chunk_users] = ~same
             changed_vecs.append(vecs[~same])
-        keep_users, todo = users[~changed], users[changed]
+        kept = ~changed
+        keep_users, todo = users[kept], users[changed]
         todo_vecs = np.concatenate(changed_vecs)
         why = f"{len(todo)} of {len(users)} users changed since {previous.run_id}"
+        why += f" ({rechecked} kept lists computed again: equal)"
     plan_seconds = time.perf_counter() - t_plan
     log.info("scoring %s: %s", "incrementally" if previous is not None else "every user", why)
 
@@ -279,7 +299,7 @@ def score_run(
             ctx.model_run_id,
             todo,
             source,
-            lambda vecs, seen: topk(ctx, vecs, k, seen, index, annoy_settings),
+            search,
             keep_runs=keep_runs,
             chunk_users=chunk_users,
             progress=progress,
@@ -291,8 +311,14 @@ def score_run(
         raise
     if emb is not None:
         emb.close()
-        rescoring.save_state(ctx.model_dir, run_id, key, users, n_seen, seen_hash)
+        digest = np.zeros(len(users), dtype=np.uint64)
+        digest[~kept] = np.concatenate(digests) if digests else digest[:0]
+        if previous is not None:
+            digest[kept] = previous.digest[users[kept]]
+        rescoring.save_state(ctx.model_dir, run_id, key, users, n_seen, seen_hash, digest)
     phases["index"] = index_seconds
+    if recheck_seconds is not None:
+        phases["recheck"] = recheck_seconds
     if ctx.knn is not None:
         t_similar = time.perf_counter()
         write_similar_items(con, ctx.knn.similar, ctx.model_run_id, k)
@@ -313,6 +339,29 @@ def score_run(
     )
     log.info("scored %d users -> %d rows in %.1fs (%s)", report.users, rows, report.seconds, index)
     return report
+
+
+def _recheck(
+    ctx: ScoringContext,
+    previous: rescoring.Previous,
+    state: tuple[np.ndarray, np.ndarray, np.ndarray],
+    exclude_seen: bool,
+    n: int,
+    search: Search,
+) -> tuple[int, int]:
+    """Compute again the lists of up to `n` users (evenly spaced) whose seen items are unchanged,
+    from their previous vectors, and compare them with their stored digests: the check that a
+    kept list is what a full rescore would write. `state`: (users, n_seen, seen_hash) now.
+    Returns (how many lists differ, how many were checked)."""
+    users, n_seen, seen_hash = state
+    same = np.flatnonzero(previous.same_history(users, n_seen, seen_hash))
+    pick = users[same[np.unique(np.linspace(0, len(same) - 1, min(n, len(same))).astype(np.int64))]]
+    if not len(pick):
+        return 0, 0
+    ends = ctx.store.history_length(pick)
+    seen = Seen(*ctx.store.seen(pick, ends)) if exclude_seen else None
+    codes, scores = search(previous.vectors[pick], seen)
+    return int((rescoring.list_digest(codes, scores) != previous.digest[pick]).sum()), len(pick)
 
 
 def _annoy_summary(ctx: ScoringContext, k: int) -> dict[str, Any] | None:

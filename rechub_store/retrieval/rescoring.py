@@ -6,11 +6,17 @@ one key per run (`scoring_key`); the last two are compared user by user: the vec
 previous run's `user_embeddings.parquet`), the seen items by count and a position-weighted hash
 of the whole history. A user equal on all of them gets the previous run's rows again, which is
 what rescoring would compute; the others are rescored. A different key (a new model run, new item
-features, another k or index...) rescores everyone. `score_run` uses this with the annoy index
-only, whose per-user results do not depend on which other users are scored with it.
+features, another k or index, for exact scoring another thread count...) rescores everyone.
+
+That rests on one assumption: a user's list depends on nothing else, not on which other users
+are scored beside them. Annoy rescores its candidates row by row; the exact index multiplies
+fixed-shape blocks (`ranking.exact.VectorScorer`). The assumption is checked every run: each
+user's list has a digest (`list_digest`), and before any list is kept the lists of a sample of
+users that would be kept are computed again and compared with their stored digests
+(`score_run`); one difference and everyone is rescored.
 
 The state of the last run lives beside its embeddings, in `models/<model_run_id>/`:
-`score_state.parquet` (code, n_seen, seen_hash) and `score_state.json` (run_id, key), written
+`score_state.parquet` (code, n_seen, seen_hash, digest) and `score_state.json` (run_id, key), written
 after the run's recommendations are committed and removed when a run starts, so a run killed
 at any point leaves no state and the next one rescores everyone.
 """
@@ -27,6 +33,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from rechub_store.data.readers import FeatureStore
 from rechub_store.warehouse import table_exists
@@ -65,6 +72,19 @@ def history_state(store: FeatureStore, users: np.ndarray) -> tuple[np.ndarray, n
     return lens, hashes
 
 
+def list_digest(codes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """One uint64 per row of a top-k result: a position-weighted hash of its item codes and the
+    bits of its float32 scores, so two lists have the same digest only if they are equal (up to
+    hash collisions) down to the last bit of every score."""
+    codes = np.asarray(codes, dtype=np.int64).astype(np.uint64)
+    bits = np.ascontiguousarray(scores, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    if codes.shape[1] == 0:
+        return np.zeros(codes.shape[0], dtype=np.uint64)
+    with np.errstate(over="ignore"):  # arithmetic mod 2^64 on purpose
+        weights = np.power(_HASH_BASE, np.arange(1, codes.shape[1] + 1, dtype=np.uint64))
+        return (((codes << np.uint64(32)) | bits) * weights).sum(axis=1, dtype=np.uint64)
+
+
 @dataclass
 class Previous:
     """The last scoring run's per-user state, indexed by user code."""
@@ -74,17 +94,23 @@ class Previous:
     has: np.ndarray  # bool [max_code + 1]: the user was scored
     n_seen: np.ndarray
     seen_hash: np.ndarray
+    digest: np.ndarray  # uint64 [max_code + 1]: `list_digest` of each scored user's list
+
+    def same_history(self, users: np.ndarray, n_seen: np.ndarray, seen_hash: np.ndarray) -> np.ndarray:
+        """Mask of the users scored last run whose seen items are the same now."""
+        u = np.asarray(users, dtype=np.int64)
+        inside = u < len(self.has)
+        idx = np.where(inside, u, 0)
+        return inside & self.has[idx] & (self.n_seen[idx] == n_seen) & (self.seen_hash[idx] == seen_hash)
 
     def unchanged(
         self, users: np.ndarray, vecs: np.ndarray, n_seen: np.ndarray, seen_hash: np.ndarray
     ) -> np.ndarray:
         """Mask of the users whose vector and seen items equal the previous run's."""
-        u = np.asarray(users, dtype=np.int64)
-        inside = u < len(self.has)
-        idx = np.where(inside, u, 0)
-        same = inside & self.has[idx] & (self.n_seen[idx] == n_seen) & (self.seen_hash[idx] == seen_hash)
         if vecs.shape[1] != self.vectors.shape[1]:
-            return np.zeros(len(u), dtype=bool)
+            return np.zeros(len(users), dtype=bool)
+        same = self.same_history(users, n_seen, seen_hash)
+        idx = np.where(same, np.asarray(users, dtype=np.int64), 0)
         return same & (self.vectors[idx] == vecs).all(axis=1)
 
 
@@ -109,6 +135,8 @@ def load_previous(con: duckdb.DuckDBPyConnection, model_dir: Path, key: str) -> 
         return None, "recommendations hold another run than the scoring state"
     emb = pq.read_table(model_dir / EMBEDDINGS)
     st = pq.read_table(model_dir / STATE_PARQUET)
+    if "digest" not in st.column_names:
+        return None, "scoring state written by an older version (no list digests)"
     codes = emb.column("code").to_numpy().astype(np.int64)
     size = int(max(codes.max(initial=0), st.column("code").to_numpy().max(initial=0))) + 1
     dim = emb.schema.field("vector").type.list_size
@@ -118,16 +146,25 @@ def load_previous(con: duckdb.DuckDBPyConnection, model_dir: Path, key: str) -> 
     has = np.zeros(size, dtype=bool)
     n_seen = np.full(size, -1, dtype=np.int64)
     seen_hash = np.zeros(size, dtype=np.uint64)
+    digest = np.zeros(size, dtype=np.uint64)
     sc = st.column("code").to_numpy().astype(np.int64)
     has[sc] = True
     has &= np.isin(np.arange(size), codes)
     n_seen[sc] = st.column("n_seen").to_numpy()
     seen_hash[sc] = st.column("seen_hash").to_numpy()
-    return Previous(state["run_id"], vectors, has, n_seen, seen_hash), "previous run " + state["run_id"]
+    digest[sc] = st.column("digest").to_numpy()
+    previous = Previous(state["run_id"], vectors, has, n_seen, seen_hash, digest)
+    return previous, "previous run " + state["run_id"]
 
 
 def save_state(
-    model_dir: Path, run_id: str, key: str, users: np.ndarray, n_seen: np.ndarray, seen_hash: np.ndarray
+    model_dir: Path,
+    run_id: str,
+    key: str,
+    users: np.ndarray,
+    n_seen: np.ndarray,
+    seen_hash: np.ndarray,
+    digest: np.ndarray,
 ) -> None:
     """Write the run's state (the Parquet file first, the JSON that validates it last)."""
     table = pa.table(
@@ -135,6 +172,7 @@ def save_state(
             "code": pa.array(np.asarray(users, dtype=np.int32)),
             "n_seen": pa.array(np.asarray(n_seen, dtype=np.int64)),
             "seen_hash": pa.array(np.asarray(seen_hash, dtype=np.uint64)),
+            "digest": pa.array(np.asarray(digest, dtype=np.uint64)),
         }
     )
     tmp = model_dir / (STATE_PARQUET + ".tmp")
@@ -146,8 +184,11 @@ def save_state(
 
 
 def settings_of(model_run_id: str, k: int, index: str, exclude_seen: bool, annoy: Any, tuning: Any) -> dict:
-    """The per-run settings that enter the key (annoy's only when annoy serves the lists)."""
+    """The per-run settings that enter the key (annoy's only when annoy serves the lists; for
+    exact, torch's thread count, which may change how BLAS splits a block)."""
     out: dict[str, Any] = {"model_run_id": model_run_id, "k": k, "index": index, "exclude_seen": exclude_seen}
+    if index == "exact":
+        out["torch_threads"] = torch.get_num_threads()
     if index == "annoy":
         out["annoy"] = asdict(annoy) if annoy is not None else None
         out["tuning"] = None if tuning is None else (tuning.n_trees, tuning.search_k, tuning.metric)
