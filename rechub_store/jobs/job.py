@@ -446,13 +446,15 @@ class Nightly:
             max_users=e.max_users,
             list_users=e.list_users,
             exclude_seen=self.job.score.exclude_seen,
+            reuse=not self.full_refresh,
         )
         headline = {
             f"{r['model_run_id']}/{r['index']}/{r['metric']}@{r['k']}": round(r["value"], 5)
             for r in report.rows
             if r["split"] == "test" and r["k"] == min(e.ks) and r["slice"] == "all"
         }
-        return len(report.rows), {"seconds": report.seconds, "metrics": headline, "annoy": report.annoy}
+        details = {"seconds": report.seconds, "metrics": headline, "annoy": report.annoy}
+        return len(report.rows), {**details, "annoy_answers": report.annoy_answers}
 
     def publish(self, con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, Any]]:
         """Gates first (a failed `fail` gate publishes nothing), then the analytics file, then every

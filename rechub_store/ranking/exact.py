@@ -46,6 +46,12 @@ class Seen:
         lo, hi = self.indptr[start], self.indptr[stop]
         return Seen(self.indptr[start : stop + 1] - lo, self.indices[lo:hi])
 
+    def take(self, rows: np.ndarray) -> Seen:
+        """The sub-CSR of the given rows, in that order."""
+        if len(rows) == self.n_rows and np.array_equal(rows, np.arange(self.n_rows)):
+            return self
+        return Seen.from_prefixes(self.indices, self.indptr[rows], self.counts()[rows])
+
     def row_ids(self) -> np.ndarray:
         """The row of every entry of `indices` (for scatter into a dense matrix)."""
         return np.repeat(np.arange(self.n_rows, dtype=np.int64), self.counts())

@@ -54,6 +54,7 @@ from rechub_store.results.tables import previous_list_run, write_evaluation_list
 from rechub_store.retrieval.annoy_index import overlap_at_k
 from rechub_store.retrieval.scoring import (
     ScoringContext,
+    annoy_lists,
     ensure_annoy,
     load_context,
     production_lists,
@@ -80,6 +81,7 @@ class EvaluationReport:
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     annoy: dict[str, Any] | None = None
+    annoy_answers: dict[str, str] = field(default_factory=dict)  # per split / production: what was reused
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,8 +181,10 @@ def evaluate_split(
     annoy_settings: AnnoySettings | None,
     max_users: int | None,
     seed: int,
+    reuse: bool = True,
 ) -> list[dict[str, Any]]:
-    """Accuracy rows of one split: the model by each index, annoy's recall, and the baselines."""
+    """Accuracy rows of one split: the model by each index, annoy's recall, and the baselines.
+    `reuse`: annoy's answers for users unchanged since the last evaluation are reused (`annoy_lists`)."""
     samples = ctx.store.samples.get(split)
     if samples is None:
         raise UserError(f"split {split!r} was not loaded (load the context with splits=({split!r},))")
@@ -209,7 +213,9 @@ def evaluate_split(
             ranks = exact_ranks(users, items, samples.target, exclude)
         else:
             annoy = ensure_annoy(ctx, max_k, annoy_settings, evaluation=True)
-            annoy_found = annoy.topk(users, max_k, exclude)
+            annoy_found = annoy_lists(
+                ctx, split, samples.user_code, users, max_k, exclude, annoy_settings, True, reuse
+            )
             ranks = annoy.target_ranks(users, samples.target, max_k, exclude, found=annoy_found)
         results = slice_metrics(ranks, masks, repeat, ks)
         rows += _rows(run_id, ctx.model_run_id, split, index, seen_filter, results)
@@ -237,6 +243,7 @@ def beyond_accuracy(
     list_users: int,
     exclude_seen: bool,
     seed: int,
+    reuse: bool = True,
 ) -> list[dict[str, Any]]:
     """Production lists of a stable user sample (model by each index, every baseline) into
     `evaluation_lists`, then the `sql/metrics/` models over them; rows for `evaluation_metrics`."""
@@ -248,7 +255,7 @@ def beyond_accuracy(
     seen = Seen(*ctx.store.seen(users, ends)) if exclude_seen else None
     lists = []
     for index in indexes:
-        _, codes, scores = production_lists(ctx, users, max_k, index, annoy_settings, exclude_seen)
+        _, codes, scores = production_lists(ctx, users, max_k, index, annoy_settings, exclude_seen, reuse)
         lists.append(("model", ctx.model_run_id, index, users, codes, scores))
     for name, baseline in baselines.items():
         codes, scores = scorer_topk(baseline.scorer(users, ends), max_k, seen)
@@ -294,13 +301,16 @@ def evaluate_run(
     list_users: int = 10_000,
     exclude_seen: bool = True,
     seed: int = 0,
+    reuse: bool = True,
 ) -> EvaluationReport:
     """Compute and store (replacing this run's earlier rows per split) the metrics; returns them.
 
     `max_users` evaluates a stable seeded sample of that many users per split (the standard error of
     a mean over 100k users is small; a full pass over millions would double the nightly time).
     `list_users` users get beyond-accuracy metrics (0 = none); `exclude_seen` is the production
-    rule their lists follow (as `score`).
+    rule their lists follow (as `score`). `reuse`: annoy's answers stored by the last evaluation of
+    this model run serve the users whose vector and exclusions are unchanged (the metrics are the
+    same either way; `nightly --full-refresh` passes False).
     """
     t0 = time.perf_counter()
     ks = sorted(set(int(k) for k in ks))
@@ -323,6 +333,7 @@ def evaluate_run(
             annoy_settings=annoy_settings,
             max_users=max_users,
             seed=seed,
+            reuse=reuse,
         )
     if list_users > 0:
         report.rows += beyond_accuracy(
@@ -336,8 +347,10 @@ def evaluate_run(
             list_users=list_users,
             exclude_seen=exclude_seen,
             seed=seed,
+            reuse=reuse,
         )
     write_metrics(con, report.rows)
+    report.annoy_answers = dict(ctx.answers)
     report.seconds = round(time.perf_counter() - t0, 3)
     if ctx.tuning is not None:
         report.annoy = {

@@ -23,6 +23,7 @@ from rechub_store.ranking.exact import Seen
 from rechub_store.results.similar_items import write_similar_items
 from rechub_store.results.tables import RecommendationWriter
 from rechub_store.retrieval import rescoring
+from rechub_store.retrieval.rescoring import Search
 from rechub_store.retrieval.scoring import (
     ANNOY_FILE,
     ScoringContext,
@@ -125,7 +126,6 @@ def write_item_embeddings(ctx: ScoringContext) -> Path:
 
 
 ChunkSource = Callable[[np.ndarray], tuple[np.ndarray, Seen | None]]  # user codes -> (vectors, seen)
-Search = Callable[[np.ndarray, Seen | None], tuple[np.ndarray, np.ndarray]]  # -> (codes, scores)
 
 
 def write_topk(

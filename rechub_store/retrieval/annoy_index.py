@@ -86,6 +86,11 @@ class AnnoyItems:
         self.metric = metric
         self.search_k = search_k  # tuned for lists of `tuned_k`; -1 = annoy's default (n_trees * n)
         self.tuned_k = tuned_k
+        self.file_sha256 = ""  # of the saved index file (set by load_or_build): which index answered
+
+    def identity(self, k: int) -> dict[str, Any]:
+        """What an answer to `topk(..., k)` depends on besides the query: for reusing answers."""
+        return {"file_sha256": self.file_sha256, "search_k": self.search_k, "tuned_k": self.tuned_k, "k": k}
 
     def search_k_for(self, n: np.ndarray) -> np.ndarray:
         """search_k for lists of n items: the tuned value scaled by n / tuned_k, like annoy's own default."""
@@ -185,7 +190,7 @@ class AnnoyItems:
         while len(rows):
             for group in _width_groups(rows, want):
                 cand = self._candidates(user_vecs[group], want[group], sk[group], n_threads)
-                kept, n_kept[group] = drop_seen(cand, None if seen is None else _subset(seen, group))
+                kept, n_kept[group] = drop_seen(cand, None if seen is None else seen.take(group))
                 take = min(k, kept.shape[1])
                 codes[group, :take] = kept[:, :take]
             # short rows widen; done once the whole catalogue was asked for with a full search
@@ -222,7 +227,7 @@ class AnnoyItems:
         boundary = (ranks != MISS) & (codes[:, -1] != NO_ITEM) & (target_score == scores[:, -1])
         if boundary.any():
             rows = np.flatnonzero(boundary)
-            part = None if exclude is None else _subset(exclude, rows)
+            part = None if exclude is None else exclude.take(rows)
             exact = exact_ranks(user_vecs[rows], self.item_vecs, targets[rows], part)
             ranks[rows] = np.where(exact <= k, exact, MISS)
         return ranks
@@ -246,13 +251,6 @@ def _width_groups(rows: np.ndarray, want: np.ndarray) -> Iterator[np.ndarray]:
         n = max(1, int(np.argmin(fits)) if not fits.all() else len(widths))
         yield np.sort(order[lo : lo + n])
         lo += n
-
-
-def _subset(seen: Seen, rows: np.ndarray) -> Seen:
-    if len(rows) == seen.n_rows:
-        return seen
-    counts = seen.counts()[rows]
-    return Seen.from_prefixes(seen.indices, seen.indptr[rows], counts)
 
 
 DROP_SEEN_BLOCK = 1 << 20  # candidates filtered at a time (bounds drop_seen's temporaries)
@@ -483,12 +481,14 @@ def load_or_build(
     tuning = _verified(path, meta_path, wanted) if tune_kwargs.get("search_k") is None else None
     if tuning is not None:
         try:
-            return AnnoyItems.load(path, item_vecs, metric, tuning.search_k, tuning.k), tuning, False
+            items = AnnoyItems.load(path, item_vecs, metric, tuning.search_k, tuning.k)
+            items.file_sha256 = tuning.sha256
+            return items, tuning, False
         except (ValueError, OSError) as exc:
             log.warning("ignoring annoy index %s: %s", path, exc)
     items, tuning = build_tuned(item_vecs, sample_user_vecs, metric, k, **tune_kwargs)
     items.save(path)
-    tuning.sha256 = file_sha256(path)
+    tuning.sha256 = items.file_sha256 = file_sha256(path)
     tmp = meta_path.with_name(meta_path.name + f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(asdict(tuning), indent=2))
     os.replace(tmp, meta_path)

@@ -19,12 +19,18 @@ The state of the last run lives beside its embeddings, in `models/<model_run_id>
 `score_state.parquet` (code, n_seen, seen_hash, digest) and `score_state.json` (run_id, key), written
 after the run's recommendations are committed and removed when a run starts, so a run killed
 at any point leaves no state and the next one rescores everyone.
+
+Evaluation asks annoy the same sampled users every night. `reuse_lists` keeps annoy's answers
+(`annoy_answers_<name>.parquet` in the same folder, the index's identity inside) and answers a row
+from them when its vector and excluded items are bit-for-bit the same, with the same re-check.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,7 @@ import pyarrow.parquet as pq
 import torch
 
 from rechub_store.data.readers import FeatureStore
+from rechub_store.ranking.exact import Seen
 from rechub_store.warehouse import table_exists
 
 STATE_JSON = "score_state.json"
@@ -193,3 +200,118 @@ def settings_of(model_run_id: str, k: int, index: str, exclude_seen: bool, annoy
         out["annoy"] = asdict(annoy) if annoy is not None else None
         out["tuning"] = None if tuning is None else (tuning.n_trees, tuning.search_k, tuning.metric)
     return out
+
+
+def rows_digest(seen: Seen | None, n_rows: int) -> np.ndarray:
+    """uint64 per row: a position-weighted hash of the row's excluded item codes (0: none)."""
+    out = np.zeros(n_rows, dtype=np.uint64)
+    if seen is None or not len(seen.indices):
+        return out
+    counts = seen.counts()
+    firsts = seen.indptr[:-1]
+    pos = np.arange(len(seen.indices), dtype=np.int64) - np.repeat(firsts, counts)
+    with np.errstate(over="ignore"):  # arithmetic mod 2^64 on purpose
+        weighted = seen.indices.astype(np.uint64) * np.power(_HASH_BASE, (pos + 1).astype(np.uint64))
+        some = counts > 0
+        out[some] = np.add.reduceat(weighted, firsts[some])
+    return out
+
+
+Search = Callable[[np.ndarray, Seen | None], tuple[np.ndarray, np.ndarray]]  # -> (codes, scores)
+
+
+def reuse_lists(
+    path: Path,
+    key: dict[str, Any],
+    users: np.ndarray,
+    vecs: np.ndarray,
+    exclude: Seen | None,
+    search: Search,
+    recheck: int = 64,
+    reuse: bool = True,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """`search(vecs, exclude)`, answered from the last call's answers where they still hold.
+
+    An index's top-k for a row is a function of the index (`key`), the row's vector and its
+    excluded items, so a row whose vector (bit for bit) and exclusions equal the ones stored at
+    `path` under the same key gets the stored list; the other rows are searched. Up to `recheck`
+    reused rows are searched again and compared; any difference searches every row. The answers
+    are stored at `path` (written atomically, the key inside) for the next call; `reuse=False`
+    searches every row and only stores. Evaluation asks annoy the same 10,000 users every night;
+    most have not changed. Returns (codes, scores, what was reused)."""
+    users = np.asarray(users, dtype=np.int64)
+    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+    excl = rows_digest(exclude, len(users))
+    key_text = json.dumps(key, sort_keys=True, default=str)
+    hit, codes, scores = _stored_answers(path, key_text, users, vecs, excl) if reuse else (None, None, None)
+    if hit is None or codes is None or scores is None or not hit.any():
+        codes, scores = search(vecs, exclude)
+        note = f"searched all {len(users)} rows"
+    else:
+        miss = np.flatnonzero(~hit)
+        if len(miss):
+            codes[miss], scores[miss] = search(vecs[miss], None if exclude is None else exclude.take(miss))
+        reused = np.flatnonzero(hit)
+        check = reused[np.unique(np.linspace(0, len(reused) - 1, min(recheck, len(reused))).astype(np.int64))]
+        again = search(vecs[check], None if exclude is None else exclude.take(check))
+        if np.array_equal(again[0], codes[check]) and again[1].tobytes() == scores[check].tobytes():
+            note = f"reused {len(reused)} of {len(users)} stored lists ({len(check)} searched again: equal)"
+        else:
+            codes, scores = search(vecs, exclude)
+            note = f"stored lists differ when searched again: searched all {len(users)} rows"
+    _store_answers(path, key_text, users, vecs, excl, codes, scores)
+    return codes, scores, note
+
+
+def _stored_answers(
+    path: Path, key: str, users: np.ndarray, vecs: np.ndarray, excl: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(rows whose stored answer holds, codes, scores), codes/scores filled for those rows."""
+    hit = np.zeros(len(users), dtype=bool)
+    if not path.is_file():
+        return hit, None, None
+    table = pq.read_table(path)
+    meta = table.schema.metadata or {}
+    if meta.get(b"key", b"").decode() != key or table.num_rows == 0:
+        return hit, None, None
+    stored = table.column("user").to_numpy()
+    order = np.argsort(stored, kind="stable")
+    at = np.minimum(np.searchsorted(stored, users, sorter=order), len(stored) - 1)
+    row = order[at]
+    k = table.schema.field("codes").type.list_size
+    dim = table.schema.field("vector").type.list_size
+    if dim != vecs.shape[1]:
+        return hit, None, None
+    s_vecs = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, dim)[row]
+    s_excl = table.column("excluded").to_numpy()[row]
+    hit = (stored[row] == users) & (s_excl == excl) & (s_vecs == vecs).all(axis=1)
+    codes = table.column("codes").combine_chunks().flatten().to_numpy().reshape(-1, k)[row]
+    scores = table.column("scores").combine_chunks().flatten().to_numpy().reshape(-1, k)[row]
+    return hit, codes.astype(np.int64), scores.astype(np.float32)
+
+
+def _store_answers(
+    path: Path,
+    key: str,
+    users: np.ndarray,
+    vecs: np.ndarray,
+    excl: np.ndarray,
+    codes: np.ndarray,
+    scores: np.ndarray,
+) -> None:
+    def fixed(a: np.ndarray, dtype: pa.DataType) -> pa.Array:
+        return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(a).ravel(), dtype), a.shape[1])
+
+    table = pa.table(
+        {
+            "user": pa.array(users, pa.int64()),
+            "vector": fixed(vecs, pa.float32()),
+            "excluded": pa.array(excl, pa.uint64()),
+            "codes": fixed(codes, pa.int64()),
+            "scores": fixed(scores, pa.float32()),
+        }
+    ).replace_schema_metadata({"key": key})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    tmp.replace(path)

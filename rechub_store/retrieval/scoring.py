@@ -8,6 +8,7 @@ at one chunk of vectors plus the staged codes, whatever the number of users.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from rechub_store.ranking.embeddings import (
 )
 from rechub_store.ranking.exact import Seen, exact_topk, scorer_topk
 from rechub_store.ranking.itemknn import ItemKNN
+from rechub_store.retrieval import rescoring
 from rechub_store.retrieval.annoy_index import (
     AnnoyItems,
     Tuning,
@@ -60,6 +62,7 @@ class ScoringContext:
     tuning: Tuning | None = None
     annoy_built: bool = False
     measured_recall: dict[int, float] = field(default_factory=dict)  # k -> annoy recall@k this run
+    answers: dict[str, str] = field(default_factory=dict)  # annoy_lists name -> what it reused
     # evaluation encodes items as of training (`FeatureStore.train_popularity`); the same array as
     # item_vecs (and the same annoy index) unless the item tower reads popularity
     eval_item_vecs: np.ndarray | None = None
@@ -262,6 +265,38 @@ def choose_index(
     )
 
 
+def annoy_lists(
+    ctx: ScoringContext,
+    name: str,
+    users: np.ndarray,
+    vecs: np.ndarray,
+    k: int,
+    exclude: Seen | None,
+    settings: AnnoySettings | None = None,
+    evaluation: bool = False,
+    reuse: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """annoy's top-k (codes, scores) of these rows, reusing the answers the last run stored under
+    `name` (in the model run's folder) for rows whose index, vector and exclusions are the same
+    (`rescoring.reuse_lists`; `reuse=False` asks annoy for every row): evaluation asks the same
+    users every night."""
+    items = ensure_annoy(ctx, k, settings, evaluation=evaluation)
+    vectors = hashlib.sha256(np.ascontiguousarray(items.item_vecs)).hexdigest()
+    key = {**items.identity(k), "item_vecs": vectors}
+    codes, scores, note = rescoring.reuse_lists(
+        ctx.model_dir / f"annoy_answers_{name}.parquet",
+        key,
+        users,
+        vecs,
+        exclude,
+        lambda v, e: items.topk(v, k, e, n_threads=ctx.threads),
+        reuse=reuse,
+    )
+    log.info("annoy lists %s: %s", name, note)
+    ctx.answers[name] = note
+    return codes, scores
+
+
 def production_lists(
     ctx: ScoringContext,
     users: np.ndarray,
@@ -269,11 +304,16 @@ def production_lists(
     index: str,
     annoy_settings: AnnoySettings | None = None,
     exclude_seen: bool = True,
+    reuse: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What production recommends these users: (prepared user vectors, codes, scores). Users are
-    encoded from their whole current history; `exclude_seen` removes everything they interacted with."""
+    encoded from their whole current history; `exclude_seen` removes everything they interacted with.
+    annoy's lists reuse the last run's answers where they hold (`annoy_lists`, `reuse`)."""
     ends = ctx.store.history_length(users)
     vecs = ctx.user_vectors(users, ends)
     seen = Seen(*ctx.store.seen(users, ends)) if exclude_seen else None
-    codes, scores = topk(ctx, vecs, k, seen, index, annoy_settings)
+    if ctx.knn is None and check_index(index) == "annoy":
+        codes, scores = annoy_lists(ctx, "production", users, vecs, k, seen, annoy_settings, reuse=reuse)
+    else:
+        codes, scores = topk(ctx, vecs, k, seen, index, annoy_settings)
     return vecs, codes, scores
