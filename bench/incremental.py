@@ -245,6 +245,12 @@ def main() -> None:
     import torch
 
     load_start = os.getloadavg()
+    # the code this process runs: HEAD when it started, and whether tracked files differed from it
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    commit = head.stdout.strip()
+    if subprocess.run([*git, "diff", "--quiet", "HEAD"]).returncode:
+        commit += " + uncommitted changes"
     t0 = time.perf_counter()
     base = prepare(
         args.work, args.events, args.new_share, args.threads, args.memory_limit, args.model, args.night1_index
@@ -275,9 +281,7 @@ def main() -> None:
         "model": args.model,
         "threads": args.threads,
         "torch_threads": torch.get_num_threads(),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": commit,
         "index": args.index,
         "night1_index": args.night1_index,
         "night1": night1(base),
@@ -288,8 +292,8 @@ def main() -> None:
         "runs": runs,
         "ratio": {
             "night": round(inc["seconds"] / full["seconds"], 3),
-            # the evaluation step is not incremental (it ranks the catalogue for a sample of users
-            # and every baseline each night): the night without it, side by side
+            # the evaluation step is only partly incremental (annoy's answers are reused; the
+            # baselines are refitted and every sampled user ranked): the night without it, side by side
             "night_without_evaluate": round(
                 (inc["seconds"] - inc["steps"].get("evaluate", 0.0))
                 / (full["seconds"] - full["steps"].get("evaluate", 0.0)),
