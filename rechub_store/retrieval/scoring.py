@@ -290,7 +290,7 @@ def annoy_lists(
         vecs,
         exclude,
         lambda v, e: items.topk(v, k, e, n_threads=ctx.threads),
-        reuse=reuse,
+        reuse=reuse and bool(items.file_sha256),  # an index not saved to a file has no identity
     )
     log.info("annoy lists %s: %s", name, note)
     ctx.answers[name] = note
