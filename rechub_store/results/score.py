@@ -355,7 +355,7 @@ def _recheck(
     Returns (how many lists differ, how many were checked)."""
     users, n_seen, seen_hash = state
     same = np.flatnonzero(previous.same_history(users, n_seen, seen_hash))
-    pick = users[same[np.unique(np.linspace(0, len(same) - 1, min(n, len(same))).astype(np.int64))]]
+    pick = users[same[rescoring.evenly_spaced(len(same), n)]]
     if not len(pick):
         return 0, 0
     ends = ctx.store.history_length(pick)

@@ -61,22 +61,11 @@ def scoring_key(item_vecs: np.ndarray, settings: dict[str, Any]) -> str:
 
 
 def history_state(store: FeatureStore, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n_seen, seen_hash) per user: history length and sum_j code_j * B^(j+1) mod 2^64 over the
-    whole history, vectorised over the flat history array."""
+    """(n_seen, seen_hash) per user: history length and the `rows_digest` of the whole history
+    (sum_j code_j * B^(j+1) mod 2^64)."""
     u = np.asarray(users, dtype=np.int64)
     lens = store.history_length(u).astype(np.int64)
-    hashes = np.zeros(len(u), dtype=np.uint64)
-    some = lens > 0
-    if not some.any():
-        return lens, hashes
-    ul, ll = u[some], lens[some]
-    firsts = np.cumsum(ll) - ll
-    pos = np.arange(int(ll.sum()), dtype=np.int64) - np.repeat(firsts, ll)
-    codes = store.hist_items[np.repeat(store.hist_offsets[ul], ll) + pos].astype(np.uint64)
-    with np.errstate(over="ignore"):  # arithmetic mod 2^64 on purpose
-        weights = np.power(_HASH_BASE, (pos + 1).astype(np.uint64))
-        hashes[some] = np.add.reduceat(codes * weights, firsts)
-    return lens, hashes
+    return lens, rows_digest(Seen(*store.seen(u, lens)), len(u))
 
 
 def list_digest(codes: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -217,6 +206,11 @@ def rows_digest(seen: Seen | None, n_rows: int) -> np.ndarray:
     return out
 
 
+def evenly_spaced(n: int, most: int) -> np.ndarray:
+    """Up to `most` positions of range(n), spread evenly from first to last: the re-checked sample."""
+    return np.unique(np.linspace(0, n - 1, min(most, n)).astype(np.int64))
+
+
 Search = Callable[[np.ndarray, Seen | None], tuple[np.ndarray, np.ndarray]]  # -> (codes, scores)
 
 
@@ -252,7 +246,7 @@ def reuse_lists(
         if len(miss):
             codes[miss], scores[miss] = search(vecs[miss], None if exclude is None else exclude.take(miss))
         reused = np.flatnonzero(hit)
-        check = reused[np.unique(np.linspace(0, len(reused) - 1, min(recheck, len(reused))).astype(np.int64))]
+        check = reused[evenly_spaced(len(reused), recheck)]
         again = search(vecs[check], None if exclude is None else exclude.take(check))
         if np.array_equal(again[0], codes[check]) and again[1].tobytes() == scores[check].tobytes():
             note = f"reused {len(reused)} of {len(users)} stored lists ({len(check)} searched again: equal)"
