@@ -1,7 +1,9 @@
-"""Shared fixtures: a fresh warehouse per test, and deterministic small thread counts."""
+"""Shared fixtures: a fresh warehouse per test, and deterministic small thread counts; and the
+reliability tally's end-of-session summary, added up over pytest-xdist's workers."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ os.environ.setdefault("RECHUB_THREADS", "2")
 
 from pgserver import REQUIRE_ENV, LocalPostgres, PostgresUnavailable, acquire, release
 from planted import cycle_histories, write_feature_store
+from tally import TALLY
 
 from rechub_store.data.readers import FeatureStore
 from rechub_store.warehouse import Warehouse
@@ -53,3 +56,31 @@ def pg_server() -> Iterator[LocalPostgres]:
         pytest.skip(f"no local PostgreSQL server could be started: {exc}")
     yield server
     release()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Spark tests first: their module fixture (a Spark build) is the longest single step, and
+    started last it would leave the other xdist worker idle at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("spark") is None)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its reliability tally to the controller (`pytest_testnodedown`)."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["reliability_tally"] = dict(TALLY.counts)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    TALLY.add(getattr(node, "workeroutput", {}).get("reliability_tally", {}))
+
+
+def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
+    if getattr(config, "workeroutput", None) is not None or not any(TALLY.counts.values()):
+        return
+    terminalreporter.write_line(TALLY.summary())
+    out = os.environ.get("RECHUB_RELIABILITY_REPORT")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(TALLY.counts, indent=2) + "\n")

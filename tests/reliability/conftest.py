@@ -1,33 +1,22 @@
 """Reliability-suite fixtures: a real PostgreSQL server (shared with tests/publish), a baseline
-warehouse with one published nightly run, and the tally (rel_helpers.Tally) of hostile queries,
-malformed inputs and fault points tried and passed that the suite prints at the end (recorded in
-bench/RESULTS.md)."""
+warehouse with one published nightly run, and the tally (tests/tally.py) of hostile queries,
+malformed inputs and fault points tried and passed that the session prints at the end
+(tests/conftest.py; recorded in bench/RESULTS.md)."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 from pgserver import LocalPostgres, new_database
-from rel_helpers import BASE_DATE, TALLY, Tally, make_events, run_in_process, write_job
+from rel_helpers import BASE_DATE, make_events, run_in_process, write_job
+from tally import TALLY, Tally
 
 
 @pytest.fixture
 def tally() -> Tally:
     return TALLY
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    if not any(TALLY.counts.values()):
-        return
-    terminalreporter.write_line(TALLY.summary())
-    out = os.environ.get("RECHUB_RELIABILITY_REPORT")
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(TALLY.counts, indent=2) + "\n")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ a real process that a fault can SIGKILL), and snapshots of what analysts can see
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as dt
 import os
@@ -11,44 +10,10 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar
 
 import duckdb
 import numpy as np
 import sqlalchemy as sa
-
-
-class Tally:
-    """What the reliability suite tried and what held, printed at the end of the session (and written
-    to RECHUB_RELIABILITY_REPORT as JSON): hostile SQL queries, malformed or edge-case inputs, fault
-    points (kills, disk full, servers down, corrupted files), and rows lost (must stay 0)."""
-
-    KINDS: ClassVar[dict[str, str]] = {
-        "hostile_queries": "hostile queries refused",
-        "inputs": "malformed/edge inputs handled",
-        "faults": "fault points survived",
-    }
-
-    def __init__(self) -> None:
-        self.counts = {f"{k}_{s}": 0 for k in self.KINDS for s in ("tried", "passed")}
-        self.counts["rows_lost"] = 0
-
-    @contextlib.contextmanager
-    def case(self, kind: str):
-        """Count one case of `kind` as tried, and as passed if the block's assertions hold."""
-        self.counts[f"{kind}_tried"] += 1
-        yield
-        self.counts[f"{kind}_passed"] += 1
-
-    def summary(self) -> str:
-        parts = [
-            f"{label} {self.counts[f'{k}_passed']}/{self.counts[f'{k}_tried']}"
-            for k, label in self.KINDS.items()
-        ]
-        return "reliability: " + ", ".join(parts) + f", rows lost {self.counts['rows_lost']}"
-
-
-TALLY = Tally()
 
 BASE_DATE = dt.date(2026, 1, 1)
 NEXT_DATE = dt.date(2026, 1, 2)

@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rel_helpers import TALLY
+from tally import TALLY
 from typer.testing import CliRunner
 
 from rechub_store.cli import app
