@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from sklearn.preprocessing import normalize
 from sklearn.utils.extmath import safe_sparse_dot
 
@@ -90,8 +91,10 @@ class ItemKNN:
             hi = min(lo + step, n)
             sim = safe_sparse_dot(unit[lo:hi], unit_t, dense_output=True).astype(np.float32, copy=False)
             sim[np.arange(hi - lo), np.arange(lo, hi)] = 0.0  # not its own neighbour
-            top = np.argpartition(-sim, keep - 1, axis=1)[:, :keep]
-            score = np.take_along_axis(sim, top, axis=1)
+            # torch's partial selection: the same kept values as np.argpartition, 4x faster on
+            # [452, 37038] blocks (bench/RESULTS.md); which of two tied items is kept may differ
+            best = torch.topk(torch.from_numpy(sim), keep, dim=1, sorted=False)
+            score, top = best.values.numpy(), best.indices.numpy()
             ok = score > 0
             rows.append(np.repeat(np.arange(lo, hi), keep)[ok.ravel()])
             cols.append(top[ok])
