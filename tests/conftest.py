@@ -73,10 +73,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: object, error: object) -> None:
+    """The controller adds up what each worker sent (only called under xdist)."""
     TALLY.add(getattr(node, "workeroutput", {}).get("reliability_tally", {}))
 
 
 def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
+    """The reliability line, printed by the process the user sees (never by an xdist worker)."""
     if getattr(config, "workeroutput", None) is not None or not any(TALLY.counts.values()):
         return
     terminalreporter.write_line(TALLY.summary())
