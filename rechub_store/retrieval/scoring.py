@@ -8,7 +8,6 @@ at one chunk of vectors plus the staged codes, whatever the number of users.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,11 +280,9 @@ def annoy_lists(
     (`rescoring.reuse_lists`; `reuse=False` asks annoy for every row): evaluation asks the same
     users every night."""
     items = ensure_annoy(ctx, k, settings, evaluation=evaluation)
-    vectors = hashlib.sha256(np.ascontiguousarray(items.item_vecs)).hexdigest()
-    key = {**items.identity(k), "item_vecs": vectors}
     codes, scores, note = rescoring.reuse_lists(
         ctx.model_dir / f"annoy_answers_{name}.parquet",
-        key,
+        {"index": rescoring.scoring_key(items.item_vecs, items.identity(k))},
         users,
         vecs,
         exclude,
