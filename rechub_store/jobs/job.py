@@ -453,8 +453,12 @@ class Nightly:
             for r in report.rows
             if r["split"] == "test" and r["k"] == min(e.ks) and r["slice"] == "all"
         }
-        details = {"seconds": report.seconds, "metrics": headline, "annoy": report.annoy}
-        return len(report.rows), {**details, "annoy_answers": report.annoy_answers}
+        return len(report.rows), {
+            "seconds": report.seconds,
+            "metrics": headline,
+            "annoy": report.annoy,
+            "annoy_answers": report.annoy_answers,
+        }
 
     def publish(self, con: duckdb.DuckDBPyConnection) -> tuple[int, dict[str, Any]]:
         """Gates first (a failed `fail` gate publishes nothing), then the analytics file, then every
