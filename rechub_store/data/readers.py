@@ -524,6 +524,7 @@ class FeatureStore:
         max_seq_len: int,
         trim: bool = True,
         event_count: np.ndarray | None = None,
+        width: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """User-tower inputs for users with histories cut at `hist_end` (exclusive).
 
@@ -533,13 +534,15 @@ class FeatureStore:
         window the number of events in it (what a caller without a sample knows).
         `trim`: drop window columns that are padding in every row (the models are padding-invariant,
         so this only saves compute: with length-bucketed batches most padding disappears).
+        `width`: the window width, whatever the rows hold (it overrides `trim`).
         """
         u = np.asarray(user_codes, dtype=np.int64)
         safe = np.where((u >= 0) & (u < self.n_users), u, 0)
-        width = max_seq_len
-        if trim and u.size:
-            longest = int(np.minimum(np.asarray(hist_end, dtype=np.int64), self.history_length(u)).max())
-            width = max(1, min(max_seq_len, longest))
+        if width is None:
+            width = max_seq_len
+            if trim and u.size:
+                longest = int(np.minimum(np.asarray(hist_end, dtype=np.int64), self.history_length(u)).max())
+                width = max(1, min(max_seq_len, longest))
         batch = {
             "user_code": torch.from_numpy(u.copy()),
             "hist": torch.from_numpy(self.history_windows(u, hist_end, width)),

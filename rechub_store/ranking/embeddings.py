@@ -9,6 +9,8 @@ temperature only scales scores).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -91,3 +93,59 @@ def encode_users(
     if not parts:
         return np.zeros((0, int(model.config["embed_dim"])), dtype=np.float32)
     return np.concatenate(parts)
+
+
+# Rows of every batch that `encode_current_users` runs: one fixed shape per window width.
+STABLE_ROWS = 512
+
+
+def window_widths(lengths: np.ndarray, max_seq_len: int) -> np.ndarray:
+    """The window width each user is encoded at: its history length rounded up to a power of two,
+    at most `max_seq_len`. A user's own history sets it, never the other users of its batch."""
+    lens = np.minimum(np.maximum(np.asarray(lengths, dtype=np.int64), 1), max_seq_len)
+    return np.minimum(np.left_shift(1, np.ceil(np.log2(lens)).astype(np.int64)), max_seq_len)
+
+
+def stable_batches(
+    store: FeatureStore, user_codes: np.ndarray, max_seq_len: int, rows: int = STABLE_ROWS
+) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """(positions in `user_codes`, user-tower inputs of whole current histories) in batches of
+    exactly `rows` rows and one window width each (`window_widths`); a short batch repeats its
+    last user. The shapes, hence the kernels torch picks, depend only on each user's own history."""
+    users = np.asarray(user_codes, dtype=np.int64)
+    widths = window_widths(store.history_length(users), max_seq_len)
+    for width in np.unique(widths):
+        members = np.flatnonzero(widths == width)
+        for lo in range(0, len(members), rows):
+            part = members[lo : lo + rows]
+            padded = np.concatenate([part, np.repeat(part[-1:], rows - len(part))])
+            codes = users[padded]
+            yield part, store.user_batch(codes, store.history_length(codes), max_seq_len, width=int(width))
+
+
+def encode_current_users(
+    model: nn.Module, store: FeatureStore, user_codes: np.ndarray, rows: int = STABLE_ROWS
+) -> np.ndarray:
+    """[len(user_codes), D] float32 user vectors from whole current histories (production scoring),
+    each computed in a batch of a shape set by its own history (`stable_batches`). A user's vector
+    is then the same bit for bit whether it is encoded among all users or with a few: incremental
+    scoring encodes only the users whose inputs changed, and equals a full rescore.
+    (`encode_users` fits each batch to its longest history; its vectors can differ in the last bits
+    with the company a user keeps.)"""
+    users = np.asarray(user_codes, dtype=np.int64)
+    if not len(users):
+        return np.zeros((0, int(model.config["embed_dim"])), dtype=np.float32)
+    out = None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for part, batch in stable_batches(store, users, model.max_seq_len, rows):
+                vecs = model.user_tower(batch).float().numpy()[: len(part)]
+                if out is None:
+                    out = np.zeros((len(users), vecs.shape[1]), dtype=np.float32)
+                out[part] = vecs
+    finally:
+        model.train(was_training)
+    assert out is not None
+    return out

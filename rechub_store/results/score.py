@@ -193,11 +193,11 @@ def score_run(
     Users are encoded from their whole current history; everything they have interacted with
     is excluded (`exclude_seen=False`: re-consumption domains, where repeats are welcome). The
     history keeps `keep_runs` runs; re-scoring a run_id replaces it.
-    `incremental`: users whose vector and seen items equal the previous run's, under the same
-    model run, item vectors and settings, keep their rows (see `rescoring`); the result is the
-    same as rescoring everyone, and a sample of the kept users' lists is computed again to check
-    it (`recheck_users`; any difference rescores everyone). Annoy and exact vectors; an item-kNN
-    run rescores everyone.
+    `incremental`: users whose user-tower inputs and seen items equal the previous run's, under the
+    same model run, item vectors and settings, keep their vectors and rows and are not encoded
+    (see `rescoring`); the result is the same as rescoring everyone, and a sample of the kept users
+    is encoded and their lists computed again to check it (`recheck_users`; any difference
+    rescores everyone). Annoy and exact vectors; an item-kNN run rescores everyone.
     """
     as_choice(index, "--index", (*INDEXES, "auto"))
     if ctx.knn is not None:
@@ -229,6 +229,10 @@ def score_run(
         previous, why = rescoring.load_previous(con, ctx.model_dir, key)
     rescoring.forget(ctx.model_dir)
     n_seen, seen_hash = rescoring.history_state(ctx.store, users)
+    keeps_state = save_embeddings or previous is not None  # the embeddings file and score state are written
+    t_inputs = time.perf_counter()
+    inputs = ctx.input_digests(users) if keeps_state else None
+    inputs_seconds = time.perf_counter() - t_inputs
     digests: list[np.ndarray] = []  # `list_digest` of the lists computed this run, in `todo` order
 
     def search(vecs: np.ndarray, seen: Seen | None) -> tuple[np.ndarray, np.ndarray]:
@@ -237,60 +241,55 @@ def score_run(
         return codes, scores
 
     recheck_seconds = None
+    kept = np.zeros(len(users), dtype=bool)
     if previous is not None:
+        assert inputs is not None
         t_check = time.perf_counter()
-        state = (users, n_seen, seen_hash)
-        differ, rechecked = _recheck(ctx, previous, state, exclude_seen, recheck_users, search)
+        kept = previous.same_inputs(users, n_seen, seen_hash, inputs)
+        differ, rechecked = _recheck(ctx, previous, users[kept], exclude_seen, recheck_users, search)
         digests.clear()
         recheck_seconds = time.perf_counter() - t_check
         if differ:
-            why = f"{differ} of {rechecked} re-checked lists differ from run {previous.run_id}: rescore all"
+            why = f"{differ} of {rechecked} re-checked users differ from run {previous.run_id}: rescore all"
             previous = None
+            kept[:] = False
     emb = None
-    if save_embeddings or previous is not None:
+    if keeps_state:
         write_item_embeddings(ctx)
         emb = _UserEmbeddingsWriter(ctx.model_dir / "user_embeddings.parquet", ctx.item_vecs.shape[1])
 
     keep_users = None
-    todo = users
-    kept = np.zeros(len(users), dtype=bool)
-    t_plan = time.perf_counter()
+    todo = users[~kept]
+    todo_vecs = None
+    encode_seconds = 0.0
     if previous is not None:
-        # encode everyone once (the embeddings file holds every scored user), compare with the previous run
-        # (the changed users' vectors are kept for their top-k: the numbers a full rescore uses)
+        # only the changed users are encoded; the file keeps every scored user (the others' vectors
+        # are the previous run's, which encoding them would give bit for bit)
         assert emb is not None
-        changed = np.zeros(len(users), dtype=bool)
-        changed_vecs = []
-        for lo in range(0, len(users), chunk_users):
-            part = users[lo : lo + chunk_users]
-            vecs = ctx.user_vectors(part, ctx.store.history_length(part))
-            emb.add(part, vecs)
-            same = previous.unchanged(
-                part, vecs, n_seen[lo : lo + chunk_users], seen_hash[lo : lo + chunk_users]
-            )
-            changed[lo : lo + chunk_users] = ~same
-            changed_vecs.append(vecs[~same])
-        kept = ~changed
-        keep_users, todo = users[kept], users[changed]
-        todo_vecs = np.concatenate(changed_vecs)
+        t_encode = time.perf_counter()
+        todo_vecs = ctx.user_vectors(todo)
+        vectors = np.zeros((len(users), todo_vecs.shape[1]), dtype=np.float32)
+        vectors[kept] = previous.vectors[users[kept]]
+        vectors[~kept] = todo_vecs
+        emb.add(users, vectors)
+        encode_seconds = time.perf_counter() - t_encode
+        keep_users = users[kept]
         why = f"{len(todo)} of {len(users)} users changed since {previous.run_id}"
-        why += f" ({rechecked} kept lists computed again: equal)"
-    plan_seconds = time.perf_counter() - t_plan
+        why += f" ({rechecked} kept users encoded and their lists computed again: equal)"
     log.info("scoring %s: %s", "incrementally" if previous is not None else "every user", why)
 
     done = 0
 
     def source(part: np.ndarray) -> tuple[np.ndarray, Seen | None]:
         nonlocal done
-        ends = ctx.store.history_length(part)
-        if previous is None:
-            vecs = ctx.user_vectors(part, ends)
+        if todo_vecs is None:
+            vecs = ctx.user_vectors(part)
             if emb is not None:
                 emb.add(part, vecs)
         else:  # the changed users are scored in order, chunk after chunk
             vecs = todo_vecs[done : done + len(part)]
             done += len(part)
-        return vecs, Seen(*ctx.store.seen(part, ends)) if exclude_seen else None
+        return vecs, Seen(*ctx.store.seen(part, ctx.store.history_length(part))) if exclude_seen else None
 
     try:
         rows, phases = write_topk(
@@ -315,7 +314,8 @@ def score_run(
         digest[~kept] = np.concatenate(digests) if digests else digest[:0]
         if previous is not None:
             digest[kept] = previous.digest[users[kept]]
-        rescoring.save_state(ctx.model_dir, run_id, key, users, n_seen, seen_hash, digest)
+        assert inputs is not None
+        rescoring.save_state(ctx.model_dir, run_id, key, users, n_seen, seen_hash, digest, inputs)
     phases["index"] = index_seconds
     if recheck_seconds is not None:
         phases["recheck"] = recheck_seconds
@@ -323,7 +323,8 @@ def score_run(
         t_similar = time.perf_counter()
         write_similar_items(con, ctx.knn.similar, ctx.model_run_id, k)
         phases["similar_items"] = time.perf_counter() - t_similar
-    phases["compare"] = plan_seconds
+    phases["encode"] += encode_seconds
+    phases["compare"] = inputs_seconds
     report = ScoreReport.of(
         ctx,
         run_id,
@@ -344,24 +345,25 @@ def score_run(
 def _recheck(
     ctx: ScoringContext,
     previous: rescoring.Previous,
-    state: tuple[np.ndarray, np.ndarray, np.ndarray],
+    same: np.ndarray,
     exclude_seen: bool,
     n: int,
     search: Search,
 ) -> tuple[int, int]:
-    """Compute again the lists of up to `n` users (evenly spaced) whose seen items are unchanged,
-    from their previous vectors, and compare them with their stored digests: the check that a
-    kept list is what a full rescore would write. `state`: (users, n_seen, seen_hash) now.
-    Returns (how many lists differ, how many were checked)."""
-    users, n_seen, seen_hash = state
-    same = np.flatnonzero(previous.same_history(users, n_seen, seen_hash))
-    pick = users[same[rescoring.evenly_spaced(len(same), n)]]
+    """Encode again up to `n` (evenly spaced) of the users `same` that would be kept, and compute
+    their lists: the check that a kept vector and list are what a full rescore would write (each
+    compared bit for bit with the stored vector and list digest).
+    Returns (how many users differ, how many were checked)."""
+    pick = same[rescoring.evenly_spaced(len(same), n)]
     if not len(pick):
         return 0, 0
+    vecs = ctx.user_vectors(pick)
     ends = ctx.store.history_length(pick)
     seen = Seen(*ctx.store.seen(pick, ends)) if exclude_seen else None
-    codes, scores = search(previous.vectors[pick], seen)
-    return int((rescoring.list_digest(codes, scores) != previous.digest[pick]).sum()), len(pick)
+    codes, scores = search(vecs, seen)
+    differ = (vecs != previous.vectors[pick]).any(axis=1)
+    differ |= rescoring.list_digest(codes, scores) != previous.digest[pick]
+    return int(differ.sum()), len(pick)
 
 
 def _annoy_summary(ctx: ScoringContext, k: int) -> dict[str, Any] | None:

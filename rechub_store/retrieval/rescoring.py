@@ -2,23 +2,27 @@
 
 A user's list is a function of the model run, the item vectors and index settings (the catalogue),
 k, the seen filter, the user's prepared vector and the items the user has seen. The first four are
-one key per run (`scoring_key`); the last two are compared user by user: the vector exactly (the
-previous run's `user_embeddings.parquet`), the seen items by count and a position-weighted hash
-of the whole history. A user equal on all of them gets the previous run's rows again, which is
-what rescoring would compute; the others are rescored. A different key (a new model run, new item
-features, another k or index, for exact scoring another thread count...) rescores everyone.
+one key per run (`scoring_key`). The vector is a function of the model run and the user-tower
+inputs: `embeddings.encode_current_users` computes each user in a batch whose shape only the
+user's own history sets, so the vector does not depend on which users are encoded with it. The
+last two are compared user by user: the inputs by a hash (`input_digests`), the seen items by count
+and a position-weighted hash of the whole history. A user equal on all of them gets the previous
+run's vector and rows again, which is what encoding and rescoring would compute; only the others
+are encoded and rescored. A different key (a new model run, new item features, another k or index,
+another thread count...) rescores everyone.
 
-That rests on one assumption: a user's list depends on nothing else, not on which other users
-are scored beside them. Annoy rescores its candidates row by row; the exact index multiplies
-fixed-shape blocks (`ranking.exact.VectorScorer`). The assumption is checked every run: each
-user's list has a digest (`list_digest`), and before any list is kept the lists of a sample of
-users that would be kept are computed again and compared with their stored digests
-(`score_run`); one difference and everyone is rescored.
+That rests on two assumptions: a user's vector depends on nothing but its inputs, and its list on
+nothing but its vector and seen items, not on which other users are scored beside them. Annoy
+rescores its candidates row by row; the exact index multiplies fixed-shape blocks
+(`ranking.exact.VectorScorer`). Both are checked every run, before anything is kept (`score_run`):
+a sample of the users that would be kept is encoded again and compared with their stored vectors
+bit for bit, and their lists are computed again and compared with their stored digests
+(`list_digest`); one difference and everyone is rescored.
 
 The state of the last run lives beside its embeddings, in `models/<model_run_id>/`:
-`score_state.parquet` (code, n_seen, seen_hash, digest) and `score_state.json` (run_id, key), written
-after the run's recommendations are committed and removed when a run starts, so a run killed
-at any point leaves no state and the next one rescores everyone.
+`score_state.parquet` (code, n_seen, seen_hash, digest, inputs) and `score_state.json` (run_id, key),
+written after the run's recommendations are committed and removed when a run starts, so a run
+killed at any point leaves no state and the next one rescores everyone.
 
 Evaluation asks annoy the same sampled users every night. `reuse_lists` keeps annoy's answers
 (`annoy_answers_<name>.parquet` in the same folder, the index's identity inside) and answers a row
@@ -42,6 +46,7 @@ import pyarrow.parquet as pq
 import torch
 
 from rechub_store.data.readers import FeatureStore
+from rechub_store.ranking.embeddings import STABLE_ROWS, stable_batches
 from rechub_store.ranking.exact import Seen
 from rechub_store.warehouse import table_exists
 
@@ -68,6 +73,41 @@ def history_state(store: FeatureStore, users: np.ndarray) -> tuple[np.ndarray, n
     return lens, rows_digest(Seen(*store.seen(u, lens)), len(u))
 
 
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, element-wise (uint64, arithmetic mod 2^64): nearby inputs land far apart."""
+    with np.errstate(over="ignore"):
+        x = x + _HASH_BASE
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _bits(values: np.ndarray) -> np.ndarray:
+    """The values' bit patterns as uint64, one per element (floats by the bits of their float64)."""
+    wide = values.astype(np.float64) if values.dtype.kind == "f" else values.astype(np.int64)
+    return np.ascontiguousarray(wide).view(np.uint64)
+
+
+def input_digests(store: FeatureStore, users: np.ndarray, max_seq_len: int) -> np.ndarray:
+    """uint64 per user: a hash of every user-tower input of its whole current history, in the form
+    `embeddings.encode_current_users` feeds the model (the window at its width, sparse codes, the
+    bits of dense values). Equal digests, the same model and the same shapes of batch mean the same
+    vector, so an incremental run encodes only the users whose digest changed."""
+    u = np.asarray(users, dtype=np.int64)
+    out = np.zeros(len(u), dtype=np.uint64)
+    for part, batch in stable_batches(store, u, max_seq_len, rows=8192):
+        total = np.zeros(len(part), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for slot, name in enumerate(sorted(batch)):
+                values = _bits(batch[name].numpy()[: len(part)].reshape(len(part), -1))
+                # each (input, column) salts its values, so equal values in other places differ
+                column = np.arange(values.shape[1], dtype=np.uint64)
+                salt = _mix((np.uint64(slot + 1) << np.uint64(32)) + column)
+                total += _mix(values ^ salt).sum(axis=1, dtype=np.uint64)
+        out[part] = total
+    return out
+
+
 def list_digest(codes: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """One uint64 per row of a top-k result: a position-weighted hash of its item codes and the
     bits of its float32 scores, so two lists have the same digest only if they are equal (up to
@@ -91,6 +131,7 @@ class Previous:
     n_seen: np.ndarray
     seen_hash: np.ndarray
     digest: np.ndarray  # uint64 [max_code + 1]: `list_digest` of each scored user's list
+    inputs: np.ndarray  # uint64 [max_code + 1]: `input_digests` of each scored user
 
     def same_history(self, users: np.ndarray, n_seen: np.ndarray, seen_hash: np.ndarray) -> np.ndarray:
         """Mask of the users scored last run whose seen items are the same now."""
@@ -99,15 +140,13 @@ class Previous:
         idx = np.where(inside, u, 0)
         return inside & self.has[idx] & (self.n_seen[idx] == n_seen) & (self.seen_hash[idx] == seen_hash)
 
-    def unchanged(
-        self, users: np.ndarray, vecs: np.ndarray, n_seen: np.ndarray, seen_hash: np.ndarray
+    def same_inputs(
+        self, users: np.ndarray, n_seen: np.ndarray, seen_hash: np.ndarray, inputs: np.ndarray
     ) -> np.ndarray:
-        """Mask of the users whose vector and seen items equal the previous run's."""
-        if vecs.shape[1] != self.vectors.shape[1]:
-            return np.zeros(len(users), dtype=bool)
+        """Mask of the users whose seen items and user-tower inputs equal the previous run's."""
         same = self.same_history(users, n_seen, seen_hash)
         idx = np.where(same, np.asarray(users, dtype=np.int64), 0)
-        return same & (self.vectors[idx] == vecs).all(axis=1)
+        return same & (self.inputs[idx] == inputs)
 
 
 def forget(model_dir: Path) -> None:
@@ -131,8 +170,8 @@ def load_previous(con: duckdb.DuckDBPyConnection, model_dir: Path, key: str) -> 
         return None, "recommendations hold another run than the scoring state"
     emb = pq.read_table(model_dir / EMBEDDINGS)
     st = pq.read_table(model_dir / STATE_PARQUET)
-    if "digest" not in st.column_names:
-        return None, "scoring state written by an older version (no list digests)"
+    if "inputs" not in st.column_names:
+        return None, "scoring state written by an older version (no input digests)"
     codes = emb.column("code").to_numpy().astype(np.int64)
     size = int(max(codes.max(initial=0), st.column("code").to_numpy().max(initial=0))) + 1
     dim = emb.schema.field("vector").type.list_size
@@ -143,13 +182,15 @@ def load_previous(con: duckdb.DuckDBPyConnection, model_dir: Path, key: str) -> 
     n_seen = np.full(size, -1, dtype=np.int64)
     seen_hash = np.zeros(size, dtype=np.uint64)
     digest = np.zeros(size, dtype=np.uint64)
+    inputs = np.zeros(size, dtype=np.uint64)
     sc = st.column("code").to_numpy().astype(np.int64)
     has[sc] = True
     has &= np.isin(np.arange(size), codes)
     n_seen[sc] = st.column("n_seen").to_numpy()
     seen_hash[sc] = st.column("seen_hash").to_numpy()
     digest[sc] = st.column("digest").to_numpy()
-    previous = Previous(state["run_id"], vectors, has, n_seen, seen_hash, digest)
+    inputs[sc] = st.column("inputs").to_numpy()
+    previous = Previous(state["run_id"], vectors, has, n_seen, seen_hash, digest, inputs)
     return previous, "previous run " + state["run_id"]
 
 
@@ -161,6 +202,7 @@ def save_state(
     n_seen: np.ndarray,
     seen_hash: np.ndarray,
     digest: np.ndarray,
+    inputs: np.ndarray,
 ) -> None:
     """Write the run's state (the Parquet file first, the JSON that validates it last)."""
     table = pa.table(
@@ -169,6 +211,7 @@ def save_state(
             "n_seen": pa.array(np.asarray(n_seen, dtype=np.int64)),
             "seen_hash": pa.array(np.asarray(seen_hash, dtype=np.uint64)),
             "digest": pa.array(np.asarray(digest, dtype=np.uint64)),
+            "inputs": pa.array(np.asarray(inputs, dtype=np.uint64)),
         }
     )
     tmp = model_dir / (STATE_PARQUET + ".tmp")
@@ -180,11 +223,17 @@ def save_state(
 
 
 def settings_of(model_run_id: str, k: int, index: str, exclude_seen: bool, annoy: Any, tuning: Any) -> dict:
-    """The per-run settings that enter the key (annoy's only when annoy serves the lists; for
-    exact, torch's thread count, which may change how BLAS splits a block)."""
-    out: dict[str, Any] = {"model_run_id": model_run_id, "k": k, "index": index, "exclude_seen": exclude_seen}
-    if index == "exact":
-        out["torch_threads"] = torch.get_num_threads()
+    """The per-run settings that enter the key (annoy's only when annoy serves the lists), and how
+    user vectors are computed: torch's thread count and the encoding's batch rows, which may
+    change how BLAS splits a block (and, for exact, the score blocks)."""
+    out: dict[str, Any] = {
+        "model_run_id": model_run_id,
+        "k": k,
+        "index": index,
+        "exclude_seen": exclude_seen,
+        "torch_threads": torch.get_num_threads(),
+        "encode_rows": STABLE_ROWS,
+    }
     if index == "annoy":
         out["annoy"] = asdict(annoy) if annoy is not None else None
         out["tuning"] = None if tuning is None else (tuning.n_trees, tuning.search_k, tuning.metric)

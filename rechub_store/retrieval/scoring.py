@@ -25,8 +25,8 @@ from rechub_store.pipeline.itemknn import NAME as ITEMKNN
 from rechub_store.pipeline.itemknn import load_knn
 from rechub_store.ranking.embeddings import (
     annoy_metric,
+    encode_current_users,
     encode_items,
-    encode_users,
     normalize_for_index,
 )
 from rechub_store.ranking.exact import Seen, exact_topk, scorer_topk
@@ -80,14 +80,20 @@ class ScoringContext:
     def score_kind(self) -> str:
         return self.loaded.score_kind
 
-    def user_vectors(self, user_codes: np.ndarray, hist_end: np.ndarray | None = None) -> Any:
-        """Prepared user vectors from histories cut at `hist_end` (None = whole current history);
-        for item-kNN, the users' recency-weighted recent items (sparse [U, n_items])."""
+    def user_vectors(self, user_codes: np.ndarray) -> Any:
+        """Prepared vectors of users' whole current histories (production), each the same bit for
+        bit whichever users are encoded with it (`encode_current_users`); for item-kNN, the users'
+        recency-weighted recent items (sparse [U, n_items])."""
         if self.knn is not None:
-            ends = self.store.history_length(user_codes) if hist_end is None else hist_end
-            return self.knn.history_weights(user_codes, ends)
-        vecs = encode_users(self.loaded.model, self.store, user_codes, hist_end)
+            return self.knn.history_weights(user_codes, self.store.history_length(user_codes))
+        vecs = encode_current_users(self.loaded.model, self.store, user_codes)
         return normalize_for_index(vecs, self.score_kind)
+
+    def input_digests(self, user_codes: np.ndarray) -> np.ndarray:
+        """uint64 per user: a hash of the user-tower inputs `user_vectors` reads (item-kNN: zeros)."""
+        if self.knn is not None:
+            return np.zeros(len(user_codes), dtype=np.uint64)
+        return rescoring.input_digests(self.store, user_codes, self.loaded.model.max_seq_len)
 
     def production_users(self) -> np.ndarray:
         """Every user code with at least one event, ascending."""
@@ -217,7 +223,7 @@ def annoy_recall_now(ctx: ScoringContext, k: int, settings: AnnoySettings | None
     sample = users[sample_rows(len(users), settings.sample_users, settings.seed)]
     ends = ctx.store.history_length(sample)
     recall = measure_recall(
-        items, ctx.user_vectors(sample, ends), k, Seen(*ctx.store.seen(sample, ends)), ctx.threads
+        items, ctx.user_vectors(sample), k, Seen(*ctx.store.seen(sample, ends)), ctx.threads
     )
     ctx.measured_recall[k] = recall
     log.info("annoy recall@%d against exact this run: %.4f (%d sampled users)", k, recall, len(sample))
@@ -249,7 +255,7 @@ def choose_index(
     users = ctx.production_users()
     sample = users[sample_rows(len(users), settings.sample_users, settings.seed)]
     ends = ctx.store.history_length(sample)
-    vecs = ctx.user_vectors(sample, ends)
+    vecs = ctx.user_vectors(sample)
     seen = Seen(*ctx.store.seen(sample, ends)) if exclude_seen else None
     if len(sample) == 0:
         return calibrate(0, 0, lambda: None, lambda: None, lambda: 1.0, settings.target_recall)
@@ -307,7 +313,7 @@ def production_lists(
     encoded from their whole current history; `exclude_seen` removes everything they interacted with.
     annoy's lists reuse the last run's answers where they hold (`annoy_lists`, `reuse`)."""
     ends = ctx.store.history_length(users)
-    vecs = ctx.user_vectors(users, ends)
+    vecs = ctx.user_vectors(users)
     seen = Seen(*ctx.store.seen(users, ends)) if exclude_seen else None
     if ctx.knn is None and check_index(index) == "annoy":
         codes, scores = annoy_lists(ctx, "production", users, vecs, k, seen, annoy_settings, reuse=reuse)

@@ -134,7 +134,7 @@ def score_spark(
             for n, lo in enumerate(range(0, len(users), chunk_users)):
                 part = users[lo : lo + chunk_users]
                 ends = ctx.store.history_length(part)
-                vecs = ctx.user_vectors(part, ends)
+                vecs = ctx.user_vectors(part)
                 emb.add(part, vecs)
                 seen = Seen(*ctx.store.seen(part, ends)) if exclude_seen else None
                 pq.write_table(_users_table(part, vecs, seen), users_dir / f"part-{n:06d}.parquet")

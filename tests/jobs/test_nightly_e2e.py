@@ -31,6 +31,7 @@ from rechub_store.jobs.config import JobConfig
 from rechub_store.jobs.job import run_nightly
 from rechub_store.publish.analytics import published_run
 from rechub_store.ranking.metrics import METRICS
+from rechub_store.retrieval.rescoring import EMBEDDINGS
 from rechub_store.warehouse import Warehouse
 
 K = 10
@@ -553,27 +554,38 @@ def test_incremental_night_equals_full_refresh_and_backfills(wh: Warehouse, tmp_
 def test_incremental_exact_scoring_equals_a_full_rescore_and_checks_itself(
     wh: Warehouse, tmp_path: Path
 ) -> None:
-    """With the exact index too, an incremental night keeps only lists that a full rescore would
-    write bit for bit, and says how many kept lists it computed again. A re-check that finds a
-    difference (a tampered digest, on a copy) rescores everyone: that copy's recommendations are
+    """With the exact index too, an incremental night encodes and rescores only the users whose
+    inputs changed, keeps only vectors and lists that a full rescore would write bit for bit, and
+    says how many kept users it checked again. A re-check that finds a difference (a tampered list
+    digest or stored vector, each on a copy) rescores everyone: those copies' recommendations are
     a full rescore's, and the incremental night's equal them."""
     (wh.root / "job.toml").write_text(JOB.format(k=K).replace('index = "annoy"', 'index = "exact"'))
     run_nightly(wh, job_of(wh), D1)
     add_events(wh, "day2.csv", cold=True)
-    rescored = Warehouse(tmp_path / "tampered" / "rechub.duckdb", threads=2)
-    shutil.copytree(wh.root, rescored.root)
-    (state,) = rescored.root.rglob("score_state.parquet")
-    table = pq.read_table(state)
-    digest = pc.add(table.column("digest"), pa.scalar(1, pa.uint64()))
-    pq.write_table(table.set_column(table.schema.get_field_index("digest"), "digest", digest), state)
+    copies = {}
+    for name, file, column in (("digest", "score_state.parquet", "digest"), ("vector", EMBEDDINGS, "vector")):
+        copies[name] = Warehouse(tmp_path / name / "rechub.duckdb", threads=2)
+        shutil.copytree(wh.root, copies[name].root)
+        (path,) = copies[name].root.rglob(file)
+        table = pq.read_table(path)
+        values = table.column(column)
+        if column == "vector":  # every stored vector a little off
+            dim = values.type.list_size
+            flat = pc.add(values.combine_chunks().flatten(), pa.scalar(1e-3, pa.float32()))
+            values = pa.FixedSizeListArray.from_arrays(flat, dim)
+        else:
+            values = pc.add(values, pa.scalar(1, pa.uint64()))
+        pq.write_table(table.set_column(table.schema.get_field_index(column), column, values), path)
 
     incremental = run_nightly(wh, job_of(wh), D2)
-    tampered = run_nightly(rescored, job_of(rescored), D2)
-    assert incremental.status == tampered.status == "success"
+    assert incremental.status == "success"
     users = fetch(wh.path, "SELECT count(DISTINCT user_id) FROM recommendations")[0][0]
     score = {s.step: s for s in incremental.steps}["score"].details
     assert 0 < score["rescored"] < users / 2, score["rescoring"]
-    assert "kept lists computed again: equal" in score["rescoring"]
-    score = {s.step: s for s in tampered.steps}["score"].details
-    assert score["rescored"] == users and "differ from run" in score["rescoring"], score["rescoring"]
-    assert fetch(wh.analytics_path, RECS) == fetch(rescored.analytics_path, RECS)
+    assert "kept users encoded and their lists computed again: equal" in score["rescoring"]
+    for copy in copies.values():
+        tampered = run_nightly(copy, job_of(copy), D2)
+        assert tampered.status == "success"
+        score = {s.step: s for s in tampered.steps}["score"].details
+        assert score["rescored"] == users and "differ from run" in score["rescoring"], score["rescoring"]
+        assert fetch(wh.analytics_path, RECS) == fetch(copy.analytics_path, RECS)

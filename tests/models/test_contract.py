@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import duckdb
 import numpy as np
+import planted
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from rechub_store.data.readers import FeatureStore
 from rechub_store.models import MODELS, build_model
 from rechub_store.models.features import fit_window
 from rechub_store.pipeline.train import fit_model
+from rechub_store.ranking.embeddings import encode_current_users, window_widths
 from rechub_store.training.config import TrainConfig
 
 ALL = sorted(MODELS)
@@ -102,3 +105,37 @@ def test_all_position_outputs_equal_the_user_tower_on_each_prefix(name: str, sto
                 continue
             prefix = dict(batch, hist=fit_window(hist[:, : j + 1], hist.shape[1]))
             torch.testing.assert_close(seq[real, j], model.user_tower(prefix)[real], rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def varied_store() -> FeatureStore:
+    """Histories of 1 to 70 events (window 40): users fall in every window width of the encoding."""
+    con = duckdb.connect()
+    planted.write_feature_store(con, planted.cycle_histories(1200, 90, 1, 70, seed=3), 90, max_seq_len=40)
+    return FeatureStore.load(con)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_current_user_vector_does_not_depend_on_the_users_encoded_with_it(
+    name: str, varied_store: FeatureStore
+) -> None:
+    """Incremental scoring encodes only the users whose inputs changed and keeps the others'
+    stored vectors, so each user must get bit for bit the vector it gets among all users."""
+    store = varied_store
+    torch.manual_seed(0)
+    model = build_model(name, store.schema(), embed_dim=64).eval()
+    users = np.flatnonzero(np.diff(store.hist_offsets) > 0)
+    widths = window_widths(store.history_length(users), model.max_seq_len)
+    assert set(widths.tolist()) == {1, 2, 4, 8, 16, 32, 40}
+    everyone = encode_current_users(model, store, users, rows=256)
+    rng = np.random.default_rng(1)
+    for size in (1, 2, 7, 100, 700):
+        pick = np.sort(rng.choice(len(users), size, replace=False))
+        alone = encode_current_users(model, store, users[pick], rows=256)
+        assert alone.tobytes() == everyone[pick].tobytes(), size
+    # and they are the user tower's vectors (to float tolerance), not some other computation
+    with torch.no_grad():
+        batch = store.user_batch(users[:50], store.history_length(users[:50]), model.max_seq_len)
+        torch.testing.assert_close(
+            torch.from_numpy(everyone[:50]), model.user_tower(batch), rtol=1e-4, atol=1e-5
+        )

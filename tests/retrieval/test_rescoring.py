@@ -1,18 +1,21 @@
 """Reusing an index's answers across runs (`rescoring.reuse_lists`): reused rows equal a fresh
 search bit for bit, only rows whose vector or exclusions changed are searched, and a stored answer
-that no longer holds is caught by the re-check."""
+that no longer holds is caught by the re-check. Which users' inputs changed (`input_digests`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import numpy as np
+import planted
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rechub_store.data.readers import FeatureStore
 from rechub_store.ranking.exact import Seen, exact_topk
-from rechub_store.retrieval.rescoring import reuse_lists, rows_digest
+from rechub_store.retrieval.rescoring import input_digests, reuse_lists, rows_digest
 
 K = 10
 
@@ -100,3 +103,32 @@ def test_rows_digest_tells_exclusion_lists_apart() -> None:
     d = rows_digest(seen, seen.n_rows)
     assert d[0] == d[3] and len({d[0], d[1], d[2], d[4], d[5]}) == 5
     assert (rows_digest(None, 4) == 0).all()
+
+
+def _store(histories: list[list[int]]) -> FeatureStore:
+    con = duckdb.connect()
+    planted.write_feature_store(con, histories, 40, max_seq_len=12)
+    return FeatureStore.load(con)
+
+
+def test_input_digests_change_with_what_the_user_tower_reads() -> None:
+    """Equal inputs give equal digests; a new event, an item changed inside the window or a
+    window that changes width changes the user's digest; a change older than the window does not."""
+    histories = planted.cycle_histories(60, 40, 3, 30, seed=4)
+    users = np.arange(1, len(histories) + 1)
+    longest = max(len(h) for h in histories)
+    a = input_digests(_store(histories), users, 12)
+    assert np.array_equal(a, input_digests(_store(histories), users, 12))
+    assert len(set(a.tolist())) == len(users)  # every user's inputs differ here
+    short = next(u for u, h in enumerate(histories) if 4 < len(h) < min(12, longest))
+    long = next(u for u, h in enumerate(histories) if 20 < len(h) < longest)
+    changed = [list(h) for h in histories]
+    changed[short].append(7)  # a new event (the window fits it)
+    changed[long][-2] = 39 if changed[long][-2] != 39 else 38  # an item inside the window
+    changed[long][0] = 39 if changed[long][0] != 39 else 38  # and one older than the window
+    b = input_digests(_store(changed), users, 12)
+    assert np.flatnonzero(a != b).tolist() == sorted([short, long])
+    changed[long] = histories[long][:]
+    changed[long][0] = 39 if changed[long][0] != 39 else 38  # only the old event differs
+    c = input_digests(_store(changed), users, 12)
+    assert np.flatnonzero(a != c).tolist() == [short]
