@@ -149,3 +149,58 @@ def encode_current_users(
         model.train(was_training)
     assert out is not None
     return out
+
+
+class _ReadRecorder(dict):
+    """A batch that records which of its keys are read (iterating it reads them all)."""
+
+    def __init__(self, batch: dict[str, torch.Tensor]) -> None:
+        super().__init__(batch)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self.read.update(super().keys())
+        return super().__iter__()
+
+    def keys(self):  # type: ignore[no-untyped-def]
+        self.read.update(super().keys())
+        return super().keys()
+
+    def items(self):  # type: ignore[no-untyped-def]
+        self.read.update(super().keys())
+        return super().items()
+
+    def values(self):  # type: ignore[no-untyped-def]
+        self.read.update(super().keys())
+        return super().values()
+
+
+def user_tower_reads(model: nn.Module, store: FeatureStore) -> tuple[str, ...]:
+    """The user-tower inputs (batch keys) the model reads, asked of the tower itself on a few users
+    (every key when there is no user to ask): what an input digest must cover, and nothing more,
+    so that features a model ignores (e.g. dense scaling that moves every night) do not count."""
+    users = np.flatnonzero(np.diff(store.hist_offsets) > 0)[:4]
+    if not len(users):
+        return ()
+    batch = store.user_batch(users, store.history_length(users), model.max_seq_len)
+    recorder = _ReadRecorder(batch)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model.user_tower(recorder)
+    finally:
+        model.train(was_training)
+    return tuple(sorted(recorder.read & set(batch)))

@@ -88,17 +88,20 @@ def _bits(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(wide).view(np.uint64)
 
 
-def input_digests(store: FeatureStore, users: np.ndarray, max_seq_len: int) -> np.ndarray:
-    """uint64 per user: a hash of every user-tower input of its whole current history, in the form
-    `embeddings.encode_current_users` feeds the model (the window at its width, sparse codes, the
-    bits of dense values). Equal digests, the same model and the same shapes of batch mean the same
-    vector, so an incremental run encodes only the users whose digest changed."""
+def input_digests(
+    store: FeatureStore, users: np.ndarray, max_seq_len: int, reads: tuple[str, ...]
+) -> np.ndarray:
+    """uint64 per user: a hash of the user-tower inputs `reads` (`embeddings.user_tower_reads`;
+    empty = every input) of its whole current history, in the form `embeddings.encode_current_users`
+    feeds the model (the window at its width, sparse codes, the bits of dense values). Equal digests,
+    the same model and the same shapes of batch mean the same vector, so an incremental run encodes
+    only the users whose digest changed."""
     u = np.asarray(users, dtype=np.int64)
     out = np.zeros(len(u), dtype=np.uint64)
     for part, batch in stable_batches(store, u, max_seq_len, rows=8192):
         total = np.zeros(len(part), dtype=np.uint64)
         with np.errstate(over="ignore"):
-            for slot, name in enumerate(sorted(batch)):
+            for slot, name in enumerate(sorted(reads or batch)):
                 values = _bits(batch[name].numpy()[: len(part)].reshape(len(part), -1))
                 # each (input, column) salts its values, so equal values in other places differ
                 column = np.arange(values.shape[1], dtype=np.uint64)

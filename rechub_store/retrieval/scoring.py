@@ -28,6 +28,7 @@ from rechub_store.ranking.embeddings import (
     encode_current_users,
     encode_items,
     normalize_for_index,
+    user_tower_reads,
 )
 from rechub_store.ranking.exact import Seen, exact_topk, scorer_topk
 from rechub_store.ranking.itemknn import ItemKNN
@@ -90,10 +91,12 @@ class ScoringContext:
         return normalize_for_index(vecs, self.score_kind)
 
     def input_digests(self, user_codes: np.ndarray) -> np.ndarray:
-        """uint64 per user: a hash of the user-tower inputs `user_vectors` reads (item-kNN: zeros)."""
+        """uint64 per user: a hash of the user-tower inputs the model reads (item-kNN: zeros)."""
         if self.knn is not None:
             return np.zeros(len(user_codes), dtype=np.uint64)
-        return rescoring.input_digests(self.store, user_codes, self.loaded.model.max_seq_len)
+        model = self.loaded.model
+        reads = user_tower_reads(model, self.store)
+        return rescoring.input_digests(self.store, user_codes, model.max_seq_len, reads)
 
     def production_users(self) -> np.ndarray:
         """Every user code with at least one event, ascending."""

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from rechub_store.data import sqlmodels
 from rechub_store.data.build import BuildParams, build_features
 from rechub_store.data.ingest import ensure_raw_tables
 from rechub_store.errors import UserError
@@ -205,3 +206,80 @@ def test_cli_incremental_and_full_refresh(tmp_path: Path) -> None:
     )
     both = runner.invoke(app, [*cli, "--incremental", "--full-refresh"])
     assert both.exit_code == 2 and "exclude each other" in both.output
+
+
+def _leftovers(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [
+        n
+        for (n,) in con.execute(
+            "SELECT table_name FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views() "
+            "WHERE NOT internal"
+        ).fetchall()
+        if n.startswith(sqlmodels.TMP_PREFIX)
+    ]
+
+
+@pytest.mark.parametrize("fails", ["audit", "swap"])
+def test_a_failed_incremental_build_keeps_the_previous_tables_and_a_rerun_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    """An incremental build stores its incremental models as recomputed rows plus a view and
+    changes their tables in place in the swap: a failure before the swap (an audit) or inside it
+    (after two tables were already changed in place) leaves every table as the previous build
+    left it, and no temporary table or view; the next build equals a full build."""
+    first = {
+        "events": [
+            (u, f"i{(k * 5 + n) % 15}", k, 5.0) for n, u in enumerate(["a", "b", "c", "d"]) for k in range(10)
+        ],
+        "user_attrs": [],
+        "tags": [],
+    }
+    second = {
+        "events": [("b", "i3", 60, 5.0), ("e", "i4", 61, 5.0), ("e", "i2", 62, 5.0)],
+        "user_attrs": [],
+        "tags": [],
+    }
+    p = BuildParams(neg_refresh_drift=1.0)
+    con = Warehouse(tmp_path / "inc.duckdb", threads=1).connect()
+    ensure_raw_tables(con)
+    add_batch(con, 1, first)
+    build_features(con, p, incremental=True)
+    add_batch(con, 2, second)
+    before = contents(con)
+    if fails == "audit":
+        monkeypatch.setattr(
+            sqlmodels, "discover_audits", lambda *a, **k: {"never": (tmp_path / "never.sql", "SELECT 1 AS v")}
+        )
+    else:
+        applied: list[str] = []
+        apply = sqlmodels._apply_delta
+
+        def fail_third(
+            con: duckdb.DuckDBPyConnection, model: sqlmodels.Model, targets: dict[str, str]
+        ) -> None:
+            if len(applied) == 2:
+                raise duckdb.IOException("No space left on device")
+            apply(con, model, targets)
+            applied.append(model.name)
+
+        monkeypatch.setattr(sqlmodels, "_apply_delta", fail_third)
+    with pytest.raises(UserError):
+        build_features(con, p, incremental=True)
+    assert contents(con) == before
+    assert _leftovers(con) == []
+    monkeypatch.undo()
+    report = build_features(con, p, incremental=True)
+    assert report.mode == "incremental"
+    assert {m.model for m in report.models if m.mode == "incremental"} >= {
+        "staging.interactions",
+        "features.events",
+    }
+    assert _leftovers(con) == []
+    full = Warehouse(tmp_path / "full.duckdb", threads=1).connect()
+    ensure_raw_tables(full)
+    for seq, b in ((1, first), (2, second)):  # built after each batch: the vocabularies are stable
+        add_batch(full, seq, b)
+        build_features(full, p)
+    assert contents(con) == contents(full)
+    con.close()
+    full.close()

@@ -12,7 +12,7 @@ from rechub_store.data.readers import FeatureStore
 from rechub_store.models import MODELS, build_model
 from rechub_store.models.features import fit_window
 from rechub_store.pipeline.train import fit_model
-from rechub_store.ranking.embeddings import encode_current_users, window_widths
+from rechub_store.ranking.embeddings import encode_current_users, user_tower_reads, window_widths
 from rechub_store.training.config import TrainConfig
 
 ALL = sorted(MODELS)
@@ -139,3 +139,19 @@ def test_a_current_user_vector_does_not_depend_on_the_users_encoded_with_it(
         torch.testing.assert_close(
             torch.from_numpy(everyone[:50]), model.user_tower(batch), rtol=1e-4, atol=1e-5
         )
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_inputs_the_user_tower_does_not_read_never_change_its_vector(name: str, store: FeatureStore) -> None:
+    """Incremental scoring hashes only the inputs `user_tower_reads` reports: an input left out
+    must not move the vector, however it changes."""
+    model = _model(name, store)
+    reads = user_tower_reads(model, store)
+    assert "hist" in reads
+    users, ends = _users(store)
+    batch = store.user_batch(users, ends, model.max_seq_len)
+    with torch.no_grad():
+        base = model.user_tower(batch)
+        for key in set(batch) - set(reads):
+            noisy = dict(batch, **{key: batch[key] * 3 + 1})
+            assert torch.equal(model.user_tower(noisy), base), key

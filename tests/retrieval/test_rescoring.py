@@ -117,8 +117,8 @@ def test_input_digests_change_with_what_the_user_tower_reads() -> None:
     histories = planted.cycle_histories(60, 40, 3, 30, seed=4)
     users = np.arange(1, len(histories) + 1)
     longest = max(len(h) for h in histories)
-    a = input_digests(_store(histories), users, 12)
-    assert np.array_equal(a, input_digests(_store(histories), users, 12))
+    a = input_digests(_store(histories), users, 12, ())
+    assert np.array_equal(a, input_digests(_store(histories), users, 12, ()))
     assert len(set(a.tolist())) == len(users)  # every user's inputs differ here
     short = next(u for u, h in enumerate(histories) if 4 < len(h) < min(12, longest))
     long = next(u for u, h in enumerate(histories) if 20 < len(h) < longest)
@@ -126,9 +126,21 @@ def test_input_digests_change_with_what_the_user_tower_reads() -> None:
     changed[short].append(7)  # a new event (the window fits it)
     changed[long][-2] = 39 if changed[long][-2] != 39 else 38  # an item inside the window
     changed[long][0] = 39 if changed[long][0] != 39 else 38  # and one older than the window
-    b = input_digests(_store(changed), users, 12)
+    b = input_digests(_store(changed), users, 12, ())
     assert np.flatnonzero(a != b).tolist() == sorted([short, long])
     changed[long] = histories[long][:]
     changed[long][0] = 39 if changed[long][0] != 39 else 38  # only the old event differs
-    c = input_digests(_store(changed), users, 12)
+    c = input_digests(_store(changed), users, 12, ())
     assert np.flatnonzero(a != c).tolist() == [short]
+
+
+def test_input_digests_cover_only_the_inputs_read() -> None:
+    """A dense user feature that moves for everyone changes every digest over all inputs, and none
+    over the history alone (what SASRec and GRU4Rec read)."""
+    histories = planted.cycle_histories(30, 40, 3, 20, seed=5)
+    users = np.arange(1, len(histories) + 1)
+    store = _store(histories)
+    before_all, before_hist = input_digests(store, users, 12, ()), input_digests(store, users, 12, ("hist",))
+    store.user_dense["age"] = store.user_dense["age"] * np.float32(0.5) + np.float32(0.25)
+    assert (input_digests(store, users, 12, ()) != before_all).all()
+    assert np.array_equal(input_digests(store, users, 12, ("hist",)), before_hist)
