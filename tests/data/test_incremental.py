@@ -219,6 +219,57 @@ def _leftovers(con: duckdb.DuckDBPyConnection) -> list[str]:
     ]
 
 
+FIRST = {
+    "events": [
+        (u, f"i{(k * 5 + n) % 15}", k, 5.0) for n, u in enumerate(["a", "b", "c", "d"]) for k in range(10)
+    ],
+    "user_attrs": [],
+    "tags": [],
+}
+SECOND = {
+    "events": [("b", "i3", 60, 5.0), ("e", "i4", 61, 5.0), ("e", "i2", 62, 5.0)],
+    "user_attrs": [],
+    "tags": [],
+}
+
+
+def _full_build(path: Path, p: BuildParams) -> duckdb.DuckDBPyConnection:
+    """FIRST then SECOND, fully built after each (the vocabularies are stable across builds)."""
+    full = Warehouse(path, threads=1).connect()
+    ensure_raw_tables(full)
+    for seq, b in ((1, FIRST), (2, SECOND)):
+        add_batch(full, seq, b)
+        build_features(full, p)
+    return full
+
+
+def test_a_table_with_many_deleted_rows_is_rewritten_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past REWRITE_DEAD_SHARE an incremental model is copied into a new table instead of changed
+    in place (nothing is applied in the swap), with the same rows."""
+    p = BuildParams(neg_refresh_drift=1.0)
+    con = Warehouse(tmp_path / "inc.duckdb", threads=1).connect()
+    ensure_raw_tables(con)
+    add_batch(con, 1, FIRST)
+    build_features(con, p, incremental=True)
+    add_batch(con, 2, SECOND)
+    applied: list[str] = []
+    apply = sqlmodels._apply_delta
+    monkeypatch.setattr(sqlmodels, "REWRITE_DEAD_SHARE", -1.0)  # every table counts as fragmented
+    monkeypatch.setattr(sqlmodels, "_apply_delta", lambda c, m, t: applied.append(m.name) or apply(c, m, t))
+    report = build_features(con, p, incremental=True)
+    assert {m.model for m in report.models if m.mode == "incremental"} >= {
+        "staging.interactions",
+        "features.events",
+    }
+    assert applied == []
+    full = _full_build(tmp_path / "full.duckdb", p)
+    assert contents(con) == contents(full)
+    con.close()
+    full.close()
+
+
 @pytest.mark.parametrize("fails", ["audit", "swap"])
 def test_a_failed_incremental_build_keeps_the_previous_tables_and_a_rerun_finishes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str
@@ -227,24 +278,12 @@ def test_a_failed_incremental_build_keeps_the_previous_tables_and_a_rerun_finish
     changes their tables in place in the swap: a failure before the swap (an audit) or inside it
     (after two tables were already changed in place) leaves every table as the previous build
     left it, and no temporary table or view; the next build equals a full build."""
-    first = {
-        "events": [
-            (u, f"i{(k * 5 + n) % 15}", k, 5.0) for n, u in enumerate(["a", "b", "c", "d"]) for k in range(10)
-        ],
-        "user_attrs": [],
-        "tags": [],
-    }
-    second = {
-        "events": [("b", "i3", 60, 5.0), ("e", "i4", 61, 5.0), ("e", "i2", 62, 5.0)],
-        "user_attrs": [],
-        "tags": [],
-    }
     p = BuildParams(neg_refresh_drift=1.0)
     con = Warehouse(tmp_path / "inc.duckdb", threads=1).connect()
     ensure_raw_tables(con)
-    add_batch(con, 1, first)
+    add_batch(con, 1, FIRST)
     build_features(con, p, incremental=True)
-    add_batch(con, 2, second)
+    add_batch(con, 2, SECOND)
     before = contents(con)
     if fails == "audit":
         monkeypatch.setattr(
@@ -275,11 +314,7 @@ def test_a_failed_incremental_build_keeps_the_previous_tables_and_a_rerun_finish
         "features.events",
     }
     assert _leftovers(con) == []
-    full = Warehouse(tmp_path / "full.duckdb", threads=1).connect()
-    ensure_raw_tables(full)
-    for seq, b in ((1, first), (2, second)):  # built after each batch: the vocabularies are stable
-        add_batch(full, seq, b)
-        build_features(full, p)
+    full = _full_build(tmp_path / "full.duckdb", p)
     assert contents(con) == contents(full)
     con.close()
     full.close()
