@@ -579,20 +579,17 @@ def _first_line(exc: BaseException) -> str:
 def _drop_tmp_tables(con: duckdb.DuckDBPyConnection, schemas: Iterable[str]) -> None:
     """Drop leftovers of this build (or of an interrupted one) in the models' schemas: the views
     of incremental models' new versions first, then the tables."""
-    views = con.execute(
-        "SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = current_database() "
-        "AND starts_with(view_name, ?) AND list_contains(?, schema_name)",
-        [TMP_PREFIX, sorted(set(schemas))],
-    ).fetchall()
-    for schema, view in views:
-        con.execute(f'DROP VIEW IF EXISTS "{schema}"."{view}"')
-    rows = con.execute(
-        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND starts_with(table_name, ?) AND list_contains(?, schema_name)",
-        [TMP_PREFIX, sorted(set(schemas))],
-    ).fetchall()
-    for schema, table in rows:
-        con.execute(f'DROP TABLE IF EXISTS "{schema}"."{table}"')
+    for kind, catalog, column in (
+        ("VIEW", "duckdb_views()", "view_name"),
+        ("TABLE", "duckdb_tables()", "table_name"),
+    ):
+        rows = con.execute(
+            f"SELECT schema_name, {column} FROM {catalog} WHERE database_name = current_database() "
+            f"AND starts_with({column}, ?) AND list_contains(?, schema_name)",
+            [TMP_PREFIX, sorted(set(schemas))],
+        ).fetchall()
+        for schema, name in rows:
+            con.execute(f'DROP {kind} IF EXISTS "{schema}"."{name}"')
 
 
 def set_variables(con: duckdb.DuckDBPyConnection, variables: Mapping[str, Any]) -> None:

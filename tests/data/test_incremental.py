@@ -243,17 +243,23 @@ def _full_build(path: Path, p: BuildParams) -> duckdb.DuckDBPyConnection:
     return full
 
 
+def _built_first_then_second_added(path: Path, p: BuildParams) -> duckdb.DuckDBPyConnection:
+    """FIRST built (the first build is full), SECOND ingested: the next build is incremental."""
+    con = Warehouse(path, threads=1).connect()
+    ensure_raw_tables(con)
+    add_batch(con, 1, FIRST)
+    build_features(con, p, incremental=True)
+    add_batch(con, 2, SECOND)
+    return con
+
+
 def test_a_table_with_many_deleted_rows_is_rewritten_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past REWRITE_DEAD_SHARE an incremental model is copied into a new table instead of changed
     in place (nothing is applied in the swap), with the same rows."""
     p = BuildParams(neg_refresh_drift=1.0)
-    con = Warehouse(tmp_path / "inc.duckdb", threads=1).connect()
-    ensure_raw_tables(con)
-    add_batch(con, 1, FIRST)
-    build_features(con, p, incremental=True)
-    add_batch(con, 2, SECOND)
+    con = _built_first_then_second_added(tmp_path / "inc.duckdb", p)
     applied: list[str] = []
     apply = sqlmodels._apply_delta
     monkeypatch.setattr(sqlmodels, "REWRITE_DEAD_SHARE", -1.0)  # every table counts as fragmented
@@ -279,11 +285,7 @@ def test_a_failed_incremental_build_keeps_the_previous_tables_and_a_rerun_finish
     (after two tables were already changed in place) leaves every table as the previous build
     left it, and no temporary table or view; the next build equals a full build."""
     p = BuildParams(neg_refresh_drift=1.0)
-    con = Warehouse(tmp_path / "inc.duckdb", threads=1).connect()
-    ensure_raw_tables(con)
-    add_batch(con, 1, FIRST)
-    build_features(con, p, incremental=True)
-    add_batch(con, 2, SECOND)
+    con = _built_first_then_second_added(tmp_path / "inc.duckdb", p)
     before = contents(con)
     if fails == "audit":
         monkeypatch.setattr(
