@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 
 import duckdb
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rechub_store.data.build import BuildParams, build_features
@@ -128,19 +128,25 @@ def test_short_users_are_counted_not_silently_dropped(con: duckdb.DuckDBPyConnec
 # ------------------------------------------------------------------ plain-Python reference
 
 
-def reference(rows: Sequence[Row], p: BuildParams) -> dict[str, list[tuple]]:
-    """Splits with (user, pos, target, ts, user_event_count, item_popularity, history) per sample."""
+def reference_events(rows: Sequence[Row], p: BuildParams) -> list[tuple]:
+    """(user, item, ts, order) of the events a build keeps: the first occurrence of each
+    (user, item, ts) by (batch, line), then the rating threshold on that occurrence's rating."""
     first: dict[tuple, tuple] = {}
     for user, item, ts, rating, batch, line in rows:
         key = (user, item, ts)
         order = (batch, line)
         if key not in first or order < first[key][0]:
             first[key] = (order, rating)
-    events = [
+    return [
         (u, i, ts, order)
         for (u, i, ts), (order, rating) in first.items()
         if p.min_rating is None or (rating is not None and rating >= p.min_rating)
     ]
+
+
+def reference(rows: Sequence[Row], p: BuildParams) -> dict[str, list[tuple]]:
+    """Splits with (user, pos, target, ts, user_event_count, item_popularity, history) per sample."""
+    events = reference_events(rows, p)
     by_user: dict[str, list] = collections.defaultdict(list)
     for u, i, ts, order in events:
         by_user[u].append((ts, order, i))  # item ids sort like their codes on a fresh build
@@ -229,15 +235,21 @@ PARAMS = st.builds(
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=logs(), params=PARAMS)
+@example(  # a duplicate (user, item, ts) whose first occurrence fails the rating threshold: u2 has no event
+    rows=[
+        ("u1", "i1", dt.datetime(2024, 1, 1), 5.0, 1, 1),
+        ("u2", "i1", dt.datetime(2024, 1, 1), 1.0, 1, 2),
+        ("u2", "i1", dt.datetime(2024, 1, 1), 5.0, 1, 3),
+    ],
+    params=BuildParams(min_seq_len=3, min_rating=3.0, validation=False),
+)
 def test_splits_equal_reference(con: duckdb.DuckDBPyConnection, rows: list[Row], params: BuildParams) -> None:
     load(con, rows)
     report = build_features(con, params)
     expected = reference(rows, params)
     for split in ("train", "valid", "test"):
         assert sql_samples(con, split, params.max_seq_len) == expected[split], split
-    users = {
-        r[0] for r in rows if params.min_rating is None or (r[3] is not None and r[3] >= params.min_rating)
-    }
+    users = {e[0] for e in reference_events(rows, params)}  # a duplicate's later rating does not count
     kept = {s[0] for s in expected["test"]}
     assert report.users_dropped_short == len(users) - len(kept)
     check_negatives(con, params)
