@@ -606,15 +606,9 @@ def _partition_count(con: duckdb.DuckDBPyConnection, model: Model, targets: Mapp
     if spec is None:
         return 1
     table = targets.get(spec.sized_by, spec.sized_by)
-    schema, name = table.split(".")
-    exists = con.execute(
-        "SELECT count(*) FROM (SELECT database_name, schema_name, table_name AS name FROM duckdb_tables() "
-        "UNION ALL SELECT database_name, schema_name, view_name FROM duckdb_views()) "
-        "WHERE database_name = current_database() AND schema_name = ? AND name = ?",
-        [schema, name],
-    ).fetchone()
-    if not exists or not exists[0]:
+    if not _table_exists(con, table, views=True):  # a new incremental version is a view
         return 1
+    schema, name = table.split(".")
     (rows,) = con.execute(f'SELECT count(*) FROM "{schema}"."{name}"').fetchone()  # type: ignore[misc]
     return spec.count(int(rows))
 
@@ -807,11 +801,13 @@ def _models_json(result: RunResult) -> str:
     )
 
 
-def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+def _table_exists(con: duckdb.DuckDBPyConnection, table: str, *, views: bool = False) -> bool:
+    """Whether `schema.name` is a table (or, with `views`, a view) of the current database."""
     schema, name = table.split(".")
+    union = " UNION ALL SELECT database_name, schema_name, view_name FROM duckdb_views()" if views else ""
     (n,) = con.execute(  # type: ignore[misc]
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND schema_name = ? AND table_name = ?",
+        "SELECT count(*) FROM (SELECT database_name, schema_name, table_name AS name FROM duckdb_tables()"
+        f"{union}) WHERE database_name = current_database() AND schema_name = ? AND name = ?",
         [schema, name],
     ).fetchone()
     return bool(n)

@@ -9,7 +9,7 @@ temperature only scales scores).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -107,18 +107,24 @@ def window_widths(lengths: np.ndarray, max_seq_len: int) -> np.ndarray:
 
 
 def stable_batches(
-    store: FeatureStore, user_codes: np.ndarray, max_seq_len: int, rows: int = STABLE_ROWS
+    store: FeatureStore,
+    user_codes: np.ndarray,
+    max_seq_len: int,
+    rows: int = STABLE_ROWS,
+    *,
+    pad: bool = True,
 ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
     """(positions in `user_codes`, user-tower inputs of whole current histories) in batches of
-    exactly `rows` rows and one window width each (`window_widths`); a short batch repeats its
-    last user. The shapes, hence the kernels torch picks, depend only on each user's own history."""
+    `rows` rows and one window width each (`window_widths`). With `pad`, a short batch repeats its
+    last user to exactly `rows` rows: the shapes, hence the kernels torch picks, then depend only on
+    each user's own history. Without it (hashing the inputs needs no fixed shape) it stays short."""
     users = np.asarray(user_codes, dtype=np.int64)
     widths = window_widths(store.history_length(users), max_seq_len)
     for width in np.unique(widths):
         members = np.flatnonzero(widths == width)
         for lo in range(0, len(members), rows):
             part = members[lo : lo + rows]
-            padded = np.concatenate([part, np.repeat(part[-1:], rows - len(part))])
+            padded = np.concatenate([part, np.repeat(part[-1:], rows - len(part))]) if pad else part
             codes = users[padded]
             yield part, store.user_batch(codes, store.history_length(codes), max_seq_len, width=int(width))
 
@@ -151,40 +157,25 @@ def encode_current_users(
     return out
 
 
-class _ReadRecorder(dict):
-    """A batch that records which of its keys are read (iterating it reads them all)."""
+class _ReadRecorder(Mapping[str, torch.Tensor]):
+    """A read-only batch that records which of its keys are read. Only these three methods touch
+    the batch; `Mapping` builds `get`, `in`, `keys`, `items` and `values` on them, so every way of
+    reading a key is seen (iterating reads them all)."""
 
     def __init__(self, batch: dict[str, torch.Tensor]) -> None:
-        super().__init__(batch)
+        self._batch = batch
         self.read: set[str] = set()
 
     def __getitem__(self, key: str) -> torch.Tensor:
         self.read.add(key)
-        return super().__getitem__(key)
+        return self._batch[key]
 
-    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
-        self.read.add(key)
-        return super().get(key, default)
+    def __iter__(self) -> Iterator[str]:
+        self.read.update(self._batch)
+        return iter(self._batch)
 
-    def __contains__(self, key: object) -> bool:
-        self.read.add(str(key))
-        return super().__contains__(key)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        self.read.update(super().keys())
-        return super().__iter__()
-
-    def keys(self):  # type: ignore[no-untyped-def]
-        self.read.update(super().keys())
-        return super().keys()
-
-    def items(self):  # type: ignore[no-untyped-def]
-        self.read.update(super().keys())
-        return super().items()
-
-    def values(self):  # type: ignore[no-untyped-def]
-        self.read.update(super().keys())
-        return super().values()
+    def __len__(self) -> int:
+        return len(self._batch)
 
 
 def user_tower_reads(model: nn.Module, store: FeatureStore) -> tuple[str, ...]:

@@ -98,7 +98,7 @@ def input_digests(
     only the users whose digest changed."""
     u = np.asarray(users, dtype=np.int64)
     out = np.zeros(len(u), dtype=np.uint64)
-    for part, batch in stable_batches(store, u, max_seq_len, rows=8192):
+    for part, batch in stable_batches(store, u, max_seq_len, rows=8192, pad=False):
         total = np.zeros(len(part), dtype=np.uint64)
         with np.errstate(over="ignore"):
             for slot, name in enumerate(sorted(reads or batch)):

@@ -127,11 +127,11 @@ def test_a_current_user_vector_does_not_depend_on_the_users_encoded_with_it(
     users = np.flatnonzero(np.diff(store.hist_offsets) > 0)
     widths = window_widths(store.history_length(users), model.max_seq_len)
     assert set(widths.tolist()) == {1, 2, 4, 8, 16, 32, 40}
-    everyone = encode_current_users(model, store, users, rows=256)
+    everyone = encode_current_users(model, store, users, rows=64)
     rng = np.random.default_rng(1)
     for size in (1, 2, 7, 100, 700):
         pick = np.sort(rng.choice(len(users), size, replace=False))
-        alone = encode_current_users(model, store, users[pick], rows=256)
+        alone = encode_current_users(model, store, users[pick], rows=64)
         assert alone.tobytes() == everyone[pick].tobytes(), size
     # and they are the user tower's vectors (to float tolerance), not some other computation
     with torch.no_grad():
