@@ -19,8 +19,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sklearn.preprocessing import normalize
-from sklearn.utils.extmath import safe_sparse_dot
 
 from rechub_store.data.readers import FeatureStore
 from rechub_store.models.space import Float, Int, Range
@@ -80,6 +78,10 @@ class ItemKNN:
 
     def _top_neighbours(self, interactions: sp.csr_matrix) -> sp.csr_matrix:
         """[n_items, n_items] CSR: each item's `neighbours` most similar other items (cosine > 0)."""
+        # imported here: scikit-learn takes about 2 s to import, and most commands never fit item-kNN
+        from sklearn.preprocessing import normalize
+        from sklearn.utils.extmath import safe_sparse_dot
+
         n = interactions.shape[0]
         keep = min(self.neighbours, max(n - 1, 1))
         rows, cols, vals = [], [], []

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.decomposition import PCA
 
 from rechub_store.config import DEFAULT_SEEN_FILTER
 from rechub_store.errors import UserError
@@ -395,6 +394,8 @@ def _embedding(src: Source, data: RunData) -> None:
     vectors = vectors.reshape(table.num_rows, -1)[order]
     item_ids = table.column("item_id").to_pylist()
     item_ids = [item_ids[i] for i in order]
+    from sklearn.decomposition import PCA  # here: about 2 s to import, for one chart
+
     pca = PCA(n_components=2, random_state=EMBEDDING_SEED)
     xy = pca.fit_transform(vectors)
     attr = _label_attribute(src)
