@@ -36,6 +36,10 @@ LAZY = {
     ("rechub_store.report.charts", "matplotlib.figure"),  # matplotlib loads only when a chart is drawn
     ("rechub_store.report.charts", "matplotlib"),
     ("rechub_store.data", "rechub_store.data"),  # `from rechub_store.data import tables`: torch + Polars
+    # scikit-learn takes about 2 s to import: only the item-kNN fit and the report's PCA load it
+    ("rechub_store.ranking.itemknn", "sklearn.preprocessing"),
+    ("rechub_store.ranking.itemknn", "sklearn.utils.extmath"),
+    ("rechub_store.report.data", "sklearn.decomposition"),
     (
         "rechub_store.cli.spark",
         "rechub_store.spark",

@@ -110,11 +110,13 @@ def test_every_declared_dependency_is_used() -> None:
 
 def test_default_path_never_imports_pyspark(tmp_path: Path) -> None:
     """The CLI, a DuckDB build and the package's modules outside rechub_store/spark load no PySpark
-    or SQLGlot (they are the optional spark extra)."""
+    or SQLGlot (they are the optional spark extra); and the CLI starts without scikit-learn (2 s of
+    imports, loaded only by the item-kNN fit and the report's PCA)."""
     code = (
         "import sys, pkgutil, importlib, rechub_store\n"
         "from typer.testing import CliRunner\n"
         "from rechub_store.cli import app\n"
+        "assert 'sklearn' not in sys.modules, 'the CLI imports scikit-learn at start'\n"
         "for m in pkgutil.walk_packages(rechub_store.__path__, 'rechub_store.'):\n"
         "    if not m.name.startswith('rechub_store.spark'): importlib.import_module(m.name)\n"
         "r = CliRunner().invoke(app, ['generate', 'data', '--users', '30', '--items', '20',"

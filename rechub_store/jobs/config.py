@@ -231,6 +231,7 @@ class GateSettings:
 class PublishSettings:
     analytics: Bool = True  # write analytics.duckdb beside the warehouse
     keep_runs: Positive = 30  # recommendations_history retention (runs)
+    report: Bool = True  # write the run's HTML page (reports/<run_id>.html) and refresh reports/index.html
     targets: tuple[Str, ...] = ()  # SQLAlchemy URLs; `${VAR}` expanded from the environment at run time
     gates: GateSettings = field(default_factory=GateSettings)
 

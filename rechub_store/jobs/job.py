@@ -640,7 +640,8 @@ class Nightly:
             }
             rows = next((s.rows for s in report.steps if s.step == "score"), None)
             rec.finish("whole", t_whole, report.status, rows, summary, failed.error if failed else None)
-            report.report_path = self._write_report(con)
+            if self.job.publish.report:
+                report.report_path = self._write_report(con)
         return failed
 
     def _run_step(self, con: duckdb.DuckDBPyConnection, rec: JobRecorder, step: str) -> StepResult:

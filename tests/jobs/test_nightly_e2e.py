@@ -61,6 +61,7 @@ splits = ["test", "valid"]
 max_users = 250
 [publish]
 keep_runs = 5
+report = false  # the HTML page has its own tests (tests/report); here it would be most of each night
 """
 
 
@@ -203,6 +204,9 @@ def test_nightly_results_are_complete_and_correct(wh: Warehouse) -> None:
     assert report.status == "success" and report.run_id == "nightly-2030-01-01"
     assert [s.step for s in report.steps] == ["ingest", "build", "train", "score", "evaluate", "publish"]
     check_run(wh, "nightly-2030-01-01")
+    # `[publish] report = false`: no page for this run (the demo's own run has one)
+    assert report.report_path is None and not list(wh.root.rglob("nightly-2030-01-01.html"))
+    assert list(wh.root.rglob("reports/*.html")), "the demo's nightly wrote its page"
     steps = dict(fetch(wh.path, "SELECT step, status FROM meta.job_runs WHERE run_id = ?", [report.run_id]))
     assert steps == {
         "whole": "success",

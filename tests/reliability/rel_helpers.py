@@ -53,6 +53,7 @@ popularity = false
 
 [publish]
 keep_runs = 5
+report = false  # the HTML page has its own tests (tests/report); here it would be most of each night
 {targets}
 """
 
