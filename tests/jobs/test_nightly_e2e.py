@@ -106,7 +106,7 @@ def job_of(wh: Warehouse) -> JobConfig:
 
 
 def without_evaluation(job: str) -> str:
-    """The job with its evaluate step off: for tests about something else (half a tiny night's time)."""
+    """The job with its evaluate step off, for tests that check something else."""
     return job.replace("[evaluate]", "[evaluate]\nenabled = false")
 
 
