@@ -223,7 +223,11 @@ def train_distributed(
         dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
-        return _train(warehouse, config, rank, world, resume)
+        result = _train(warehouse, config, rank, world, resume)
+        # leave together: a rank that tore down gloo and exited while rank 0 was still saving the
+        # model aborted ("terminate called without an active exception") on a loaded machine
+        dist.barrier()
+        return result
     finally:
         dist.destroy_process_group()
 

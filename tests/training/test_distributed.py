@@ -56,7 +56,7 @@ def torchrun(wh: Warehouse, *args: str) -> dict:
         env=env,
         timeout=600,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, run.stderr[-20000:]
     return json.loads(run.stdout)
 
 
