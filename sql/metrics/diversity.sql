@@ -26,7 +26,8 @@ sharing as (
 ),
 
 similarity as (
-    select s.source, s.model_run_id, s."index", s.user_code, c.k, sum(s.jaccard) as total
+    -- exact decimals here and in the mean below: the same bits whatever order the rows are added in
+    select s.source, s.model_run_id, s."index", s.user_code, c.k, sum(s.jaccard::DECIMAL(38, 18)) as total
     from sharing s
     join metrics.cutoffs c on s.last_rank <= c.k
     group by all
@@ -42,7 +43,7 @@ per_list as (
 
 final as (
     select p.source, p.model_run_id, p."index", 'diversity' as metric, p.k,
-        avg(1.0 - coalesce(s.total, 0.0) / p.pairs) as value, count(*) as n_users
+        avg((1.0 - coalesce(s.total, 0) / p.pairs)::DECIMAL(38, 18)) as value, count(*) as n_users
     from per_list p
     left join similarity s using (source, model_run_id, "index", user_code, k)
     group by all

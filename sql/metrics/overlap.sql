@@ -23,7 +23,7 @@ shared as (
 ),
 
 per_user as (
-    select u.source, u.model_run_id, u."index", u.user_code, c.k, count(s.needs_k) / any_value(c.k) as overlap
+    select u.source, u.model_run_id, u."index", u.user_code, c.k, count(s.needs_k) as n_shared
     from common u
     cross join metrics.cutoffs c
     left join shared s
@@ -33,9 +33,11 @@ per_user as (
 ),
 
 final as (
-    select source, model_run_id, "index", 'overlap' as metric, k, avg(overlap) as value, count(*) as n_users
+    -- the mean of n_shared / k as one division of integer sums: the same bits in any row order
+    select source, model_run_id, "index", 'overlap' as metric, k,
+        sum(n_shared) / (k * count(*)) as value, count(*) as n_users
     from per_user
-    group by all
+    group by source, model_run_id, "index", k
 )
 
 select * from final

@@ -29,7 +29,7 @@ shared as (
 
 per_pair as (
     select p.source, p.model_run_id, p."index", p.user_a, c.k,
-        count(s.needs_k) / any_value(c.k) as overlap
+        count(s.needs_k) as n_shared
     from pairs p
     cross join metrics.cutoffs c
     left join shared s
@@ -40,9 +40,10 @@ per_pair as (
 
 final as (
     select source, model_run_id, "index", 'personalisation' as metric, k,
-        1.0 - avg(overlap) as value, 2 * count(*) as n_users
+        -- the mean overlap n_shared / k as one division of integer sums: the same bits in any row order
+        1.0 - sum(n_shared) / (k * count(*)) as value, 2 * count(*) as n_users
     from per_pair
-    group by all
+    group by source, model_run_id, "index", k
 )
 
 select * from final

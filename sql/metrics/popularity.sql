@@ -13,9 +13,11 @@ with slots as (
 final as (
     select source, model_run_id, "index", metric, k, value, n_users
     from (
+        -- means of exact decimals: the same bits whatever order the rows (and DuckDB's threads) add
+        -- them in, where a mean of doubles moves in its last digits
         select source, model_run_id, "index", k,
-            avg(popularity_percentile) as popularity_percentile,
-            avg(self_information) as novelty,
+            avg(popularity_percentile::DECIMAL(38, 18)) as popularity_percentile,
+            avg(self_information::DECIMAL(38, 18)) as novelty,
             count(distinct user_code) as n_users
         from slots
         group by all

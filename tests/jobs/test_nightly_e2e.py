@@ -511,9 +511,9 @@ def feature_tables(path: Path) -> dict[str, list[tuple]]:
 
 
 RECS = "SELECT user_id, item_id, rank, score, run_id, model_run_id FROM recommendations ORDER BY ALL"
-# values to 12 decimals: DuckDB's parallel sums in the beyond-accuracy SQL differ in the last bits
+# exact values: the beyond-accuracy SQL's means add exact decimals and integers, in any order alike
 METRIC_ROWS = (
-    "SELECT run_id, model_run_id, split, metric, k, round(value, 12), n_users, index, seen_filter, slice, "
+    "SELECT run_id, model_run_id, split, metric, k, value, n_users, index, seen_filter, slice, "
     "n_repeat_targets FROM evaluation_metrics ORDER BY ALL"
 )
 

@@ -170,3 +170,31 @@ def test_metric_models_are_not_feature_models() -> None:
     assert metrics and not any(name.startswith("metrics.") for name in features)
     assert all(name.startswith("metrics.") for name in metrics)
     assert {"metrics.coverage", "metrics.gini", "metrics.overlap", "metrics.lists"} <= set(metrics)
+
+
+def test_metric_values_do_not_depend_on_the_order_rows_are_added_in(con: duckdb.DuckDBPyConnection) -> None:
+    """The same lists stored in another order give the same bits: the means add exact decimals, so
+    neither row order nor how DuckDB's threads split the rows changes the last digit (a double
+    `avg` does; an incremental and a full night that rank alike must publish equal metrics)."""
+    rng = np.random.default_rng(7)
+    setup_catalogue(
+        con,
+        n_train=[int(x) for x in rng.integers(0, 10_000, N_ITEMS)],
+        tags=[sorted(set(rng.integers(1, 9, 3).tolist())) for _ in range(N_ITEMS)],
+    )
+    users = np.arange(1, 2001)
+    now = np.array([rng.permutation(N_ITEMS)[: max(KS)] + 1 for _ in users])
+    before = np.array([rng.permutation(N_ITEMS)[: max(KS)] + 1 for _ in users])
+    variables = {"run_id": "r2", "previous_run_id": "r1", "ks": KS, "seed": 3}
+    values = []
+    for order in (np.arange(len(users)), rng.permutation(len(users))):
+        con.execute("DROP TABLE IF EXISTS main.evaluation_lists")
+        scores = np.zeros(now.shape)
+        write_evaluation_lists(con, "r1", [("model", "m0", "exact", users[order], before[order], scores)])
+        write_evaluation_lists(
+            con, "r2", [("model", "m0", "exact", users[order], now[order], scores)], keep="r1"
+        )
+        out = run_metric_models(con, variables=variables)
+        values.append({(r["metric"], r["k"]): r["value"] for rows in out.values() for r in rows})
+    assert {m for m, _ in values[0]} >= {"novelty", "popularity_percentile", "overlap", "diversity"}
+    assert values[0] == values[1]
