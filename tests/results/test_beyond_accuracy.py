@@ -173,9 +173,10 @@ def test_metric_models_are_not_feature_models() -> None:
 
 
 def test_metric_values_do_not_depend_on_the_order_rows_are_added_in(con: duckdb.DuckDBPyConnection) -> None:
-    """The same lists stored in another order give the same bits: the means add exact decimals, so
-    neither row order nor how DuckDB's threads split the rows changes the last digit (a double
-    `avg` does; an incremental and a full night that rank alike must publish equal metrics)."""
+    """The same lists stored in another order give the same bits: the means add exact decimals or
+    integer counts, so neither row order nor how DuckDB's threads split the rows changes the last
+    digit (a double `avg` does; an incremental and a full night that rank alike must publish equal
+    metrics)."""
     rng = np.random.default_rng(7)
     setup_catalogue(
         con,
