@@ -24,10 +24,12 @@ be built in partitions, like dbt's microbatches. The header line
 makes the runner choose n = ceil(rows of that model / 10000000) (at least 1; the model's new
 version when it is part of the build), create the table from partition 0 and INSERT partitions
 1..n-1, with the DuckDB variables `partition` and `n_partitions` set for each pass. The model
-itself must filter its big inputs, e.g. `where user_code % getvariable('n_partitions') =
-getvariable('partition')`, so that each pass reads 1/n of them and the union of the passes is
+itself must filter its big inputs, e.g. `where user_code % getvariable('n_partitions') in
+(getvariable('partition'))`, so that each pass reads 1/n of them and the union of the passes is
 exactly the unpartitioned result (rows of one partition must not depend on other partitions'
-inputs). Outside a partitioned model `partition` = 0 and `n_partitions` = 1.
+inputs). `in (...)` rather than `=`, because DuckDB estimates `x % n = p` like `x = p` (one row
+per distinct x) and may then build a join's hash table on the big side. Outside a partitioned
+model `partition` = 0 and `n_partitions` = 1.
 
 A model that reads its own previous version (`-- self: (col TYPE, ...)`, stable vocabularies) may
 name a seed, `-- seed: seeds/<file>.sql`: a SELECT under the models folder's `seeds/` whose rows are

@@ -222,7 +222,7 @@ def test_partitioned_model_is_built_in_passes(tmp_path: Path, warehouse: Warehou
         "staging/b.sql",
         "-- partition: x, one per 3 rows of staging.a\n"
         "select x, getvariable('partition') as part, getvariable('n_partitions') as n from staging.a\n"
-        "where x % getvariable('n_partitions') = getvariable('partition')",
+        "where x % getvariable('n_partitions') in (getvariable('partition'))",
     )
     write(tmp_path, "staging/c.sql", "select getvariable('n_partitions') as n from staging.b limit 1")
     models = sqlmodels.discover(tmp_path)
@@ -257,7 +257,7 @@ def test_partition_header_must_be_well_formed_and_used(tmp_path: Path) -> None:
         tmp_path,
         "staging/b.sql",
         "-- partition: x, one per 5 rows of staging.c\nselect * from staging.a\n"
-        "where x % getvariable('n_partitions') = getvariable('partition')",
+        "where x % getvariable('n_partitions') in (getvariable('partition'))",
     )
     write(tmp_path, "staging/c.sql", "select 1 as x")
     with pytest.raises(UserError, match="does not read"):
