@@ -10,7 +10,11 @@ Each measured step runs in its own child process, so peak RSS (ru_maxrss) is tha
 `generate` (not part of the target), `ingest`, `build` (build-features with default parameters),
 `rechub` (Torch-RecHub), and `bare`: DuckDB alone reading the same interactions file and grouping
 it into per-user time-ordered lists (the floor; the ratio (ingest + build) / bare is printed, in wall
-seconds and in CPU seconds of the measured steps, which a shared machine's load moves less).
+seconds and in CPU seconds of the measured steps, which a shared machine's load moves less), and
+`bare_negatives`: DuckDB alone drawing r uniform hashed items per training sample of the built
+warehouse and dropping those the user had met (BARE_NEGATIVES, the floor of negative sampling).
+Printed beside the ratio: (ingest + build - negatives_train) / bare and negatives_train /
+bare_negatives, the two parts of the target measured against the floor of their own work.
 `--source movielens` writes the log as an ml-1m ratings.dat and times `ingest movielens`.
 Results go to bench/out/featgen.json (one entry per size, appended runs
 replace the same size). Generated files are kept under --work (default bench/out/work, git-ignored)
@@ -148,6 +152,52 @@ def step_bare(source: Path, wh_path: Path, threads: int, memory_limit: str | Non
     return {"seconds": seconds, "step_cpu_seconds": cpu, "users": users}
 
 
+# The floor of negative sampling, for `features.negatives_train`'s own ratio: per training sample r
+# uniform item codes from hashed (seed, user, pos, draw), those the user had met up to pos dropped
+# by one anti join with the events, the survivors written as rows. The model does this work and
+# more: popularity-weighted draws, distinct negatives, r for every sample (extra draws and a top-up).
+BARE_NEGATIVES = """
+CREATE TABLE bare_negatives AS
+WITH drawn AS (
+    SELECT s.user_code, s.pos, d.draw,
+        1 + (hash(xor(hash(xor(hash(s.user_code::UBIGINT), s.pos::UBIGINT)), d.draw::UBIGINT))
+            % n.items)::INTEGER AS item_code
+    FROM w.features.samples_train s
+    CROSS JOIN (SELECT unnest(range(1, $ratio + 1)) AS draw) d
+    CROSS JOIN (SELECT count(*)::UBIGINT AS items FROM w.features.vocab_item_id) n
+)
+SELECT d.user_code, d.pos, d.draw AS neg_rank, d.item_code AS neg_item_code
+FROM drawn d
+ANTI JOIN w.features.events e ON e.user_code = d.user_code AND e.item_code = d.item_code AND e.seq <= d.pos
+"""
+
+
+def step_bare_negatives(wh_path: Path, threads: int, memory_limit: str | None) -> dict[str, Any]:
+    """DuckDB alone on the built warehouse (read-only): BARE_NEGATIVES with the default build's
+    r, written to a DuckDB file beside it (as `bare` writes its lists)."""
+    import duckdb
+
+    from rechub_store.data.build import BuildParams
+
+    db = wh_path.with_name("bare_negatives.duckdb")
+    for leftover in (db, db.with_name(db.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    con = duckdb.connect(str(db))
+    con.execute(f"SET threads = {threads}")
+    con.execute("SET preserve_insertion_order = false")  # as the build runs its models
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute("ATTACH ? AS w (READ_ONLY)", [str(wh_path)])
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    con.execute(BARE_NEGATIVES, {"ratio": BuildParams().effective_neg_ratio})
+    con.execute("CHECKPOINT")
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    (rows,) = con.execute("SELECT count(*) FROM bare_negatives").fetchone()  # type: ignore[misc]
+    con.close()
+    db.unlink(missing_ok=True)
+    return {"seconds": seconds, "step_cpu_seconds": cpu, "rows": rows}
+
+
 def step_build(wh_path: Path, threads: int, memory_limit: str | None) -> dict[str, Any]:
     from rechub_store.data.build import BuildParams, build_features
 
@@ -222,6 +272,8 @@ def child(args: argparse.Namespace) -> None:
         out = step_bare(source, wh_path, args.threads, args.memory_limit)
     elif args.step == "build":
         out = step_build(wh_path, args.threads, args.memory_limit)
+    elif args.step == "bare_negatives":
+        out = step_bare_negatives(wh_path, args.threads, args.memory_limit)
     else:
         out = step_rechub(data_dir, wh_path)
     out["peak_rss_mib"] = round(peak_rss_mib(), 1)
@@ -297,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     # internal: one measured step in a child process
     ap.add_argument(
         "--child",
-        choices=["generate", "ingest", "ingest_movielens", "bare", "build", "rechub"],
+        choices=["generate", "ingest", "ingest_movielens", "bare", "build", "bare_negatives", "rechub"],
         help=argparse.SUPPRESS,
     )
     ap.add_argument("--n-events", type=int, help=argparse.SUPPRESS)
@@ -332,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             "ingest_movielens" if args.source == "movielens" else "ingest", n, data_dir, wh_path, args
         )
         entry["build"] = run_step("build", n, data_dir, wh_path, args)
+        entry["bare_negatives"] = run_step("bare_negatives", n, data_dir, wh_path, args)
         if n in args.compare:
             if why_no_rechub:
                 entry["rechub"] = {"skipped": why_no_rechub}
@@ -351,6 +404,15 @@ def main(argv: list[str] | None = None) -> int:
         # shared machine the wall-time ratio also measures how much of the cores each step got
         cpu = [entry[step].get("step_cpu_seconds") for step in ("ingest", "build", "bare")]
         entry["ratio_to_bare_cpu"] = round((cpu[0] + cpu[1]) / cpu[2], 2) if all(cpu) else None
+        # the target split in two, each part against the floor of its own work: ingest + build
+        # without negative sampling against the bare read, negative sampling against BARE_NEGATIVES
+        negatives = (entry["build"].get("models") or {}).get("features.negatives_train")
+        floor = entry["bare_negatives"].get("seconds")
+        entry["negatives_train_seconds"] = negatives
+        entry["ratio_to_bare_without_negatives"] = (
+            round((entry["ingest_plus_build_seconds"] - negatives) / bare, 2) if bare and negatives else None
+        )
+        entry["negatives_to_bare_negatives"] = round(negatives / floor, 2) if negatives and floor else None
         if args.drop_warehouse and wh_path.parent.exists():
             shutil.rmtree(wh_path.parent)
         results[str(n) if args.source == "parquet" else f"{n}-{args.source}"] = entry
@@ -365,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
             f", audits {sum((b.get('audits') or {}).values()):.2f} s ({b.get('audit_share')}), "
             f"bare read+aggregate {entry['bare'].get('seconds', float('nan')):.2f} s, "
             f"(ingest + build) / bare = {entry['ratio_to_bare']} "
-            f"(in CPU seconds {entry['ratio_to_bare_cpu']})"
+            f"(in CPU seconds {entry['ratio_to_bare_cpu']}); without negatives_train "
+            f"{entry['ratio_to_bare_without_negatives']}; negatives_train {negatives} s = "
+            f"{entry['negatives_to_bare_negatives']} x bare negatives {floor or float('nan'):.2f} s"
         )
         if "rechub" in entry:
             line += f", Torch-RecHub {entry['rechub']}"
