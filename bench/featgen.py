@@ -32,6 +32,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -118,19 +120,41 @@ def step_ingest_movielens(
     }
 
 
-def step_bare(source: Path, wh_path: Path, threads: int, memory_limit: str | None) -> dict[str, Any]:
-    """DuckDB alone: read the same interactions file and group it into per-user time-ordered lists,
-    written to a DuckDB file beside the warehouse (the floor that ingest + build is compared with)."""
+@contextmanager
+def scratch_duckdb(db: Path, threads: int, memory_limit: str | None) -> Iterator[Any]:
+    """A fresh DuckDB file for a bare step (the floors write their result as the build does),
+    with the run's threads and memory limit; deleted afterwards."""
     import duckdb
 
-    db = wh_path.with_name("bare.duckdb")
     db.parent.mkdir(parents=True, exist_ok=True)
     for leftover in (db, db.with_name(db.name + ".wal")):
         leftover.unlink(missing_ok=True)
     con = duckdb.connect(str(db))
-    con.execute(f"SET threads = {threads}")
-    if memory_limit:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
+    try:
+        con.execute(f"SET threads = {threads}")
+        if memory_limit:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
+        yield con
+    finally:
+        con.close()
+        db.unlink(missing_ok=True)
+
+
+def timed_create(
+    con: Any, sql: str, table: str, params: dict[str, Any] | None = None
+) -> tuple[float, float, int]:
+    """Run a CREATE TABLE ... AS and its CHECKPOINT: wall and CPU seconds, and the table's rows."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    con.execute(sql, params)
+    con.execute("CHECKPOINT")
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    (rows,) = con.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[misc]
+    return seconds, cpu, rows
+
+
+def step_bare(source: Path, wh_path: Path, threads: int, memory_limit: str | None) -> dict[str, Any]:
+    """DuckDB alone: read the same interactions file and group it into per-user time-ordered lists,
+    written to a DuckDB file beside the warehouse (the floor that ingest + build is compared with)."""
     if source.is_dir():  # movielens: ratings.dat
         path = str(source / "ratings.dat").replace("'", "''")
         reader = (
@@ -139,16 +163,13 @@ def step_bare(source: Path, wh_path: Path, threads: int, memory_limit: str | Non
         )
     else:
         reader = f"read_parquet('{str(source).replace(chr(39), chr(39) * 2)}')"
-    t0, c0 = time.perf_counter(), cpu_seconds()
-    con.execute(
-        "CREATE TABLE user_lists AS SELECT user_id, list(item_id ORDER BY ts) AS items, "
-        f"list(ts ORDER BY ts) AS ts_list, count(*) AS n FROM {reader} GROUP BY user_id"
-    )
-    con.execute("CHECKPOINT")
-    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    (users,) = con.execute("SELECT count(*) FROM user_lists").fetchone()  # type: ignore[misc]
-    con.close()
-    db.unlink(missing_ok=True)
+    with scratch_duckdb(wh_path.with_name("bare.duckdb"), threads, memory_limit) as con:
+        seconds, cpu, users = timed_create(
+            con,
+            "CREATE TABLE user_lists AS SELECT user_id, list(item_id ORDER BY ts) AS items, "
+            f"list(ts ORDER BY ts) AS ts_list, count(*) AS n FROM {reader} GROUP BY user_id",
+            "user_lists",
+        )
     return {"seconds": seconds, "step_cpu_seconds": cpu, "users": users}
 
 
@@ -175,26 +196,14 @@ ANTI JOIN w.features.events e ON e.user_code = d.user_code AND e.item_code = d.i
 def step_bare_negatives(wh_path: Path, threads: int, memory_limit: str | None) -> dict[str, Any]:
     """DuckDB alone on the built warehouse (read-only): BARE_NEGATIVES with the default build's
     r, written to a DuckDB file beside it (as `bare` writes its lists)."""
-    import duckdb
-
     from rechub_store.data.build import BuildParams
 
-    db = wh_path.with_name("bare_negatives.duckdb")
-    for leftover in (db, db.with_name(db.name + ".wal")):
-        leftover.unlink(missing_ok=True)
-    con = duckdb.connect(str(db))
-    con.execute(f"SET threads = {threads}")
-    con.execute("SET preserve_insertion_order = false")  # as the build runs its models
-    if memory_limit:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
-    con.execute("ATTACH ? AS w (READ_ONLY)", [str(wh_path)])
-    t0, c0 = time.perf_counter(), cpu_seconds()
-    con.execute(BARE_NEGATIVES, {"ratio": BuildParams().effective_neg_ratio})
-    con.execute("CHECKPOINT")
-    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    (rows,) = con.execute("SELECT count(*) FROM bare_negatives").fetchone()  # type: ignore[misc]
-    con.close()
-    db.unlink(missing_ok=True)
+    with scratch_duckdb(wh_path.with_name("bare_negatives.duckdb"), threads, memory_limit) as con:
+        con.execute("SET preserve_insertion_order = false")  # as the build runs its models
+        con.execute("ATTACH ? AS w (READ_ONLY)", [str(wh_path)])
+        seconds, cpu, rows = timed_create(
+            con, BARE_NEGATIVES, "bare_negatives", {"ratio": BuildParams().effective_neg_ratio}
+        )
     return {"seconds": seconds, "step_cpu_seconds": cpu, "rows": rows}
 
 
