@@ -420,3 +420,33 @@ def test_heavy_user_gets_distinct_unseen_negatives(con: duckdb.DuckDBPyConnectio
     late = [items for pos, items in got if pos >= 35]
     assert len(late) == 35 and all(sorted(items) == ["rare0", "rare1", "rare2", "rare3"] for items in late)
     check_negatives(con, BuildParams(neg_ratio=4))
+
+
+def test_a_mostly_seen_stratum_does_not_favour_its_last_unseen_item(con: duckdb.DuckDBPyConnection) -> None:
+    # 8 items, uniform sampler, r = 2: slot 0 draws first from the codes i1..i4, slot 1 from i5..i8.
+    # From pos 2 on every u* user has seen i1, i2, i3, so slot 0's first draw is i4 a quarter of the
+    # time and seen otherwise. A redraw from the whole distribution keeps i4 near the share of each
+    # unseen item (2 distinct of 5: 0.4 per sample; the rule gives 7/16 for i4 and 25/64 for the
+    # others, because a redraw avoids slot 1's item); a redraw inside the stratum would give i4 always.
+    rows: list[Row] = []
+    for u in range(300):
+        rows += sequence_rows(f"u{u:03d}", ["i1", "i2", "i3"] * 3 + ["i1"], line0=1 + 10 * u)
+    rows += sequence_rows("other", ["i4", "i5", "i6", "i7", "i8"], line0=5000)
+    load(con, rows)
+    params = BuildParams(neg_sampler="uniform", neg_ratio=2)
+    build_features(con, params)
+    shares = dict(
+        con.execute(
+            "SELECT i.value, count(*) / (SELECT count(*) FROM features.samples_train s "
+            "  JOIN features.vocab_user_id u ON u.code = s.user_code WHERE u.value LIKE 'u%' AND s.pos >= 2) "
+            "FROM features.negatives_train n "
+            "JOIN features.vocab_user_id u ON u.code = n.user_code "
+            "JOIN features.vocab_item_id i ON i.code = n.neg_item_code "
+            "WHERE u.value LIKE 'u%' AND n.pos >= 2 GROUP BY ALL"
+        ).fetchall()
+    )
+    assert set(shares) == {"i4", "i5", "i6", "i7", "i8"}
+    # 1,800 samples: a share's standard deviation is about 0.012; the exact 0.4 passes as well
+    assert 0.35 <= shares["i4"] <= 0.48  # 7/16 = 0.4375
+    assert all(0.34 <= shares[i] <= 0.46 for i in ("i5", "i6", "i7", "i8"))  # 25/64 = 0.39
+    check_negatives(con, params)
