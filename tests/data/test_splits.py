@@ -426,7 +426,7 @@ def test_a_mostly_seen_stratum_does_not_favour_its_last_unseen_item(con: duckdb.
     # 8 items, uniform sampler, r = 2: slot 0 draws first from the codes i1..i4, slot 1 from i5..i8.
     # From pos 2 on every u* user has seen i1, i2, i3, so slot 0's first draw is i4 a quarter of the
     # time and seen otherwise. A redraw from the whole distribution keeps i4 near the share of each
-    # unseen item (2 distinct of 5: 0.4 per sample; the rule gives 7/16 for i4 and 25/64 for the
+    # unseen item (2 distinct of 5: 0.4 per sample; the rule gives about 7/16 for i4 and 25/64 for the
     # others, because a redraw avoids slot 1's item); a redraw inside the stratum would give i4 always.
     rows: list[Row] = []
     for u in range(300):
