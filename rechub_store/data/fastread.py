@@ -56,32 +56,43 @@ class FileFacts:
     control: bool  # a control character (C0, DEL, C1) somewhere that is not a line end or the delimiter
 
 
-def _control_bytes(encoding: str, delimiter: str) -> re.Pattern[bytes]:
-    """Bytes that mean a control character in the file's text (LF and the CR of CR LF end lines;
-    a tab that is the delimiter separates fields)."""
+_UTF8_C1 = re.compile(rb"\xc2[\x80-\x9f]")  # U+0080..U+009F in UTF-8
+
+
+def _control_bytes(encoding: str, delimiter: str) -> bytes:
+    """The single bytes that mean a control character in the file's text (LF and the CR of CR LF
+    end lines; a tab that is the delimiter separates fields). In UTF-8 the C1 controls are the
+    two-byte sequences of `_UTF8_C1`; in latin-1 they are the bytes 0x80..0x9F."""
     c0 = bytes(b for b in range(0x20) if b not in (0x0A, 0x0D) and not (delimiter == "\t" and b == 0x09))
-    ranges = re.escape(c0) + rb"\x7f"
-    if encoding == "latin-1":
-        return re.compile(b"[" + ranges + rb"\x80-\x9f]")
-    return re.compile(b"[" + ranges + rb"]|\xc2[\x80-\x9f]")  # UTF-8: U+0080..U+009F
+    return c0 + b"\x7f" + (bytes(range(0x80, 0xA0)) if encoding == "latin-1" else b"")
 
 
-def scan(path: Path, spec_quote: bool, encoding: str, delimiter: str) -> FileFacts | None:
+def scan(
+    path: Path, spec_quote: bool, encoding: str, delimiter: str, chunk_bytes: int = 1 << 22
+) -> FileFacts | None:
     """Line count and control characters in one pass, or None when the file cannot take the fast
-    path whatever its content (a lone CR, a quote character where quotes mean something)."""
+    path whatever its content (a lone CR, a quote character where quotes mean something).
+    Each test is one C-speed pass over a chunk (count, find, translate); the rarer ones run
+    only on chunks where a cheaper test found their first byte."""
     lines = cr = crlf = 0
     control = False
-    pattern = _control_bytes(encoding, delimiter)
+    controls = _control_bytes(encoding, delimiter)
+    utf8 = encoding != "latin-1"
     tail = b""
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
+        for chunk in iter(lambda: fh.read(chunk_bytes), b""):
             if spec_quote and b'"' in chunk:
                 return None
             lines += chunk.count(b"\n")
-            cr += chunk.count(b"\r")
-            joined = tail + chunk  # sequences that straddle two chunks are seen once
-            crlf += joined.count(b"\r\n") - tail.count(b"\r\n")
-            control = control or pattern.search(joined) is not None
+            chunk_cr = chunk.count(b"\r")
+            if chunk_cr or tail == b"\r":  # a CR LF may straddle the two chunks
+                cr += chunk_cr
+                joined = tail + chunk
+                crlf += joined.count(b"\r\n") - tail.count(b"\r\n")
+            if not control:
+                control = len(chunk.translate(None, controls)) != len(chunk)
+            if not control and utf8 and (tail == b"\xc2" or b"\xc2" in chunk):
+                control = _UTF8_C1.search(tail + chunk) is not None
             tail = chunk[-1:]
     if cr != crlf:
         return None

@@ -4,6 +4,7 @@ with the same raw text and reason, the same counts; and it steps aside whenever 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import duckdb
@@ -106,3 +107,44 @@ def test_a_clean_file_takes_the_fast_path_and_a_broken_one_does_not(
     got = ingest(tmp_path, blank_line, ",", fast=True)
     assert taken == [True, False] and len(got["rows"]) == len(GOOD) and not got["rejects"]
     assert [line for *_, line in got["rows"]] == [2, 4, 6, 8, 10]  # blank lines counted, not rows
+
+
+def _scan_reference(data: bytes, quote: bool, encoding: str, delimiter: str) -> fastread.FileFacts | None:
+    """What `scan` must report, from the whole file at once: regular expressions, no chunks."""
+    if quote and b'"' in data:
+        return None
+    if data.count(b"\r") != data.count(b"\r\n"):
+        return None  # a lone CR
+    c0 = "".join(
+        chr(b) for b in range(0x20) if b not in (0x0A, 0x0D) and not (delimiter == "\t" and b == 0x09)
+    )
+    if encoding == "latin-1":
+        control = re.search(f"[{re.escape(c0)}\x7f\x80-\x9f]".encode("latin-1"), data)
+    else:
+        control = re.search(f"[{re.escape(c0)}\x7f]".encode("latin-1") + rb"|\xc2[\x80-\x9f]", data)
+    lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    return fastread.FileFacts(lines, control is not None)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    parts=st.lists(
+        st.sampled_from(
+            [b"a", b",", b"\t", b"\n", b"\r", b"\r\n", b"\xc2", b"\x85", b"\xa0", b"\x01", b"\x7f", b'"']
+        ),
+        max_size=40,
+    ),
+    chunk_bytes=st.integers(1, 7),
+    quote=st.booleans(),
+    encoding=st.sampled_from(["utf-8", "latin-1"]),
+    delimiter=st.sampled_from([",", "\t"]),
+)
+def test_scan_in_chunks_sees_what_the_whole_file_holds(
+    tmp_path: Path, parts: list[bytes], chunk_bytes: int, quote: bool, encoding: str, delimiter: str
+) -> None:
+    # tiny chunks: CR LF pairs and UTF-8 C1 sequences split across chunk boundaries
+    data = b"".join(parts)
+    path = tmp_path / "f.csv"
+    path.write_bytes(data)
+    got = fastread.scan(path, quote, encoding, delimiter, chunk_bytes=chunk_bytes)
+    assert got == _scan_reference(data, quote, encoding, delimiter)
