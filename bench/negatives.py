@@ -1,7 +1,7 @@
 """Benchmark: `features.negatives_train` variants side by side on a built warehouse: seconds, and
 how far each one's negatives are from the shares the sampler promises.
 
-    git show db55b7c:sql/features/splits/negatives_train.sql > /tmp/negatives_before.sql
+    git show b710fd2:sql/features/splits/negatives_train.sql > /tmp/negatives_before.sql
     RECHUB_THREADS=2 python bench/negatives.py --warehouse bench/out/work/wh_1000000/rechub.duckdb \
         --sql sql/features/splits/negatives_train.sql /tmp/negatives_before.sql --repeat 3
 
@@ -9,10 +9,11 @@ Each variant's SELECT runs with the default build's parameters on the warehouse 
 into a temporary table (the variants alternate, `--repeat` times; median seconds). Then, per
 variant, the share of each item among all its negatives is compared with the expected share: a
 sample whose user had seen items of weight mass S at its position should draw item i (unseen
-there) with probability w_i / (W (1 - S)), so item i's expected count is the sum of that over the
-samples where it is unseen. `tv_to_expected` is the total variation distance (0..1) between the
-normalised realised and expected counts; `tv_between_seeds` measures the same distance between
-two seeds of one variant, the noise floor. Results go to bench/out/negatives.json.
+there) r w_i / (W (1 - S)) times on average (r negatives per sample), so item i's expected count
+is the sum of that over the samples where it is unseen. `tv_to_expected` is the total variation
+distance (0..1) between the normalised realised and expected counts; `tv_between_seeds` measures
+the same distance between two seeds of one variant, the noise floor. Results go to
+bench/out/negatives.json.
 """
 
 from __future__ import annotations
