@@ -87,8 +87,7 @@ def scan(
             chunk_cr = chunk.count(b"\r")
             if chunk_cr or tail == b"\r":  # a CR LF may straddle the two chunks
                 cr += chunk_cr
-                joined = tail + chunk
-                crlf += joined.count(b"\r\n") - tail.count(b"\r\n")
+                crlf += (tail + chunk).count(b"\r\n")  # tail is one byte: no pair of its own
             if not control:
                 control = len(chunk.translate(None, controls)) != len(chunk)
             if not control and utf8 and (tail == b"\xc2" or b"\xc2" in chunk):

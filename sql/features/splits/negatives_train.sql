@@ -189,18 +189,17 @@ held_2 as (
     from (
         select user_code, pos, slot, attempt, item_code, sample_key, other,
             least(
-                (other + (hash(xor(sample_key, other::UBIGINT)) >> 11)::DOUBLE / 9007199254740992.0) / t.ratio,
+                (other + (hash(xor(sample_key, other::UBIGINT)) >> 11)::DOUBLE / 9007199254740992.0) / ratio,
                 0.9999999999999999
             ) as u
         from (
-            select d.*, unnest(range(
+            select d.*, t.ratio, unnest(range(
                 greatest(floor(d.lo * t.ratio - 1e-9), 0)::BIGINT,
                 least(floor(d.hi * t.ratio + 1e-9), t.ratio - 1)::BIGINT + 1
             )) as other
             from drawn_2 d
             cross join settings t
         )
-        cross join settings t
     ) c
     cross join bucketing k
     join buckets b on b.bucket = floor(c.u * k.n_buckets)::BIGINT and c.u >= b.lo and c.u < b.hi
