@@ -27,8 +27,9 @@
 -- 3. two slots holding one item (two first draws on a straddler, or two redraws of one round):
 --    the higher slot gives it up, and redraws in the next round (after round 3: step 4).
 -- 4. the slots still empty (users who saw most of the popular items) take the user's unseen items
---    not held yet, walked in code order from a seeded offset; with fewer than r unseen items, the
---    walk cycles through them (repeats only then; no negatives when the user had seen everything).
+--    not held yet, walked in code order from a seeded offset; with fewer than r unseen items, each
+--    of them gets a slot and the walk then starts again (repeats only then; no negatives when the
+--    user had seen everything).
 -- Built in passes over users (user_code % n_partitions = partition; see the header and
 -- sql/README.md): a sample's negatives depend only on its own user's samples and events, so
 -- the passes together give exactly the one-pass result while each holds 1/n of the state.
@@ -321,7 +322,7 @@ short_slots as (
 
 -- the unseen items from a seeded offset (cycling: r steps when fewer than r are unseen)
 walks as (
-    select h.user_code, h.pos, h.items, h.empty_slots, len(u.items) >= t.ratio as enough,
+    select h.user_code, h.pos, h.items, h.empty_slots, len(u.items) as n_unseen,
         list_transform(range(greatest(len(u.items), t.ratio)), lambda step:
             u.items[(((hash(h.sample_key) % len(u.items)) + step) % len(u.items))::BIGINT + 1]) as walk
     from short_slots h
@@ -329,10 +330,12 @@ walks as (
     cross join settings t  -- a join, not a subquery: Spark allows none inside a lambda
 ),
 
--- with enough unseen items, the walk's items not held yet; else the cycle as it comes
+-- first the unseen items not held yet (one turn of the walk, in its order), then, for samples with
+-- fewer than r unseen items, the walk again from its start: repeats come only after every unseen
+-- item has a slot
 fills as (
     select user_code, pos, empty_slots,
-        case when enough then list_filter(walk, lambda x: not list_contains(items, x)) else walk end as fill
+        list_concat(list_filter(walk[1:n_unseen], lambda x: not list_contains(items, x)), walk) as fill
     from walks
 ),
 
