@@ -99,10 +99,11 @@ def scan(
 
 
 def read_whole_records(con: duckdb.DuckDBPyConnection, spec: _Spec, max_line_bytes: int) -> FileFacts | None:
-    """Try the fast path: TEMP TABLE _ingest_fast (line, f1..fN) from DuckDB's reader. The file's
-    facts when the table holds every record exactly as the detailed path would; None (and no
-    table) when the caller must use the detailed path. Needs preserve_insertion_order (rows in
-    file order)."""
+    """Try the fast path: TEMP TABLE _ingest_fast (f1..fN) from DuckDB's reader. The file's facts
+    when the table holds every record exactly as the detailed path would; None (and no table) when
+    the caller must use the detailed path. Needs preserve_insertion_order: the rows are stored in
+    file order, so a row's line is its rowid plus the lines before the first record (`rows_sql`),
+    with no window over the whole file (`row_number() OVER ()` took 1.2-1.9 s more at 10M lines)."""
     if not ENABLED or spec.encoding == "utf-16" or len(spec.names) < 2:
         return None  # line counts in bytes do not hold for UTF-16; one column: blank lines are rows
     facts = scan(spec.path, spec.quote, spec.encoding, spec.delimiter)
@@ -120,7 +121,7 @@ def read_whole_records(con: duckdb.DuckDBPyConnection, spec: _Spec, max_line_byt
     drop(con)
     try:
         con.execute(
-            f"CREATE TEMP TABLE {FAST_TABLE} AS SELECT row_number() OVER () + {skip} AS line, * FROM {reader}"
+            f"CREATE TEMP TABLE {FAST_TABLE} AS SELECT * FROM {reader}"
         )
         (rejected,) = con.execute(f"SELECT count(*) FROM {_FAST_REJECTS}").fetchone()  # type: ignore[misc]
         (rows,) = con.execute(f"SELECT count(*) FROM {FAST_TABLE}").fetchone()  # type: ignore[misc]
@@ -138,9 +139,10 @@ def rows_sql(spec: _Spec, facts: FileFacts) -> str:
     _ctl = whether a row may hold a control character)."""
     fields = [f"f{i + 1}" for i in range(len(spec.names))]
     raw = f"concat_ws({_sql_str(spec.delimiter)}, {', '.join(fields)})"
+    first_line = 2 if spec.header else 1
     return (
-        f"SELECT line, {raw} AS raw, {str(facts.control).lower()} AS _ctl, NULL::VARCHAR AS _err, "
-        f"{', '.join(fields)} FROM {FAST_TABLE}"
+        f"SELECT rowid + {first_line} AS line, {raw} AS raw, {str(facts.control).lower()} AS _ctl, "
+        f"NULL::VARCHAR AS _err, {', '.join(fields)} FROM {FAST_TABLE}"
     )
 
 

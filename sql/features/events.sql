@@ -1,6 +1,9 @@
 -- One row = one event of staging.interactions with integer codes. seq is the event's 0-based
 -- position in its user's history, ordered by (ts, event_order, item_code): total and
 -- deterministic, so ties on ts always resolve the same way (file order first).
+-- user_events_before = the number of the user's events with a ts strictly before this one's (its
+-- rank by ts alone): the point-in-time user_event_count of features.samples, computed here because
+-- the window shares this model's sort by user (a second sort in features.samples cost more).
 -- incremental: rebuild user_code in features.changed_users
 -- (a user's rows depend on that user's events only: an incremental build keeps the other users'.)
 with interactions as (
@@ -17,7 +20,8 @@ coded as (
 
 final as (
     select user_code, item_code, ts,
-        (row_number() over (partition by user_code order by ts, event_order, item_code) - 1)::INTEGER as seq
+        (row_number() over (partition by user_code order by ts, event_order, item_code) - 1)::INTEGER as seq,
+        (rank() over (partition by user_code order by ts) - 1)::INTEGER as user_events_before
     from coded
 )
 

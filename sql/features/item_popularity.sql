@@ -1,26 +1,30 @@
 -- One row = one item with events in this build: n_events counts all its events; n_train only the
 -- events a model may learn from, i.e. without the validation/test targets of the users kept in the
 -- splits (the popularity negative sampler and the popularity baseline use n_train).
-with users as (
-    select user_code, n_events,
-        case
-            when n_events < getvariable('min_seq_len') then 0
-            when getvariable('validation') then 2
-            else 1
-        end as held_out
+-- The held-out targets are the last event (test) and, with validation, the one before it of each
+-- kept user: read from the end of its history list, so the events are only counted per item.
+with held_out as (
+    select item_codes[n_events] as item_code
     from features.user_history
+    where n_events >= getvariable('min_seq_len')
+    union all
+    select item_codes[n_events - 1]
+    from features.user_history
+    where n_events >= getvariable('min_seq_len') and getvariable('validation')
 ),
 
-events as (
-    select e.item_code, e.seq < u.n_events - u.held_out as is_train
-    from features.events e
-    join users u using (user_code)
+held_counts as (
+    select item_code, count(*) as n_held from held_out group by item_code
+),
+
+event_counts as (
+    select item_code, count(*) as n_events from features.events group by item_code
 ),
 
 final as (
-    select item_code, count(*) as n_events, count(*) filter (where is_train) as n_train
-    from events
-    group by item_code
+    select e.item_code, e.n_events, e.n_events - coalesce(h.n_held, 0) as n_train
+    from event_counts e
+    left join held_counts h using (item_code)
 )
 
 select * from final

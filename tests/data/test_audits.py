@@ -101,7 +101,7 @@ FAULTS = {
         "WHERE n_events = 4",
         "DELETE FROM features.events WHERE seq = 1",
         "INSERT INTO features.events "
-        "SELECT user_code, item_code, ts, seq + 100 FROM features.events WHERE seq = 0",
+        "SELECT * REPLACE (seq + 100 AS seq) FROM features.events WHERE seq = 0",
     ],
 }
 

@@ -7,8 +7,7 @@
 -- user_event_count = the user's own events, item_popularity = the target item's events (all users).
 -- Scaled versions use the event_count / popularity rows of features.dense_scaling.
 with point_in_time as (
-    select user_code, item_code, ts, seq,
-        rank() over (partition by user_code order by ts) - 1 as user_event_count,
+    select user_code, item_code, ts, seq, user_events_before as user_event_count,
         rank() over (partition by item_code order by ts) - 1 as item_popularity
     from features.events
 ),
