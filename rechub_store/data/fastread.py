@@ -120,9 +120,7 @@ def read_whole_records(con: duckdb.DuckDBPyConnection, spec: _Spec, max_line_byt
     )
     drop(con)
     try:
-        con.execute(
-            f"CREATE TEMP TABLE {FAST_TABLE} AS SELECT * FROM {reader}"
-        )
+        con.execute(f"CREATE TEMP TABLE {FAST_TABLE} AS SELECT * FROM {reader}")
         (rejected,) = con.execute(f"SELECT count(*) FROM {_FAST_REJECTS}").fetchone()  # type: ignore[misc]
         (rows,) = con.execute(f"SELECT count(*) FROM {FAST_TABLE}").fetchone()  # type: ignore[misc]
     except duckdb.Error:

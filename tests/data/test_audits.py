@@ -100,8 +100,7 @@ FAULTS = {
         "UPDATE features.user_history SET item_codes = item_codes[2:], ts_list = ts_list[2:] "
         "WHERE n_events = 4",
         "DELETE FROM features.events WHERE seq = 1",
-        "INSERT INTO features.events "
-        "SELECT * REPLACE (seq + 100 AS seq) FROM features.events WHERE seq = 0",
+        "INSERT INTO features.events SELECT * REPLACE (seq + 100 AS seq) FROM features.events WHERE seq = 0",
     ],
 }
 
