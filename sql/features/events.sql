@@ -2,8 +2,8 @@
 -- position in its user's history, ordered by (ts, event_order, item_code): total and
 -- deterministic, so ties on ts always resolve the same way (file order first).
 -- user_events_before = the number of the user's events with a ts strictly before this one's (its
--- rank by ts alone): the point-in-time user_event_count of features.samples, computed here because
--- the window shares this model's sort by user (a second sort in features.samples cost more).
+-- rank by ts alone): the point-in-time user_event_count of features.samples, computed here in the
+-- pass that numbers seq rather than by a second sort of the events in features.samples.
 -- incremental: rebuild user_code in features.changed_users
 -- (a user's rows depend on that user's events only: an incremental build keeps the other users'.)
 with interactions as (
