@@ -2,15 +2,14 @@
 -- events a model may learn from, i.e. without the validation/test targets of the users kept in the
 -- splits (the popularity negative sampler and the popularity baseline use n_train).
 -- The held-out targets are the last event (test) and, with validation, the one before it of each
--- kept user: read from the end of its history list, so the events are only counted per item.
+-- kept user: the tail of its history list, so the events are only counted per item.
 with held_out as (
-    select item_codes[n_events] as item_code
-    from features.user_history
+    select unnest(item_codes[greatest(1, n_events - held + 1) : n_events]) as item_code
+    from (
+        select item_codes, n_events, case when getvariable('validation') then 2 else 1 end as held
+        from features.user_history
+    )
     where n_events >= getvariable('min_seq_len')
-    union all
-    select item_codes[n_events - 1]
-    from features.user_history
-    where n_events >= getvariable('min_seq_len') and getvariable('validation')
 ),
 
 held_counts as (
